@@ -1,0 +1,413 @@
+//! Settings: read once at start-up from built-in defaults, an optional TOML file and
+//! `GATEWAY__<SECTION>__<KEY>` environment variables (in that order of precedence), then
+//! validated as a whole. A bad value stops start-up with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Why the settings could not be used; `main` prints it and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or environment could not be read or did not match the schema.
+    #[error("configuration error: {0}")]
+    Source(#[from] config::ConfigError),
+    /// A value was readable but not acceptable.
+    #[error("configuration error: {key}: {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `history.size` (env: `GATEWAY__HISTORY__SIZE`).
+        key: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// All gateway settings; every field has a default so an empty environment runs a dev server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// HTTP listener and process behaviour.
+    pub server: ServerSettings,
+    /// Redis engine; absent URL selects the in-memory engine.
+    pub redis: RedisSettings,
+    /// Per-channel history kept for resume.
+    pub history: HistorySettings,
+    /// HTTP publish API.
+    pub publish: PublishSettings,
+    /// Server-Sent Events transport.
+    pub sse: SseSettings,
+    /// Per-connection and per-request bounds.
+    pub limits: LimitSettings,
+    /// Cross-origin access for browsers.
+    pub cors: CorsSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on (`GATEWAY__SERVER__LISTEN`).
+    pub listen: String,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Seconds to drain connections after SIGTERM before closing them hard.
+    pub shutdown_timeout_seconds: u64,
+    /// Most concurrent connections per instance; further ones get 503 with `Retry-After`.
+    pub max_connections: usize,
+    /// Kernel timeout for unacknowledged writes (stuck peers), seconds; 0 disables.
+    pub tcp_user_timeout_seconds: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout_seconds: 10,
+            max_connections: 20_000,
+            tcp_user_timeout_seconds: 60,
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`; unset runs the single-instance in-memory engine.
+    pub url: Option<String>,
+    /// Prefix of every key and pub/sub channel the gateway touches.
+    pub key_prefix: String,
+    /// Command connections in the pool (each is multiplexed).
+    pub pool_size: usize,
+    /// Seconds to wait for Redis before a request fails with 503.
+    pub timeout_seconds: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "gw:".into(),
+            pool_size: 8,
+            timeout_seconds: 5,
+        }
+    }
+}
+
+/// `[history]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Events kept per channel (at least; Redis trims approximately).
+    pub size: usize,
+    /// Seconds a channel's history lives after its last publish.
+    pub ttl_seconds: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            size: 1000,
+            ttl_seconds: 3600,
+        }
+    }
+}
+
+/// `[publish]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishSettings {
+    /// When set, `POST /publish` needs `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// Largest accepted publish request body, bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for PublishSettings {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `[sse]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseSettings {
+    /// Reconnect delay advertised to clients with `retry:`, milliseconds.
+    pub retry_ms: u64,
+    /// Seconds between `: ping` comments on an idle stream (keep below proxy idle timeouts).
+    pub heartbeat_seconds: u64,
+}
+
+impl Default for SseSettings {
+    fn default() -> Self {
+        Self {
+            retry_ms: 2000,
+            heartbeat_seconds: 15,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Channels one connection may watch.
+    pub max_channels: usize,
+    /// Events queued per connection before it counts as a slow consumer and is disconnected.
+    pub queue_size: usize,
+    /// Recent events each instance keeps in memory per watched channel, so resumes close to
+    /// the head need no Redis read.
+    pub channel_cache: usize,
+    /// Seconds a new subscription may wait for Redis before the request fails with 503.
+    pub subscribe_timeout_seconds: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_channels: 32,
+            queue_size: 1024,
+            channel_cache: 128,
+            subscribe_timeout_seconds: 10,
+        }
+    }
+}
+
+/// `[cors]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSettings {
+    /// Origins allowed to call the gateway from a browser; `*` allows any. Empty: same-origin
+    /// only. In the environment, a comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allow_origins: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `gateway=debug,actix_web=info`; `RUST_LOG` overrides it.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Raw::Many(v) => v,
+    })
+}
+
+impl Settings {
+    /// Reads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// Like [`Settings::load`] but with an explicit environment, so tests need not mutate the
+    /// process environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let env = config::Environment::with_prefix("GATEWAY")
+            .separator("__")
+            .ignore_empty(true)
+            .source(env);
+        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks cross-field rules and ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        self.listen_addr()?;
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
+            }
+            redis::Client::open(url.as_str())
+                .map_err(|e| invalid("redis.url", format!("cannot be parsed: {e}")))?;
+        }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            return Err(invalid("redis.key_prefix", "must not contain { or } (they are the Cluster hash tag)"));
+        }
+        if self.redis.pool_size == 0 {
+            return Err(invalid("redis.pool_size", "must be at least 1"));
+        }
+        if self.redis.timeout_seconds == 0 {
+            return Err(invalid("redis.timeout_seconds", "must be at least 1"));
+        }
+        if self.history.size == 0 {
+            return Err(invalid("history.size", "must be at least 1"));
+        }
+        if self.history.ttl_seconds == 0 {
+            return Err(invalid("history.ttl_seconds", "must be at least 1"));
+        }
+        if let Some(key) = &self.publish.api_key
+            && key.trim().is_empty()
+        {
+            return Err(invalid("publish.api_key", "must not be blank (unset it to disable the check)"));
+        }
+        if self.publish.max_bytes < 64 {
+            return Err(invalid("publish.max_bytes", "must be at least 64"));
+        }
+        if self.sse.heartbeat_seconds == 0 {
+            return Err(invalid("sse.heartbeat_seconds", "must be at least 1"));
+        }
+        if self.limits.max_channels == 0 {
+            return Err(invalid("limits.max_channels", "must be at least 1"));
+        }
+        if self.limits.queue_size < 16 {
+            return Err(invalid("limits.queue_size", "must be at least 16"));
+        }
+        if self.limits.subscribe_timeout_seconds == 0 {
+            return Err(invalid("limits.subscribe_timeout_seconds", "must be at least 1"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be text or json"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| invalid("log.filter", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|e| ConfigError::Invalid {
+            key: "server.listen",
+            problem: format!("{:?} is not host:port ({e})", self.server.listen),
+        })
+    }
+
+    /// SSE heartbeat period.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.sse.heartbeat_seconds)
+    }
+
+    /// History TTL.
+    pub fn history_ttl(&self) -> Duration {
+        Duration::from_secs(self.history.ttl_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn defaults_run_a_local_memory_gateway() {
+        let s = Settings::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.redis.url, None);
+        assert_eq!(s.history.size, 1000);
+        assert_eq!(s.history.ttl_seconds, 3600);
+        assert_eq!(s.publish.api_key, None);
+    }
+
+    #[test]
+    fn environment_names_are_the_documented_ones() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("GATEWAY__SERVER__LISTEN", "0.0.0.0:9000"),
+                ("GATEWAY__REDIS__URL", "redis://127.0.0.1:6379/0"),
+                ("GATEWAY__HISTORY__SIZE", "50"),
+                ("GATEWAY__HISTORY__TTL_SECONDS", "60"),
+                ("GATEWAY__PUBLISH__API_KEY", "12345"),
+                ("GATEWAY__CORS__ALLOW_ORIGINS", "https://a.example, https://b.example"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.listen_addr().unwrap().port(), 9000);
+        assert_eq!(s.redis.url.as_deref(), Some("redis://127.0.0.1:6379/0"));
+        assert_eq!(s.history.size, 50);
+        assert_eq!(s.history.ttl_seconds, 60);
+        assert_eq!(s.publish.api_key.as_deref(), Some("12345"));
+        assert_eq!(s.cors.allow_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn empty_redis_url_means_memory_engine() {
+        let s = Settings::load_with_env(None, env(&[("GATEWAY__REDIS__URL", "")])).unwrap();
+        assert_eq!(s.redis.url, None);
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("gw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("g.toml");
+        std::fs::write(&path, "[history]\nsize = 7\nttl_seconds = 9\n").unwrap();
+        let s = Settings::load_with_env(Some(&path), env(&[("GATEWAY__HISTORY__SIZE", "8")])).unwrap();
+        assert_eq!((s.history.size, s.history.ttl_seconds), (8, 9));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("GATEWAY__HISTORY__SIZE", "abc", "history.size"),
+            ("GATEWAY__HISTORY__SIZE", "0", "history.size"),
+            ("GATEWAY__SERVER__LISTEN", "nowhere", "server.listen"),
+            ("GATEWAY__REDIS__URL", "http://x", "redis.url"),
+            ("GATEWAY__HISTORY__TTLSECONDS", "5", "ttlseconds"),
+            ("GATEWAY__LIMITS__QUEUE_SIZE", "-3", "limits.queue_size"),
+            ("GATEWAY__REDIS__KEY_PREFIX", "a{b", "redis.key_prefix"),
+        ];
+        for (key, value, expect) in cases {
+            let err = Settings::load_with_env(None, env(&[(key, value)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(expect), "{key}={value}: {text}");
+        }
+    }
+}

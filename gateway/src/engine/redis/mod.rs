@@ -1,0 +1,288 @@
+//! The Redis engine: history in one capped, expiring Stream per channel, offsets and epochs in a
+//! small hash, live delivery over pub/sub, and all writes through one server-side function so
+//! history and live push can never disagree. Commands use a deadpool-redis pool; pub/sub uses one
+//! dedicated connection per instance (see [`pubsub`]).
+
+pub mod keys;
+mod pubsub;
+pub mod wire;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use redis::{FromRedisValue, Value};
+use shared::{ChannelName, Position};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::keys::Keys;
+use self::pubsub::{Command, PubsubTask};
+use super::{EngineError, HistoryPage, Listener, PublishRequest};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+
+/// Source of the Redis Functions library, with the defaults filled in by [`library_source`].
+const LIBRARY_TEMPLATE: &str = include_str!("gateway.lua");
+
+/// The library as loaded into Redis: defaults for callers that omit `maxlen`/`ttl_ms` come from
+/// this instance's settings.
+pub fn library_source(history_size: usize, ttl: Duration) -> String {
+    LIBRARY_TEMPLATE
+        .replace("__MAXLEN__", &history_size.to_string())
+        .replace("__TTL_MS__", &ttl.as_millis().to_string())
+}
+
+/// Handle to the Redis engine; clones share the pool and the pub/sub task.
+#[derive(Clone)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    pool: deadpool_redis::Pool,
+    keys: Keys,
+    maxlen: String,
+    ttl_ms: String,
+    library: String,
+    timeout: Duration,
+    commands: mpsc::UnboundedSender<Command>,
+    pending: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    stop: watch::Sender<bool>,
+    listener: OnceLock<Arc<dyn Listener>>,
+    metrics: Metrics,
+}
+
+impl RedisEngine {
+    /// Builds the engine without touching the network: the gateway starts even while Redis is
+    /// down and reports not-ready until it is reachable.
+    pub fn new(settings: &Settings, metrics: Metrics) -> Result<Self, EngineError> {
+        let url = settings
+            .redis
+            .url
+            .as_deref()
+            .ok_or_else(|| EngineError::Refused("no Redis URL configured".into()))?;
+        let client = redis::Client::open(url).map_err(|e| EngineError::Refused(e.to_string()))?;
+        let timeout = Duration::from_secs(settings.redis.timeout_seconds);
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(settings.redis.pool_size);
+        pool_cfg.timeouts.wait = Some(timeout);
+        pool_cfg.timeouts.create = Some(timeout);
+        pool_cfg.timeouts.recycle = Some(timeout);
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| EngineError::Refused(e.to_string()))?;
+        let (commands, pending) = mpsc::unbounded_channel();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                pool,
+                keys: Keys::new(&settings.redis.key_prefix),
+                maxlen: settings.history.size.to_string(),
+                ttl_ms: settings.history_ttl().as_millis().to_string(),
+                library: library_source(settings.history.size, settings.history_ttl()),
+                timeout,
+                commands,
+                pending: parking_lot::Mutex::new(Some(pending)),
+                stop: watch::channel(false).0,
+                listener: OnceLock::new(),
+                metrics,
+            }),
+        })
+    }
+
+    /// Starts the pub/sub task and loads the function library in the background.
+    pub fn start(&self, listener: Arc<dyn Listener>) {
+        let Some(commands) = self.inner.pending.lock().take() else {
+            return;
+        };
+        let _ = self.inner.listener.set(listener.clone());
+        let task = PubsubTask {
+            client: self.inner.client.clone(),
+            keys: self.inner.keys.clone(),
+            listener,
+            commands,
+            stop: self.inner.stop.subscribe(),
+            timeout: self.inner.timeout,
+            probe_interval: Duration::from_secs(5),
+            metrics: self.inner.metrics.clone(),
+        };
+        tokio::spawn(task.run());
+        let engine = self.clone();
+        let mut stop = self.inner.stop.subscribe();
+        tokio::spawn(async move {
+            let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                match engine.load_library().await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "loading the Redis function library failed; retrying"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// Stops background tasks.
+    pub fn stop(&self) {
+        let _ = self.inner.stop.send(true);
+    }
+
+    /// The key layout, for tests and tools that inspect Redis.
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// (Re)loads the function library; called at start and whenever Redis lost it (e.g. a
+    /// restart without persistence).
+    pub async fn load_library(&self) -> Result<(), EngineError> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(&self.inner.library);
+        let _: Value = self.query_once(&cmd).await?;
+        tracing::debug!("Redis function library gateway_v1 loaded");
+        Ok(())
+    }
+
+    /// Publishes through `gw_publish`.
+    pub async fn publish(&self, req: PublishRequest) -> Result<Position, EngineError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("gw_publish")
+            .arg(2)
+            .arg(self.inner.keys.stream(&req.channel))
+            .arg(self.inner.keys.meta(&req.channel))
+            .arg(&req.data[..])
+            .arg(req.name.as_ref().map_or("", |n| n.as_str()))
+            .arg(req.kind.as_str())
+            .arg(&self.inner.maxlen)
+            .arg(&self.inner.ttl_ms);
+        let id: String = self.query(&cmd).await?;
+        id.parse()
+            .map_err(|e| EngineError::Protocol(format!("gw_publish returned {id:?}: {e}")))
+    }
+
+    /// Reads history through `gw_read`.
+    pub async fn read(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<HistoryPage, EngineError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("gw_read")
+            .arg(2)
+            .arg(self.inner.keys.stream(channel))
+            .arg(self.inner.keys.meta(channel))
+            .arg(after)
+            .arg(limit)
+            .arg(&self.inner.ttl_ms);
+        let reply: Value = self.query(&cmd).await?;
+        self.inner.metrics.history_reads.inc();
+        wire::parse_page(channel, reply)
+    }
+
+    /// Heads of many channels with one pipelined round trip.
+    pub async fn heads(&self, channels: &[ChannelName]) -> Result<Vec<Option<Position>>, EngineError> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for c in channels {
+            pipe.cmd("HMGET").arg(self.inner.keys.meta(c)).arg("epoch").arg("offset");
+        }
+        let replies: Vec<(Option<String>, Option<String>)> = self.run(|mut conn| async move {
+            pipe.query_async(&mut conn).await
+        })
+        .await?;
+        Ok(replies
+            .into_iter()
+            .map(|(epoch, offset)| {
+                let epoch = epoch?.parse().ok()?;
+                let offset = offset?.parse().ok()?;
+                Some(Position::new(epoch, offset))
+            })
+            .collect())
+    }
+
+    /// Asks the pub/sub task to subscribe and waits for Redis to confirm.
+    pub async fn subscribe(&self, channel: &ChannelName) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(Command::Subscribe(self.inner.keys.live(channel), tx))
+            .map_err(|_| EngineError::Unavailable("engine stopped".into()))?;
+        match tokio::time::timeout(self.inner.timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EngineError::Unavailable("engine stopped".into())),
+            Err(_) => Err(EngineError::Unavailable("subscribe timed out".into())),
+        }
+    }
+
+    /// Tells the pub/sub task the channel is no longer watched.
+    pub fn unsubscribe(&self, channel: &ChannelName) {
+        let _ = self
+            .inner
+            .commands
+            .send(Command::Unsubscribe(self.inner.keys.live(channel)));
+    }
+
+    /// One PING through the command pool.
+    pub async fn ping(&self) -> Result<(), EngineError> {
+        let _: String = self.query_once(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// Runs a command, reloading the function library once if Redis has lost it.
+    async fn query<T: FromRedisValue + Send + 'static>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
+        match self.query_once(cmd).await {
+            Err(EngineError::Refused(msg)) if msg.contains("Function not found") => {
+                tracing::info!("Redis lost the function library; reloading it");
+                self.load_library().await?;
+                self.query_once(cmd).await
+            }
+            other => other,
+        }
+    }
+
+    async fn query_once<T: FromRedisValue + Send + 'static>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
+        let cmd = cmd.clone();
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await }).await
+    }
+
+    /// Checks out a pooled connection and runs `f` under the configured timeout, mapping every
+    /// failure to an [`EngineError`].
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, EngineError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let work = async {
+            let conn = self
+                .inner
+                .pool
+                .get()
+                .await
+                .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            f(conn).await.map_err(classify)
+        };
+        let result = match tokio::time::timeout(self.inner.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(EngineError::Unavailable("Redis did not answer in time".into())),
+        };
+        if let Err(e) = &result {
+            let kind = match e {
+                EngineError::Unavailable(_) => "unavailable",
+                EngineError::Protocol(_) => "protocol",
+                EngineError::Refused(_) => "refused",
+            };
+            self.inner.metrics.engine_errors.with_label_values(&[kind]).inc();
+        }
+        result
+    }
+}
+
+fn classify(e: redis::RedisError) -> EngineError {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        EngineError::Unavailable(e.to_string())
+    } else if matches!(e.kind(), redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType) {
+        EngineError::Protocol(e.to_string())
+    } else {
+        EngineError::Refused(e.to_string())
+    }
+}

@@ -1,0 +1,217 @@
+//! The instance's single pub/sub connection. It owns the set of channels the hub wants, batches
+//! SUBSCRIBE/UNSUBSCRIBE commands, reconnects with backoff, re-subscribes everything after a
+//! reconnect and then tells the hub to re-read history, because messages published while the
+//! connection was down are gone from pub/sub (but not from the streams).
+//!
+//! Backpressure rule: this task never waits on a client. It hands each message to the listener,
+//! which only does non-blocking queue pushes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use shared::ChannelName;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::keys::Keys;
+use super::wire;
+use crate::backoff::Backoff;
+use crate::engine::{EngineError, Listener};
+use crate::metrics::Metrics;
+
+/// A request to the pub/sub task.
+pub(super) enum Command {
+    /// Subscribe to a live channel; the reply is sent once Redis confirmed it.
+    Subscribe(String, oneshot::Sender<Result<(), EngineError>>),
+    /// Unsubscribe from a live channel.
+    Unsubscribe(String),
+}
+
+/// Everything the task needs; built by the engine.
+pub(super) struct PubsubTask {
+    pub client: redis::Client,
+    pub keys: Keys,
+    pub listener: Arc<dyn Listener>,
+    pub commands: mpsc::UnboundedReceiver<Command>,
+    pub stop: watch::Receiver<bool>,
+    pub timeout: Duration,
+    pub probe_interval: Duration,
+    pub metrics: Metrics,
+}
+
+impl PubsubTask {
+    /// Runs until `stop` fires or the engine is dropped.
+    pub async fn run(mut self) {
+        let mut desired: HashSet<String> = HashSet::new();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut connected_before = false;
+        loop {
+            let connect = tokio::time::timeout(self.timeout, self.client.get_async_pubsub());
+            let pubsub = tokio::select! {
+                r = connect => r,
+                _ = self.stop.changed() => return,
+            };
+            let pubsub = match pubsub {
+                Ok(Ok(p)) => p,
+                failure => {
+                    let why = match failure {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timed out".to_owned(),
+                    };
+                    tracing::warn!(error = %why, "pub/sub connection failed; retrying");
+                    self.metrics.engine_errors.with_label_values(&["pubsub_connect"]).inc();
+                    self.listener.on_live_path(false);
+                    if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let (mut sink, mut stream) = pubsub.split();
+            if !desired.is_empty() {
+                let all: Vec<&String> = desired.iter().collect();
+                let confirmed = tokio::time::timeout(self.timeout, sink.subscribe(all)).await;
+                if !matches!(confirmed, Ok(Ok(()))) {
+                    tracing::warn!("re-subscribing after reconnect failed; retrying");
+                    if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            backoff.reset();
+            self.listener.on_live_path(true);
+            if connected_before {
+                tracing::info!(channels = desired.len(), "pub/sub reconnected; replaying history");
+                self.metrics.engine_reconnects.inc();
+                self.listener.on_resubscribed();
+            }
+            connected_before = true;
+
+            let mut probe = tokio::time::interval(self.probe_interval);
+            probe.tick().await;
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => self.deliver(&msg),
+                        None => break,
+                    },
+                    cmd = self.commands.recv() => {
+                        let Some(cmd) = cmd else { return };
+                        if self.apply(cmd, &mut sink, &mut desired).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = probe.tick() => {
+                        let pong = tokio::time::timeout(self.timeout, sink.ping::<String>()).await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            tracing::warn!("pub/sub connection did not answer PING; reconnecting");
+                            break;
+                        }
+                    }
+                    _ = self.stop.changed() => return,
+                }
+            }
+            tracing::warn!("pub/sub connection lost; reconnecting");
+            self.metrics.engine_errors.with_label_values(&["pubsub_lost"]).inc();
+            self.listener.on_live_path(false);
+            if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&self, msg: &redis::Msg) {
+        let Some(name) = self.keys.channel_of_live(msg.get_channel_name()) else {
+            return;
+        };
+        let Ok(channel) = ChannelName::new(name) else {
+            return;
+        };
+        match wire::parse_live(channel.clone(), msg.get_payload_bytes()) {
+            Ok(event) => self.listener.on_event(event),
+            Err(e) => {
+                tracing::warn!(channel = %channel, error = %e, "undecodable live message; re-reading history");
+                self.listener.on_hint(&channel);
+            }
+        }
+    }
+
+    /// Applies a batch of commands (the first one plus whatever else is already queued) with at
+    /// most one UNSUBSCRIBE and one SUBSCRIBE round trip; the last command per channel wins.
+    async fn apply(
+        &mut self,
+        first: Command,
+        sink: &mut redis::aio::PubSubSink,
+        desired: &mut HashSet<String>,
+    ) -> Result<(), ()> {
+        let mut subscribe: Vec<String> = Vec::new();
+        let mut unsubscribe: Vec<String> = Vec::new();
+        let mut replies = Vec::new();
+        let mut next = Some(first);
+        while let Some(cmd) = next {
+            match cmd {
+                Command::Subscribe(name, reply) => {
+                    desired.insert(name.clone());
+                    unsubscribe.retain(|n| n != &name);
+                    subscribe.push(name);
+                    replies.push(reply);
+                }
+                Command::Unsubscribe(name) => {
+                    desired.remove(&name);
+                    subscribe.retain(|n| n != &name);
+                    unsubscribe.push(name);
+                }
+            }
+            next = self.commands.try_recv().ok();
+        }
+        if !unsubscribe.is_empty() {
+            let done = tokio::time::timeout(self.timeout, sink.unsubscribe(&unsubscribe)).await;
+            if !matches!(done, Ok(Ok(()))) {
+                refuse(replies, "unsubscribe failed");
+                return Err(());
+            }
+        }
+        if !subscribe.is_empty() {
+            let done = tokio::time::timeout(self.timeout, sink.subscribe(&subscribe)).await;
+            if !matches!(done, Ok(Ok(()))) {
+                refuse(replies, "subscribe failed");
+                return Err(());
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    /// Sleeps `delay` while the connection is down, keeping the desired set current and telling
+    /// subscribers at once that they must retry. Returns `false` when the task should stop.
+    async fn wait_refusing(&mut self, delay: Duration, desired: &mut HashSet<String>) -> bool {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                _ = self.stop.changed() => return false,
+                cmd = self.commands.recv() => match cmd {
+                    None => return false,
+                    Some(Command::Subscribe(name, reply)) => {
+                        desired.insert(name);
+                        let _ = reply.send(Err(EngineError::Unavailable("pub/sub connection is down".into())));
+                    }
+                    Some(Command::Unsubscribe(name)) => {
+                        desired.remove(&name);
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn refuse(replies: Vec<oneshot::Sender<Result<(), EngineError>>>, why: &str) {
+    for reply in replies {
+        let _ = reply.send(Err(EngineError::Unavailable(why.to_owned())));
+    }
+}

@@ -1,0 +1,465 @@
+//! One watched channel's state on this instance, and every rule that decides what its
+//! subscribers receive. Pure and synchronous: callers hold the shard lock and do I/O elsewhere.
+//!
+//! Invariants (each guarded by a test below or in `tests/`):
+//! - `last` is the position of the newest event handed to `subs`; subscribers receive the
+//!   channel's events in offset order, each once, and a jump is announced with a gap first.
+//! - Live messages are hints, history is truth: in `Live` a message is fanned out only if it is
+//!   exactly `last + 1`; anything else (a jump, a new epoch) switches to `Syncing`, and the sync
+//!   task re-reads history from `last`.
+//! - While not `Live`, live messages wait in `pending` (bounded) with an arrival number, so after
+//!   a history read the channel can tell which of them the read already covered.
+//! - `ring` holds the newest events, contiguous and ending at `last`, so a resume that is only a
+//!   little behind is served from memory under the lock, atomically with joining `subs`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use shared::Position;
+use tokio::sync::watch;
+
+use super::history::Page;
+use super::message::Message;
+use super::queue::{Item, PushError, Queue};
+
+/// Identifies one connection's subscription to one channel.
+pub type SubId = u64;
+
+/// A connection subscribed to this channel.
+pub struct Sub {
+    /// The connection's queue.
+    pub queue: Arc<Queue>,
+    /// The channel's slot within the connection.
+    pub slot: u32,
+    /// Events at or below this offset were already delivered (a client that resumed ahead of
+    /// this instance); reset when the epoch changes.
+    pub skip_until: u64,
+}
+
+/// Where the channel is in its life cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Subscribing in the engine and reading the head; `last` is unknown.
+    Starting,
+    /// In sync: live messages are fanned out directly.
+    Live,
+    /// Re-reading history to catch up; live messages are held in `pending`.
+    Syncing,
+}
+
+/// Counters produced under the lock and applied to metrics after it is released.
+#[derive(Default, Debug)]
+pub struct Effects {
+    /// Queue pushes that succeeded.
+    pub delivered: usize,
+    /// Subscribers closed because their queue overflowed.
+    pub slow: usize,
+    /// Subscribers removed (overflowed or already closed).
+    pub removed: usize,
+    /// Gap notices queued.
+    pub gaps: usize,
+}
+
+/// The state of one channel.
+pub struct ChannelState {
+    /// Distinguishes this incarnation from a later one with the same name.
+    pub generation: u64,
+    /// Connections attached (subscribed or still resuming); the state is dropped at zero.
+    pub refs: usize,
+    /// Connections receiving live fan-out.
+    pub subs: IndexMap<SubId, Sub>,
+    /// Newest event handed to `subs`.
+    pub last: Option<Position>,
+    /// Life-cycle phase.
+    pub phase: Phase,
+    /// Becomes `true` once `last` is known; joiners wait on it.
+    pub ready: watch::Sender<bool>,
+    ring: VecDeque<Arc<Message>>,
+    ring_capacity: usize,
+    pending: VecDeque<(u64, Arc<Message>)>,
+    pending_capacity: usize,
+    arrivals: u64,
+    poked_at: u64,
+}
+
+impl ChannelState {
+    /// A channel that is starting up.
+    pub fn new(generation: u64, ring_capacity: usize, pending_capacity: usize) -> Self {
+        Self {
+            generation,
+            refs: 0,
+            subs: IndexMap::new(),
+            last: None,
+            phase: Phase::Starting,
+            ready: watch::channel(false).0,
+            ring: VecDeque::new(),
+            ring_capacity,
+            pending: VecDeque::new(),
+            pending_capacity: pending_capacity.max(1),
+            arrivals: 0,
+            poked_at: 0,
+        }
+    }
+
+    /// The arrival counter; a history read records it when it starts.
+    pub fn arrivals(&self) -> u64 {
+        self.arrivals
+    }
+
+    /// Handles a live message; returns `true` when a sync task must be started.
+    pub fn on_live(&mut self, msg: Arc<Message>, fx: &mut Effects) -> bool {
+        if self.phase == Phase::Live {
+            if let Some(last) = self.last {
+                let p = msg.position();
+                if p.epoch == last.epoch && p.offset == last.offset + 1 {
+                    self.fan_out(msg, fx);
+                    return false;
+                }
+                if p.epoch == last.epoch && p.offset <= last.offset {
+                    return false;
+                }
+            }
+            self.phase = Phase::Syncing;
+            self.hold(msg);
+            return true;
+        }
+        self.hold(msg);
+        false
+    }
+
+    /// Requests a history re-read (reconnect, undecodable message, stale head); returns `true`
+    /// when a sync task must be started.
+    pub fn poke(&mut self) -> bool {
+        self.arrivals += 1;
+        self.poked_at = self.arrivals;
+        if self.phase == Phase::Live {
+            self.phase = Phase::Syncing;
+            return true;
+        }
+        false
+    }
+
+    fn hold(&mut self, msg: Arc<Message>) {
+        self.arrivals += 1;
+        if self.pending.len() >= self.pending_capacity {
+            // Forget the backlog; history has all of it and the poke forces another read.
+            self.pending.clear();
+            self.poked_at = self.arrivals;
+        } else {
+            self.pending.push_back((self.arrivals, msg));
+        }
+    }
+
+    /// Applies a history page that was read when the arrival counter was `read_arrivals`, and
+    /// (when `last` was known) from `last`, or from offset 0 if the epoch had changed.
+    /// Returns `true` when the channel is in sync again.
+    pub fn apply_page(&mut self, page: &Page, read_arrivals: u64, fx: &mut Effects) -> bool {
+        match self.last {
+            None => self.last = Some(page.head()),
+            Some(last) => {
+                if page.epoch != last.epoch || page.first_available() > last.offset + 1 {
+                    self.gap_all(Position::new(page.epoch, page.first_available()), fx);
+                }
+                for msg in &page.messages {
+                    self.accept(msg.clone(), fx);
+                }
+            }
+        }
+        self.drain_pending(fx);
+        // Messages that arrived before the read started are reflected in it.
+        self.pending.retain(|(n, _)| *n > read_arrivals);
+        let caught_up = self
+            .last
+            .is_some_and(|l| l.epoch == page.epoch && l.offset >= page.top);
+        let in_sync = caught_up && self.pending.is_empty() && self.poked_at <= read_arrivals;
+        if in_sync {
+            self.phase = Phase::Live;
+        } else if self.phase == Phase::Starting {
+            self.phase = Phase::Syncing;
+        }
+        self.ready.send_if_modified(|ready| !std::mem::replace(ready, true));
+        in_sync
+    }
+
+    /// Fans out `msg` if it is newer than `last`; a hole before it is announced as a gap.
+    fn accept(&mut self, msg: Arc<Message>, fx: &mut Effects) {
+        let Some(last) = self.last else { return };
+        let p = msg.position();
+        if p.epoch != last.epoch || p.offset <= last.offset {
+            return;
+        }
+        if p.offset > last.offset + 1 {
+            self.gap_all(p, fx);
+        }
+        self.fan_out(msg, fx);
+    }
+
+    fn drain_pending(&mut self, fx: &mut Effects) {
+        while let (Some(last), Some((_, msg))) = (self.last, self.pending.front()) {
+            let p = msg.position();
+            if p.epoch != last.epoch || p.offset > last.offset + 1 {
+                break;
+            }
+            if let Some((_, msg)) = self.pending.pop_front()
+                && p.offset == last.offset + 1
+            {
+                self.fan_out(msg, fx);
+            }
+        }
+    }
+
+    /// Hands `msg` to every subscriber without waiting and makes it the new `last`.
+    pub fn fan_out(&mut self, msg: Arc<Message>, fx: &mut Effects) {
+        let offset = msg.position().offset;
+        let mut dead = Vec::new();
+        for (id, sub) in &self.subs {
+            if offset <= sub.skip_until {
+                continue;
+            }
+            let item = Item::Event {
+                slot: sub.slot,
+                message: msg.clone(),
+                live: true,
+            };
+            match sub.queue.push(item) {
+                Ok(()) => fx.delivered += 1,
+                Err(PushError::Overflowed) => {
+                    fx.slow += 1;
+                    dead.push(*id);
+                }
+                Err(PushError::Closed) => dead.push(*id),
+            }
+        }
+        self.remove_subs(dead, fx);
+        self.last = Some(msg.position());
+        if self.ring_capacity > 0 {
+            if self.ring.len() >= self.ring_capacity {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(msg);
+        }
+    }
+
+    /// Tells every subscriber that events before `first_available` are gone.
+    fn gap_all(&mut self, first_available: Position, fx: &mut Effects) {
+        let mut dead = Vec::new();
+        for (id, sub) in &mut self.subs {
+            sub.skip_until = 0;
+            let item = Item::Gap {
+                slot: sub.slot,
+                first_available,
+            };
+            match sub.queue.push(item) {
+                Ok(()) => fx.gaps += 1,
+                Err(PushError::Overflowed) => {
+                    fx.slow += 1;
+                    dead.push(*id);
+                }
+                Err(PushError::Closed) => dead.push(*id),
+            }
+        }
+        self.remove_subs(dead, fx);
+        self.ring.clear();
+        self.last = Some(Position::new(
+            first_available.epoch,
+            first_available.offset.saturating_sub(1),
+        ));
+    }
+
+    fn remove_subs(&mut self, dead: Vec<SubId>, fx: &mut Effects) {
+        for id in dead {
+            if self.subs.swap_remove(&id).is_some() {
+                fx.removed += 1;
+            }
+        }
+    }
+
+    /// The ring's events after `from` up to `last`, or `None` if the ring does not reach back
+    /// to `from` (then history must be read).
+    pub fn ring_after(&self, from: Position) -> Option<Vec<Arc<Message>>> {
+        let last = self.last?;
+        if from.epoch != last.epoch {
+            return None;
+        }
+        if from.offset >= last.offset {
+            return Some(Vec::new());
+        }
+        let first = self.ring.front()?.position().offset;
+        if first > from.offset + 1 {
+            return None;
+        }
+        let skip = usize::try_from(from.offset + 1 - first).ok()?;
+        Some(self.ring.iter().skip(skip).cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::queue::Drained;
+    use bytes::Bytes;
+    use shared::{ChannelName, Epoch, Event, PayloadKind};
+    use std::task::{Context, Poll};
+
+    const E: Epoch = Epoch(7);
+
+    fn msg(epoch: Epoch, offset: u64) -> Arc<Message> {
+        Arc::new(Message::new(Event {
+            channel: ChannelName::new("c").unwrap(),
+            position: Position::new(epoch, offset),
+            name: None,
+            kind: PayloadKind::Text,
+            data: Bytes::from(offset.to_string()),
+            published_ms: 0,
+        }))
+    }
+
+    fn page(epoch: Epoch, top: u64, offsets: std::ops::RangeInclusive<u64>) -> Page {
+        Page {
+            epoch,
+            top,
+            messages: offsets.map(|o| msg(epoch, o)).collect(),
+        }
+    }
+
+    /// A page with the head only, as the start task reads it.
+    fn head(epoch: Epoch, top: u64) -> Page {
+        Page {
+            epoch,
+            top,
+            messages: Vec::new(),
+        }
+    }
+
+    /// What a subscriber saw: offsets of events, and `-first_available` for gaps.
+    fn seen(q: &Queue) -> Vec<i64> {
+        let mut out = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        if let Poll::Ready(Drained::Items) = q.poll_drain(&mut Context::from_waker(&waker), &mut out) {}
+        out.into_iter()
+            .map(|i| match i {
+                Item::Event { message, .. } => message.position().offset as i64,
+                Item::Gap { first_available, .. } => -(first_available.offset as i64),
+                Item::Subscribed { .. } => 0,
+            })
+            .collect()
+    }
+
+    fn live_channel(last: u64) -> (ChannelState, Arc<Queue>) {
+        let mut ch = ChannelState::new(1, 4, 16);
+        let mut fx = Effects::default();
+        assert!(ch.apply_page(&head(E, last), 0, &mut fx));
+        let q = Queue::new(64);
+        ch.subs.insert(1, Sub { queue: q.clone(), slot: 0, skip_until: 0 });
+        (ch, q)
+    }
+
+    #[test]
+    fn in_order_live_messages_fan_out_and_duplicates_are_dropped() {
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        assert!(!ch.on_live(msg(E, 11), &mut fx));
+        assert!(!ch.on_live(msg(E, 11), &mut fx));
+        assert!(!ch.on_live(msg(E, 9), &mut fx));
+        assert!(!ch.on_live(msg(E, 12), &mut fx));
+        assert_eq!(seen(&q), [11, 12]);
+        assert_eq!(ch.last, Some(Position::new(E, 12)));
+    }
+
+    #[test]
+    fn a_jump_triggers_a_sync_that_fills_the_hole_from_history() {
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        assert!(ch.on_live(msg(E, 13), &mut fx), "jump must start a sync");
+        assert_eq!(ch.phase, Phase::Syncing);
+        let read_at = ch.arrivals();
+        // 14 arrives while the read is in flight; the read (taken earlier) reaches 13.
+        assert!(!ch.on_live(msg(E, 14), &mut fx));
+        assert!(ch.apply_page(&page(E, 13, 11..=13), read_at, &mut fx));
+        assert_eq!(seen(&q), [11, 12, 13, 14]);
+        assert_eq!(ch.phase, Phase::Live);
+    }
+
+    #[test]
+    fn a_message_beyond_the_read_forces_another_read() {
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        ch.on_live(msg(E, 12), &mut fx);
+        let read_at = ch.arrivals();
+        ch.on_live(msg(E, 16), &mut fx); // arrived after the read started, not contiguous
+        assert!(!ch.apply_page(&page(E, 12, 11..=12), read_at, &mut fx));
+        let read_at = ch.arrivals();
+        assert!(ch.apply_page(&page(E, 16, 13..=16), read_at, &mut fx));
+        assert_eq!(seen(&q), [11, 12, 13, 14, 15, 16]);
+    }
+
+    #[test]
+    fn trimmed_history_is_announced_as_a_gap_before_the_rest() {
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        ch.poke();
+        assert!(ch.apply_page(&page(E, 30, 25..=30), ch.arrivals(), &mut fx));
+        assert_eq!(seen(&q), [-25, 25, 26, 27, 28, 29, 30]);
+        assert_eq!(fx.gaps, 1);
+    }
+
+    #[test]
+    fn a_new_epoch_is_announced_as_a_gap() {
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        let other = Epoch(8);
+        assert!(ch.on_live(msg(other, 1), &mut fx));
+        assert!(ch.apply_page(&page(other, 2, 1..=2), ch.arrivals(), &mut fx));
+        assert_eq!(seen(&q), [-1, 1, 2]);
+        assert_eq!(ch.last, Some(Position::new(other, 2)));
+    }
+
+    #[test]
+    fn a_poke_during_a_read_forces_another_read() {
+        let (mut ch, _q) = live_channel(10);
+        let mut fx = Effects::default();
+        assert!(ch.poke());
+        let read_at = ch.arrivals();
+        assert!(!ch.poke(), "already syncing");
+        assert!(!ch.apply_page(&head(E, 10), read_at, &mut fx));
+        assert!(ch.apply_page(&head(E, 10), ch.arrivals(), &mut fx));
+    }
+
+    #[test]
+    fn overflowing_subscribers_are_removed_and_counted() {
+        let (mut ch, _q) = live_channel(0);
+        let tiny = Queue::new(1);
+        ch.subs.insert(2, Sub { queue: tiny, slot: 0, skip_until: 0 });
+        let mut fx = Effects::default();
+        ch.on_live(msg(E, 1), &mut fx);
+        ch.on_live(msg(E, 2), &mut fx);
+        assert_eq!((fx.slow, fx.removed, ch.subs.len()), (1, 1, 1));
+    }
+
+    #[test]
+    fn ring_serves_recent_resumes_only() {
+        let (mut ch, _q) = live_channel(0);
+        let mut fx = Effects::default();
+        for o in 1..=6 {
+            ch.on_live(msg(E, o), &mut fx);
+        }
+        let offsets = |v: Option<Vec<Arc<Message>>>| v.map(|v| v.iter().map(|m| m.position().offset).collect::<Vec<_>>());
+        assert_eq!(offsets(ch.ring_after(Position::new(E, 6))), Some(vec![]));
+        assert_eq!(offsets(ch.ring_after(Position::new(E, 4))), Some(vec![5, 6]));
+        assert_eq!(offsets(ch.ring_after(Position::new(E, 2))), Some(vec![3, 4, 5, 6]));
+        assert_eq!(offsets(ch.ring_after(Position::new(E, 1))), None, "ring holds 4");
+        assert_eq!(offsets(ch.ring_after(Position::new(Epoch(1), 5))), None);
+    }
+
+    #[test]
+    fn skip_until_protects_clients_that_resumed_ahead() {
+        let (mut ch, q) = live_channel(10);
+        ch.subs.get_mut(&1).unwrap().skip_until = 12;
+        let mut fx = Effects::default();
+        for o in 11..=13 {
+            ch.on_live(msg(E, o), &mut fx);
+        }
+        assert_eq!(seen(&q), [13]);
+    }
+}

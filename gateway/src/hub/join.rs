@@ -1,0 +1,197 @@
+//! Resume: bring one attached connection from its position to the channel's head, then join
+//! live fan-out — with nothing lost and nothing twice.
+//!
+//! The loop alternates between work under the shard lock and history reads outside it:
+//! - under the lock, if the channel's in-memory ring reaches back to the connection's position,
+//!   the missing events are queued *and* the connection joins `subs` in the same critical
+//!   section, so no live event can slip between history and live delivery;
+//! - otherwise a page of history is read (coalesced with identical reads), queued with
+//!   backpressure (waiting only on this connection's own queue), and the loop repeats from the
+//!   new position. Events published while the page was read are, by then, in the ring.
+//!
+//! A page from another epoch than the connection's position, or one starting after the next
+//! wanted offset, means events are gone: a gap notice goes first, then whatever is available.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::{Epoch, Position};
+use tokio::time::Instant;
+
+use super::channel::Sub;
+use super::message::Message;
+use super::queue::{Item, PushError};
+use super::{HookPoint, Hub, HubError, Membership};
+
+/// How a join ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// `false` when a gap notice had to be sent.
+    pub recovered: bool,
+    /// The position delivery had reached when the connection joined live fan-out.
+    pub position: Position,
+}
+
+enum Step {
+    Done,
+    Push(Vec<Arc<Message>>),
+    Fetch { after: u64, hub_epoch: Epoch },
+}
+
+impl From<PushError> for HubError {
+    fn from(_: PushError) -> Self {
+        HubError::Closed
+    }
+}
+
+impl Hub {
+    /// Delivers everything after `from` and joins live fan-out. With `announce`, an
+    /// [`Item::Subscribed`] precedes the first event (for transports that acknowledge).
+    pub async fn join(&self, m: &Membership, from: Position, announce: bool) -> Result<JoinOutcome, HubError> {
+        let deadline = Instant::now() + self.inner.config.subscribe_timeout;
+        let requested = from;
+        let mut from = from;
+        let mut recovered = true;
+        let mut announced = !announce;
+        loop {
+            if Instant::now() > deadline {
+                return Err(HubError::Timeout);
+            }
+            let step = self
+                .with_state(&m.channel, m.generation, |state, _| -> Result<Step, HubError> {
+                    if m.queue.is_closed() {
+                        return Err(HubError::Closed);
+                    }
+                    if self.is_shutting_down() {
+                        return Err(HubError::ShuttingDown);
+                    }
+                    let last = state.last.ok_or(HubError::Timeout)?;
+                    if from.epoch != last.epoch {
+                        return Ok(Step::Fetch {
+                            after: 0,
+                            hub_epoch: last.epoch,
+                        });
+                    }
+                    let Some(missing) = state.ring_after(from) else {
+                        return Ok(Step::Fetch {
+                            after: from.offset,
+                            hub_epoch: last.epoch,
+                        });
+                    };
+                    let needed = missing.len() + usize::from(!announced);
+                    if needed > m.queue.room() {
+                        return Ok(Step::Push(missing));
+                    }
+                    if !announced {
+                        m.queue.push(Item::Subscribed {
+                            slot: m.slot,
+                            position: requested,
+                            recovered,
+                        })?;
+                    }
+                    for message in missing {
+                        m.queue.push(Item::Event {
+                            slot: m.slot,
+                            message,
+                            live: false,
+                        })?;
+                    }
+                    state.subs.insert(
+                        m.id,
+                        Sub {
+                            queue: m.queue.clone(),
+                            slot: m.slot,
+                            skip_until: from.offset.max(last.offset),
+                        },
+                    );
+                    from = Position::new(last.epoch, from.offset.max(last.offset));
+                    Ok(Step::Done)
+                })
+                .ok_or(HubError::Closed)??;
+
+            match step {
+                Step::Done => {
+                    self.inner.metrics.subscriptions.inc();
+                    return Ok(JoinOutcome {
+                        recovered,
+                        position: from,
+                    });
+                }
+                Step::Push(messages) => {
+                    self.announce(m, &mut announced, requested, recovered).await?;
+                    for message in messages {
+                        let position = message.position();
+                        m.queue
+                            .push_wait(Item::Event {
+                                slot: m.slot,
+                                message,
+                                live: false,
+                            })
+                            .await?;
+                        from = position;
+                    }
+                }
+                Step::Fetch { after, hub_epoch } => {
+                    self.hook(HookPoint::JoinBeforeRead, &m.channel).await;
+                    let page = self.inner.history.read(&m.channel, after).await?;
+                    self.hook(HookPoint::JoinAfterRead, &m.channel).await;
+                    if page.epoch != hub_epoch {
+                        // This instance has not seen the store's current epoch yet: let the
+                        // channel catch up first, then try again.
+                        self.poke(&m.channel, m.generation, "stale_head");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                    if from.epoch != page.epoch || page.first_available() > from.offset + 1 {
+                        let first_available = Position::new(page.epoch, page.first_available());
+                        recovered = false;
+                        self.announce(m, &mut announced, requested, recovered).await?;
+                        m.queue
+                            .push_wait(Item::Gap {
+                                slot: m.slot,
+                                first_available,
+                            })
+                            .await?;
+                        self.inner.metrics.gaps.inc();
+                        from = Position::new(page.epoch, first_available.offset - 1);
+                    }
+                    self.announce(m, &mut announced, requested, recovered).await?;
+                    for message in &page.messages {
+                        let position = message.position();
+                        if position.offset <= from.offset {
+                            continue;
+                        }
+                        m.queue
+                            .push_wait(Item::Event {
+                                slot: m.slot,
+                                message: message.clone(),
+                                live: false,
+                            })
+                            .await?;
+                        from = position;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn announce(
+        &self,
+        m: &Membership,
+        announced: &mut bool,
+        position: Position,
+        recovered: bool,
+    ) -> Result<(), HubError> {
+        if !*announced {
+            m.queue
+                .push_wait(Item::Subscribed {
+                    slot: m.slot,
+                    position,
+                    recovered,
+                })
+                .await?;
+            *announced = true;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! The per-connection outbound queue, shared by all channels of one connection.
+//!
+//! Backpressure rule: fan-out never waits. It calls [`Queue::push`], which either appends or —
+//! when the queue is full — closes the queue as a slow consumer and drops what it held. The
+//! connection then ends, the client reconnects and resumes from history, so nothing is lost and
+//! one slow client can never stall a channel. Only a connection's own resume task may wait for
+//! room ([`Queue::push_wait`]), because it stalls nobody but that connection.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use parking_lot::Mutex;
+use shared::Position;
+use tokio::sync::Notify;
+
+use super::message::Message;
+
+/// One thing for a connection to write; `slot` identifies the channel within the connection.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// An event, shared by every subscriber of its channel on this instance.
+    Event {
+        /// Channel slot within the connection.
+        slot: u32,
+        /// The event and its cached frames.
+        message: Arc<Message>,
+        /// `true` for live fan-out, `false` for history replayed on resume (which is old by
+        /// design and must not count as delivery latency).
+        live: bool,
+    },
+    /// Events before `first_available` are gone; the client must refetch its state.
+    Gap {
+        /// Channel slot within the connection.
+        slot: u32,
+        /// The first position that will be delivered after the gap.
+        first_available: Position,
+    },
+    /// A subscription is established (sent before its first event, for transports that ack).
+    Subscribed {
+        /// Channel slot within the connection.
+        slot: u32,
+        /// The position the subscription starts after.
+        position: Position,
+        /// Whether the requested position was resumed without loss.
+        recovered: bool,
+    },
+}
+
+/// Why the gateway ended a connection; transports translate it to close codes or comments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client did not read fast enough; it should reconnect and resume.
+    SlowConsumer,
+    /// The instance is shutting down; reconnect (to another instance).
+    Shutdown,
+    /// The history store failed during resume; reconnect later.
+    Unavailable,
+    /// The client went away; nothing is written any more.
+    Gone,
+}
+
+impl CloseReason {
+    /// Stable label for logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SlowConsumer => "slow_consumer",
+            Self::Shutdown => "shutdown",
+            Self::Unavailable => "unavailable",
+            Self::Gone => "client_gone",
+        }
+    }
+}
+
+/// Why a push did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue was already closed.
+    Closed,
+    /// This push overflowed the queue, which is now closed as a slow consumer.
+    Overflowed,
+}
+
+/// What a drain produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Items were moved into the caller's buffer.
+    Items,
+    /// The queue is closed and empty.
+    Closed(CloseReason),
+}
+
+/// Bounded multi-producer, single-consumer queue with a close reason.
+pub struct Queue {
+    state: Mutex<State>,
+    room: Notify,
+    capacity: usize,
+}
+
+struct State {
+    items: VecDeque<Item>,
+    closed: Option<CloseReason>,
+    reader: Option<Waker>,
+}
+
+impl Queue {
+    /// An empty queue holding at most `capacity` items.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: None,
+                reader: None,
+            }),
+            room: Notify::new(),
+            capacity,
+        })
+    }
+
+    /// Appends without waiting; a full queue is closed as a slow consumer.
+    pub fn push(&self, item: Item) -> Result<(), PushError> {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.items.len() >= self.capacity {
+            state.closed = Some(CloseReason::SlowConsumer);
+            state.items = VecDeque::new();
+            let reader = state.reader.take();
+            drop(state);
+            self.room.notify_waiters();
+            if let Some(w) = reader {
+                w.wake();
+            }
+            return Err(PushError::Overflowed);
+        }
+        state.items.push_back(item);
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(w) = reader {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Appends, waiting for room; only for the connection's own resume task.
+    pub async fn push_wait(&self, item: Item) -> Result<(), PushError> {
+        let mut item = Some(item);
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.state.lock();
+                if state.closed.is_some() {
+                    return Err(PushError::Closed);
+                }
+                if state.items.len() < self.capacity {
+                    if let Some(item) = item.take() {
+                        state.items.push_back(item);
+                    }
+                    let reader = state.reader.take();
+                    drop(state);
+                    if let Some(w) = reader {
+                        w.wake();
+                    }
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Free slots right now.
+    pub fn room(&self) -> usize {
+        let state = self.state.lock();
+        if state.closed.is_some() {
+            0
+        } else {
+            self.capacity - state.items.len()
+        }
+    }
+
+    /// Whether the connection is over.
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed.is_some()
+    }
+
+    /// The reason the queue was closed, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.state.lock().closed
+    }
+
+    /// Closes the queue; the first reason wins. Queued items stay readable unless the queue
+    /// overflowed.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.state.lock();
+        if state.closed.is_none() {
+            state.closed = Some(reason);
+        }
+        let reader = state.reader.take();
+        drop(state);
+        self.room.notify_waiters();
+        if let Some(w) = reader {
+            w.wake();
+        }
+    }
+
+    /// Moves everything queued into `out` (one lock for a whole batch, so the writer can
+    /// coalesce it into one write), or reports the close, or registers the waker.
+    pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<Item>) -> Poll<Drained> {
+        let mut state = self.state.lock();
+        if !state.items.is_empty() {
+            out.extend(state.items.drain(..));
+            drop(state);
+            self.room.notify_waiters();
+            return Poll::Ready(Drained::Items);
+        }
+        if let Some(reason) = state.closed {
+            return Poll::Ready(Drained::Closed(reason));
+        }
+        match &state.reader {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.reader = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::Epoch;
+
+    fn gap(n: u64) -> Item {
+        Item::Gap {
+            slot: 0,
+            first_available: Position::new(Epoch(1), n),
+        }
+    }
+
+    fn drain(q: &Queue) -> (Vec<Item>, Poll<Drained>) {
+        let mut out = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        let poll = q.poll_drain(&mut Context::from_waker(&waker), &mut out);
+        (out, poll)
+    }
+
+    #[test]
+    fn overflow_closes_as_slow_consumer_and_frees_memory() {
+        let q = Queue::new(2);
+        assert_eq!(q.push(gap(1)), Ok(()));
+        assert_eq!(q.push(gap(2)), Ok(()));
+        assert_eq!(q.push(gap(3)), Err(PushError::Overflowed));
+        assert_eq!(q.push(gap(4)), Err(PushError::Closed));
+        let (items, poll) = drain(&q);
+        assert!(items.is_empty());
+        assert_eq!(poll, Poll::Ready(Drained::Closed(CloseReason::SlowConsumer)));
+    }
+
+    #[test]
+    fn close_keeps_queued_items_readable() {
+        let q = Queue::new(4);
+        q.push(gap(1)).unwrap();
+        q.close(CloseReason::Shutdown);
+        q.close(CloseReason::Unavailable);
+        let (items, poll) = drain(&q);
+        assert_eq!((items.len(), poll), (1, Poll::Ready(Drained::Items)));
+        let (_, poll) = drain(&q);
+        assert_eq!(poll, Poll::Ready(Drained::Closed(CloseReason::Shutdown)));
+    }
+
+    #[tokio::test]
+    async fn push_wait_waits_for_room_instead_of_overflowing() {
+        let q = Queue::new(1);
+        q.push(gap(1)).unwrap();
+        let q2 = q.clone();
+        let waiter = tokio::spawn(async move { q2.push_wait(gap(2)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        let (items, _) = drain(&q);
+        assert_eq!(items.len(), 1);
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        assert_eq!(q.room(), 0);
+        q.close(CloseReason::Shutdown);
+        assert_eq!(q.push_wait(gap(3)).await, Err(PushError::Closed));
+    }
+}

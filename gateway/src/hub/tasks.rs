@@ -1,0 +1,104 @@
+//! The hub's background work per channel: starting a subscription (engine subscribe, then read
+//! the head) and re-synchronising from history after a jump, a reconnect or a hint. At most one
+//! of these runs per channel incarnation at a time: a sync is only spawned on the transition
+//! into `Syncing`, and the start task runs its sync inline.
+
+use std::time::Duration;
+
+use shared::ChannelName;
+
+use super::{HookPoint, Hub};
+use crate::backoff::Backoff;
+
+impl Hub {
+    pub(super) fn spawn_start(&self, channel: ChannelName, generation: u64) {
+        let hub = self.clone();
+        self.inner.runtime.spawn(async move { hub.start(channel, generation).await });
+    }
+
+    pub(super) fn spawn_sync(&self, channel: ChannelName, generation: u64, reason: &'static str) {
+        let hub = self.clone();
+        self.inner.runtime.spawn(async move { hub.sync(channel, generation, reason).await });
+    }
+
+    fn alive(&self, channel: &ChannelName, generation: u64) -> bool {
+        self.with_state(channel, generation, |_, _| ()).is_some()
+    }
+
+    /// Subscribes in the engine, then reads the head; retried with backoff until it works or
+    /// nobody is attached any more.
+    async fn start(self, channel: ChannelName, generation: u64) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            if !self.alive(&channel, generation) {
+                return;
+            }
+            if let Err(e) = self.inner.engine.subscribe(&channel).await {
+                tracing::warn!(channel = %channel, error = %e, "subscribing failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            self.hook(HookPoint::StartSubscribed, &channel).await;
+            let Some(read_at) = self.with_state(&channel, generation, |s, _| s.arrivals()) else {
+                return;
+            };
+            match self.inner.history.read_direct(&channel, 0, 0).await {
+                Ok(page) => {
+                    let in_sync = self.with_state(&channel, generation, |s, fx| s.apply_page(&page, read_at, fx));
+                    match in_sync {
+                        Some(false) => return self.sync(channel, generation, "start").await,
+                        _ => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %channel, error = %e, "reading the channel head failed; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// Reads history from `last` until the channel has caught up with everything it was told
+    /// about; retried with backoff while the store is down.
+    async fn sync(self, channel: ChannelName, generation: u64, reason: &'static str) {
+        self.inner.metrics.resyncs.with_label_values(&[reason]).inc();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut from_zero = false;
+        loop {
+            let step = self.with_state(&channel, generation, |s, _| {
+                s.last.map(|last| (if from_zero { 0 } else { last.offset }, s.arrivals(), last))
+            });
+            let Some(Some((after, read_at, last))) = step else {
+                return;
+            };
+            let page = match self
+                .inner
+                .history
+                .read_direct(&channel, after, self.inner.config.page_size)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(channel = %channel, error = %e, "history read failed during sync; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            };
+            backoff.reset();
+            if page.epoch != last.epoch && after != 0 {
+                // The epoch changed: offsets after `last` mean nothing; read the new epoch
+                // from its start.
+                from_zero = true;
+                continue;
+            }
+            from_zero = false;
+            let applied = self.with_state(&channel, generation, |s, fx| {
+                (s.last == Some(last)).then(|| s.apply_page(&page, read_at, fx))
+            });
+            match applied {
+                None | Some(Some(true)) => return,
+                Some(None) | Some(Some(false)) => {}
+            }
+        }
+    }
+}

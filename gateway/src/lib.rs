@@ -1,0 +1,19 @@
+//! The gateway library: everything `main` wires together, usable in-process by tests.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod hub;
+pub mod metrics;
+pub mod ops;
+pub mod publish;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod transport;
+
+pub use server::{RunOptions, run};

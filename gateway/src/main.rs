@@ -1,0 +1,116 @@
+//! `gateway`: read settings, then serve or run a subcommand. Exit codes: 0 ok, 1 runtime
+//! failure, 2 invalid configuration.
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway::cli::{Cli, Command};
+use gateway::config::Settings;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    gateway::telemetry::init(&settings.log);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Publish(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("gateway: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match runtime.block_on(gateway::cli::publish(&settings, args)) {
+                Ok(id) => {
+                    println!("{id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gateway: publish failed: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::RedisFunction => {
+            print!(
+                "{}",
+                gateway::engine::redis::library_source(settings.history.size, settings.history_ttl())
+            );
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => {
+            println!("{settings:#?}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    let addr = match settings.listen_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("gateway: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let local = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let engine = if settings.redis.url.is_some() { "redis" } else { "memory" };
+    // Tests and scripts wait for this exact line on stdout.
+    println!("listening on http://{local} (engine: {engine})");
+    let _ = std::io::stdout().flush();
+    tracing::info!(address = %local, engine, "gateway started");
+    let result = actix_web::rt::System::new().block_on(gateway::run(
+        settings,
+        listener,
+        shutdown_signal(),
+        gateway::RunOptions::default(),
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C; a second signal during the drain exits at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    actix_web::rt::spawn(async {
+        wait_for_signal().await;
+        eprintln!("gateway: second signal, exiting without draining");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,158 @@
+//! Prometheus metrics. One registry per gateway instance, created by `run` and passed down, so
+//! several gateways can live in one test process without sharing counters.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// All metrics of one instance; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+/// The individual metrics; fields are public so call sites stay one line.
+pub struct Inner {
+    registry: Registry,
+    /// Open client connections by transport.
+    pub connections: IntGaugeVec,
+    /// Connections accepted since start by transport.
+    pub connections_total: IntCounterVec,
+    /// Channel subscriptions held by connections on this instance.
+    pub subscriptions: IntGauge,
+    /// Channels this instance watches in the engine.
+    pub channels: IntGauge,
+    /// Events published through this instance, by API.
+    pub published: IntCounterVec,
+    /// Live events received from the engine.
+    pub received: IntCounter,
+    /// Events written to clients, by transport.
+    pub delivered: IntCounterVec,
+    /// Publish (history store clock) to write (this instance's clock), seconds.
+    pub delivery_latency: Histogram,
+    /// Resume attempts by outcome.
+    pub resumes: IntCounterVec,
+    /// Gap notices sent to clients.
+    pub gaps: IntCounter,
+    /// Clients disconnected because their queue overflowed.
+    pub slow_consumers: IntCounter,
+    /// Connections closed by the gateway, by reason.
+    pub disconnects: IntCounterVec,
+    /// History reads sent to the engine.
+    pub history_reads: IntCounter,
+    /// History reads served by joining an identical read already in flight.
+    pub history_reads_shared: IntCounter,
+    /// Channel re-synchronisations from history, by reason.
+    pub resyncs: IntCounterVec,
+    /// Engine failures by kind.
+    pub engine_errors: IntCounterVec,
+    /// Pub/sub reconnects.
+    pub engine_reconnects: IntCounter,
+    /// 1 while the engine's live path is connected.
+    pub engine_up: IntGauge,
+    /// Rejected requests by reason.
+    pub rejected: IntCounterVec,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, c)
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, c)
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(r, g)
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    // Names are unique literals in this file; a clash is a programming error caught by the
+    // first test that builds a `Metrics`.
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("registering metric: {e}"));
+    c
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered (and label sets pre-created so dashboards
+    /// see zeros instead of missing series).
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let connections = IntGaugeVec::new(
+            Opts::new("gateway_connections", "Open client connections by transport."),
+            &["transport"],
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        let connections = register(&r, connections);
+        let latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_delivery_latency_seconds",
+                "Time from publish (history store clock) to the write to a client (this instance's clock).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("metric: {e}"));
+        let inner = Inner {
+            connections,
+            connections_total: counter_vec(&r, "gateway_connections_accepted_total", "Client connections accepted by transport.", &["transport"]),
+            subscriptions: gauge(&r, "gateway_subscriptions", "Channel subscriptions held by connections on this instance."),
+            channels: gauge(&r, "gateway_channels", "Channels this instance watches in the engine."),
+            published: counter_vec(&r, "gateway_messages_published_total", "Events published through this instance by API.", &["api"]),
+            received: counter(&r, "gateway_messages_received_total", "Live events received from the engine."),
+            delivered: counter_vec(&r, "gateway_messages_delivered_total", "Events written to clients by transport.", &["transport"]),
+            delivery_latency: register(&r, latency),
+            resumes: counter_vec(&r, "gateway_resumes_total", "Resume attempts by outcome.", &["outcome"]),
+            gaps: counter(&r, "gateway_gaps_total", "Gap notices sent to clients."),
+            slow_consumers: counter(&r, "gateway_slow_consumer_disconnects_total", "Clients disconnected because their queue overflowed."),
+            disconnects: counter_vec(&r, "gateway_disconnects_total", "Connections closed by the gateway by reason.", &["reason"]),
+            history_reads: counter(&r, "gateway_history_reads_total", "History reads sent to the engine."),
+            history_reads_shared: counter(&r, "gateway_history_reads_shared_total", "History reads served by an identical read already in flight."),
+            resyncs: counter_vec(&r, "gateway_channel_resyncs_total", "Channel re-synchronisations from history by reason.", &["reason"]),
+            engine_errors: counter_vec(&r, "gateway_engine_errors_total", "Engine failures by kind.", &["kind"]),
+            engine_reconnects: counter(&r, "gateway_engine_reconnects_total", "Pub/sub reconnects."),
+            engine_up: gauge(&r, "gateway_engine_up", "1 while the engine's live path is connected."),
+            rejected: counter_vec(&r, "gateway_requests_rejected_total", "Rejected requests by reason.", &["reason"]),
+            registry: r,
+        };
+        for t in ["sse", "ws"] {
+            inner.connections.with_label_values(&[t]);
+            inner.connections_total.with_label_values(&[t]);
+            inner.delivered.with_label_values(&[t]);
+        }
+        for o in ["fresh", "recovered", "gap", "bad_cursor"] {
+            inner.resumes.with_label_values(&[o]);
+        }
+        for a in ["http", "cli", "ws"] {
+            inner.published.with_label_values(&[a]);
+        }
+        Self(Arc::new(inner))
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails for invalid metric families, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

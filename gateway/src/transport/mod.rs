@@ -1,0 +1,4 @@
+//! Client transports: thin adapters that parse requests, attach connections to the hub and
+//! write frames. No engine code lives here.
+
+pub mod sse;

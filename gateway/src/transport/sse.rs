@@ -1,0 +1,403 @@
+//! `GET /sse?channel=A&channel=B`: Server-Sent Events.
+//!
+//! The request is validated and every channel attached (its head known on this instance) before
+//! the response starts, so bad input and an unreachable store get a proper HTTP error. The
+//! stream then opens with `retry:` and an `id:` carrying the starting cursor — a frame without
+//! data, which sets the browser's last event id without firing an event — so even a client that
+//! receives nothing resumes exactly. Resume (history, then live) runs in a task that fills the
+//! connection's queue; the response body drains the queue, coalescing whatever is queued into
+//! one chunk per wake-up.
+//!
+//! The `id:` of each event is the connection's cursor: one position per channel, in sorted
+//! channel order, so any instance can resume every channel of the connection from it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+use futures_util::Stream;
+use shared::{ChannelName, Cursor, Position};
+use tokio::time::{Interval, MissedTickBehavior};
+
+use crate::error::ApiError;
+use crate::hub::queue::{CloseReason, Drained, Item, Queue};
+use crate::hub::{HubError, Membership};
+use crate::metrics::Metrics;
+use crate::state::{AppState, ConnectionGuard};
+
+/// A validated SSE request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseRequest {
+    /// Distinct channels, sorted (the cursor's order).
+    pub channels: Vec<ChannelName>,
+    /// Where to resume, if the client sent a cursor.
+    pub cursor: Option<Cursor>,
+}
+
+/// Parses the query string and headers of an SSE request.
+pub fn parse_request(query: &str, headers: &HeaderMap, max_channels: usize) -> Result<SseRequest, ApiError> {
+    let mut channels: Vec<ChannelName> = Vec::new();
+    let mut query_cursor = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "channel" => {
+                for name in value.split(',').filter(|n| !n.is_empty()) {
+                    let channel = ChannelName::new(name)
+                        .map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+                    if !channels.contains(&channel) {
+                        if channels.len() == max_channels {
+                            return Err(ApiError::bad_request(
+                                "too_many_channels",
+                                format!("at most {max_channels} channels per connection"),
+                            ));
+                        }
+                        channels.push(channel);
+                    }
+                }
+            }
+            "lastEventId" | "lastEventID" | "last-event-id" => query_cursor = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if channels.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_channel",
+            "name at least one channel: /sse?channel=<name>",
+        ));
+    }
+    channels.sort();
+    let header_cursor = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| ApiError::bad_request("bad_cursor", "Last-Event-ID is not visible ASCII"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let cursor = header_cursor
+        .or(query_cursor)
+        .filter(|c| !c.trim().is_empty())
+        .map(|text| Cursor::parse(&text, channels.len()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request("bad_cursor", e.to_string()))?;
+    Ok(SseRequest { channels, cursor })
+}
+
+/// The `GET /sse` handler.
+pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let metrics = &state.metrics;
+    let request = parse_request(req.query_string(), req.headers(), state.settings.limits.max_channels)
+        .inspect_err(|e| {
+            if e.code() == "bad_cursor" {
+                metrics.resumes.with_label_values(&["bad_cursor"]).inc();
+            }
+            metrics.rejected.with_label_values(&[e.code()]).inc();
+        })?;
+    let Some(guard) = state.limiter.try_acquire(metrics, "sse") else {
+        metrics.rejected.with_label_values(&["connection_limit"]).inc();
+        return Err(ApiError::unavailable("connection_limit", "this instance is at its connection limit", 1));
+    };
+    let hub = &state.hub;
+    let queue = hub.new_queue();
+    let attached = futures_util::future::join_all(
+        request
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(slot, channel)| hub.attach(channel.clone(), queue.clone(), slot as u32)),
+    )
+    .await;
+    let mut members = Vec::with_capacity(attached.len());
+    let mut starts = Vec::with_capacity(attached.len());
+    for (i, result) in attached.into_iter().enumerate() {
+        let (membership, head) = result?;
+        let start = match &request.cursor {
+            None => head,
+            Some(cursor) => {
+                let wanted = cursor.0[i];
+                if wanted.epoch == head.epoch && wanted.offset > head.offset {
+                    // Ahead of this instance: fine if another instance already delivered it,
+                    // a forged cursor if the store has never got that far.
+                    let store = hub.store_head(membership.channel()).await?;
+                    if store.epoch == wanted.epoch && wanted.offset > store.offset {
+                        metrics.resumes.with_label_values(&["bad_cursor"]).inc();
+                        return Err(ApiError::bad_request(
+                            "bad_cursor",
+                            format!(
+                                "position {wanted} of channel {} is beyond its newest event {store}",
+                                membership.channel()
+                            ),
+                        ));
+                    }
+                }
+                wanted
+            }
+        };
+        members.push(membership);
+        starts.push(start);
+    }
+    let members: Arc<[Membership]> = members.into();
+    spawn_resume(&state, members.clone(), starts.clone(), request.cursor.is_some(), queue.clone());
+
+    let settings = &state.settings;
+    let mut prelude = Vec::new();
+    shared::sse::write_field(&mut prelude, b"retry", settings.sse.retry_ms.to_string().as_bytes());
+    prelude.extend_from_slice(b"id: ");
+    Cursor::write_to(&starts, &mut prelude);
+    prelude.extend_from_slice(b"\n\n");
+
+    let body = SseStream::new(SseParts {
+        queue,
+        members,
+        positions: starts,
+        prelude: Bytes::from(prelude),
+        heartbeat: settings.heartbeat(),
+        retry_ms: settings.sse.retry_ms,
+        metrics: metrics.clone(),
+        guard,
+    });
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+/// Runs every channel's resume concurrently; a failure ends the connection so the client
+/// retries (and resumes) instead of silently missing a channel.
+fn spawn_resume(state: &AppState, members: Arc<[Membership]>, starts: Vec<Position>, resumed: bool, queue: Arc<Queue>) {
+    let hub = state.hub.clone();
+    let metrics = state.metrics.clone();
+    actix_web::rt::spawn(async move {
+        let joins = members
+            .iter()
+            .zip(&starts)
+            .map(|(m, from)| hub.join(m, *from, false));
+        for result in futures_util::future::join_all(joins).await {
+            match result {
+                Ok(outcome) => {
+                    let label = match (resumed, outcome.recovered) {
+                        (false, _) => "fresh",
+                        (true, true) => "recovered",
+                        (true, false) => "gap",
+                    };
+                    metrics.resumes.with_label_values(&[label]).inc();
+                }
+                Err(HubError::Closed) => {}
+                Err(HubError::ShuttingDown) => queue.close(CloseReason::Shutdown),
+                Err(e) => {
+                    tracing::warn!(error = %e, "resume failed; closing the stream so the client retries");
+                    queue.close(CloseReason::Unavailable);
+                }
+            }
+        }
+    });
+}
+
+struct SseParts {
+    queue: Arc<Queue>,
+    members: Arc<[Membership]>,
+    positions: Vec<Position>,
+    prelude: Bytes,
+    heartbeat: Duration,
+    retry_ms: u64,
+    metrics: Metrics,
+    guard: ConnectionGuard,
+}
+
+/// The response body: drains the queue into SSE frames, with heartbeats when idle.
+struct SseStream {
+    queue: Arc<Queue>,
+    members: Arc<[Membership]>,
+    positions: Vec<Position>,
+    prelude: Option<Bytes>,
+    heartbeat: Interval,
+    wrote_since_tick: bool,
+    finished: bool,
+    retry_ms: u64,
+    batch: Vec<Item>,
+    metrics: Metrics,
+    _guard: ConnectionGuard,
+}
+
+impl SseStream {
+    fn new(p: SseParts) -> Self {
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + p.heartbeat, p.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            queue: p.queue,
+            members: p.members,
+            positions: p.positions,
+            prelude: Some(p.prelude),
+            heartbeat,
+            wrote_since_tick: true,
+            finished: false,
+            retry_ms: p.retry_ms,
+            batch: Vec::new(),
+            metrics: p.metrics,
+            _guard: p.guard,
+        }
+    }
+
+    /// Turns the drained batch into one chunk, updating the cursor as it goes.
+    fn encode_batch(&mut self) -> Bytes {
+        let multi = self.positions.len() > 1;
+        let mut events = 0u64;
+        let mut oldest_live_ms = None;
+        if let [Item::Event { slot, message, live }] = &self.batch[..]
+            && !multi
+        {
+            self.positions[*slot as usize] = message.position();
+            let frame = message.sse_frame().clone();
+            if *live {
+                oldest_live_ms = Some(message.event.published_ms);
+            }
+            self.batch.clear();
+            self.count(1, oldest_live_ms);
+            return frame;
+        }
+        let mut out = Vec::new();
+        for item in self.batch.drain(..) {
+            match item {
+                Item::Event { slot, message, live } => {
+                    self.positions[slot as usize] = message.position();
+                    if live && oldest_live_ms.is_none() {
+                        oldest_live_ms = Some(message.event.published_ms);
+                    }
+                    events += 1;
+                    if multi {
+                        out.extend_from_slice(b"id: ");
+                        Cursor::write_to(&self.positions, &mut out);
+                        out.push(b'\n');
+                        out.extend_from_slice(&message.sse_body());
+                    } else {
+                        out.extend_from_slice(message.sse_frame());
+                    }
+                }
+                Item::Gap { slot, first_available } => {
+                    self.positions[slot as usize] =
+                        Position::new(first_available.epoch, first_available.offset.saturating_sub(1));
+                    let channel = self.members.get(slot as usize).map(|m| m.channel().as_str()).unwrap_or("");
+                    let data = serde_json::json!({
+                        "channel": channel,
+                        "first_available": first_available.to_string(),
+                    });
+                    let mut id = Vec::new();
+                    Cursor::write_to(&self.positions, &mut id);
+                    let id = String::from_utf8_lossy(&id);
+                    shared::sse::write_event(&mut out, Some(&id), Some("gap"), data.to_string().as_bytes());
+                }
+                Item::Subscribed { .. } => {}
+            }
+        }
+        self.count(events, oldest_live_ms);
+        Bytes::from(out)
+    }
+
+    fn count(&self, events: u64, oldest_live_ms: Option<u64>) {
+        if events > 0 {
+            self.metrics.delivered.with_label_values(&["sse"]).inc_by(events);
+        }
+        if let Some(ms) = oldest_live_ms {
+            let now = crate::engine::memory::unix_millis();
+            self.metrics
+                .delivery_latency
+                .observe(now.saturating_sub(ms) as f64 / 1000.0);
+        }
+    }
+
+    fn closing_frame(&self, reason: CloseReason) -> Bytes {
+        let mut out = Vec::new();
+        shared::sse::write_comment(&mut out, &format!("closing: {}", reason.as_str()));
+        shared::sse::write_retry(&mut out, self.retry_ms);
+        self.metrics.disconnects.with_label_values(&[reason.as_str()]).inc();
+        Bytes::from(out)
+    }
+}
+
+impl Stream for SseStream {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(prelude) = this.prelude.take() {
+            return Poll::Ready(Some(Ok(prelude)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match this.queue.poll_drain(cx, &mut this.batch) {
+            Poll::Ready(Drained::Items) => {
+                this.wrote_since_tick = true;
+                let chunk = this.encode_batch();
+                if !chunk.is_empty() {
+                    return Poll::Ready(Some(Ok(chunk)));
+                }
+            }
+            Poll::Ready(Drained::Closed(reason)) => {
+                this.finished = true;
+                return Poll::Ready(Some(Ok(this.closing_frame(reason))));
+            }
+            Poll::Pending => {}
+        }
+        while this.heartbeat.poll_tick(cx).is_ready() {
+            if !std::mem::replace(&mut this.wrote_since_tick, false) {
+                return Poll::Ready(Some(Ok(Bytes::from_static(b": ping\n\n"))));
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        // The client is gone (or the stream ended): stop fan-out to it and end its resume task.
+        self.queue.close(CloseReason::Gone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn parse(query: &str, last_event_id: Option<&str>) -> Result<SseRequest, ApiError> {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = last_event_id {
+            headers.insert(HeaderName::from_static("last-event-id"), HeaderValue::from_str(v).unwrap());
+        }
+        parse_request(query, &headers, 3)
+    }
+
+    #[test]
+    fn channels_are_deduplicated_and_sorted() {
+        let r = parse("channel=b&channel=a,c&channel=b", None).unwrap();
+        let names: Vec<_> = r.channels.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(r.cursor, None);
+    }
+
+    #[test]
+    fn header_cursor_wins_over_query() {
+        let r = parse("channel=a&lastEventId=1:5", Some("2:7")).unwrap();
+        assert_eq!(r.cursor.unwrap().to_string(), "2:7");
+        let r = parse("channel=a&lastEventId=1:5", None).unwrap();
+        assert_eq!(r.cursor.unwrap().to_string(), "1:5");
+    }
+
+    #[test]
+    fn bad_requests_have_codes() {
+        let code = |q: &str, h: Option<&str>| parse(q, h).unwrap_err().code();
+        assert_eq!(code("", None), "missing_channel");
+        assert_eq!(code("channel=a%7Bb", None), "invalid_channel");
+        assert_eq!(code("channel=a&channel=b&channel=c&channel=d", None), "too_many_channels");
+        assert_eq!(code("channel=a&channel=b", Some("1:1")), "bad_cursor");
+        assert_eq!(code("channel=a", Some("garbage")), "bad_cursor");
+        assert_eq!(code("channel=a&lastEventId=1:-1", None), "bad_cursor");
+        assert_eq!(code("channel=%FF", None), "invalid_channel");
+    }
+}

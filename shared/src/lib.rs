@@ -1,0 +1,16 @@
+//! Protocol types shared by the gateway and the load generator.
+//!
+//! Everything here is pure: no I/O, no runtime, no actix or Redis. The gateway uses these types
+//! to validate input and frame output; the load generator and the tests use the same types to
+//! parse what the gateway sends, so both sides can never disagree about the wire format.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod channel;
+pub mod event;
+pub mod position;
+pub mod sse;
+
+pub use channel::{ChannelError, ChannelName};
+pub use event::{Event, EventName, EventNameError, PayloadKind};
+pub use position::{Cursor, CursorError, Epoch, Position, PositionError};
