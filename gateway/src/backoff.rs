@@ -29,7 +29,9 @@ impl Backoff {
             .min(self.cap);
         self.attempt = self.attempt.saturating_add(1);
         // At least a millisecond, so a loop around this can never spin.
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+        let millis = u64::try_from(ceiling.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         Duration::from_millis(fastrand::u64(1..=millis))
     }
 

@@ -70,21 +70,33 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<S
     };
     if args.url.is_none() && settings.redis.url.is_some() {
         let engine = crate::server::build_engine(settings, &Metrics::new())?;
-        let position = publish::publish(&engine, body).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let position = publish::publish(&engine, body)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok(position.to_string());
     }
-    let url = args.url.unwrap_or_else(|| format!("http://{}", settings.server.listen));
+    let url = args
+        .url
+        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
     http_publish(&url, settings.publish.api_key.as_deref(), &body).await
 }
 
 /// A minimal HTTP/1.1 POST, so the CLI needs no HTTP client library for one request.
-async fn http_publish(url: &str, api_key: Option<&str>, body: &PublishBody) -> anyhow::Result<String> {
+async fn http_publish(
+    url: &str,
+    api_key: Option<&str>,
+    body: &PublishBody,
+) -> anyhow::Result<String> {
     let rest = url
         .strip_prefix("http://")
         .context("--url must start with http://")?;
     let (host, base) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
     let base = base.trim_end_matches('/');
-    let path = if base.is_empty() { "/publish".to_owned() } else { format!("/{base}/publish") };
+    let path = if base.is_empty() {
+        "/publish".to_owned()
+    } else {
+        format!("/{base}/publish")
+    };
     let json = serde_json::to_vec(body)?;
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -102,12 +114,15 @@ async fn http_publish(url: &str, api_key: Option<&str>, body: &PublishBody) -> a
     let mut response = Vec::new();
     stream.take(1 << 20).read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response);
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
     if status != "200" {
         bail!("the gateway answered {status}: {body}");
     }
-    let reply: serde_json::Value = serde_json::from_str(body).context("unexpected response body")?;
+    let reply: serde_json::Value =
+        serde_json::from_str(body).context("unexpected response body")?;
     reply["id"]
         .as_str()
         .map(str::to_owned)

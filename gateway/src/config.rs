@@ -86,6 +86,8 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Seconds to wait for Redis before a request fails with 503.
     pub timeout_seconds: u64,
+    /// Seconds between liveness probes of the pub/sub connection.
+    pub probe_seconds: u64,
 }
 
 impl Default for RedisSettings {
@@ -95,6 +97,7 @@ impl Default for RedisSettings {
             key_prefix: "gw:".into(),
             pool_size: 8,
             timeout_seconds: 5,
+            probe_seconds: 5,
         }
     }
 }
@@ -264,20 +267,32 @@ impl Settings {
         }
         self.listen_addr()?;
         if let Some(url) = &self.redis.url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-                return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return Err(invalid(
+                    "redis.url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
             }
             redis::Client::open(url.as_str())
                 .map_err(|e| invalid("redis.url", format!("cannot be parsed: {e}")))?;
         }
         if self.redis.key_prefix.contains(['{', '}']) {
-            return Err(invalid("redis.key_prefix", "must not contain { or } (they are the Cluster hash tag)"));
+            return Err(invalid(
+                "redis.key_prefix",
+                "must not contain { or } (they are the Cluster hash tag)",
+            ));
         }
         if self.redis.pool_size == 0 {
             return Err(invalid("redis.pool_size", "must be at least 1"));
         }
         if self.redis.timeout_seconds == 0 {
             return Err(invalid("redis.timeout_seconds", "must be at least 1"));
+        }
+        if self.redis.probe_seconds == 0 {
+            return Err(invalid("redis.probe_seconds", "must be at least 1"));
         }
         if self.history.size == 0 {
             return Err(invalid("history.size", "must be at least 1"));
@@ -288,7 +303,10 @@ impl Settings {
         if let Some(key) = &self.publish.api_key
             && key.trim().is_empty()
         {
-            return Err(invalid("publish.api_key", "must not be blank (unset it to disable the check)"));
+            return Err(invalid(
+                "publish.api_key",
+                "must not be blank (unset it to disable the check)",
+            ));
         }
         if self.publish.max_bytes < 64 {
             return Err(invalid("publish.max_bytes", "must be at least 64"));
@@ -303,7 +321,10 @@ impl Settings {
             return Err(invalid("limits.queue_size", "must be at least 16"));
         }
         if self.limits.subscribe_timeout_seconds == 0 {
-            return Err(invalid("limits.subscribe_timeout_seconds", "must be at least 1"));
+            return Err(invalid(
+                "limits.subscribe_timeout_seconds",
+                "must be at least 1",
+            ));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));
@@ -318,10 +339,13 @@ impl Settings {
 
     /// The listen address, parsed.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|e| ConfigError::Invalid {
-            key: "server.listen",
-            problem: format!("{:?} is not host:port ({e})", self.server.listen),
-        })
+        self.server
+            .listen
+            .parse()
+            .map_err(|e| ConfigError::Invalid {
+                key: "server.listen",
+                problem: format!("{:?} is not host:port ({e})", self.server.listen),
+            })
     }
 
     /// SSE heartbeat period.
@@ -341,7 +365,12 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-        Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -364,7 +393,10 @@ mod tests {
                 ("GATEWAY__HISTORY__SIZE", "50"),
                 ("GATEWAY__HISTORY__TTL_SECONDS", "60"),
                 ("GATEWAY__PUBLISH__API_KEY", "12345"),
-                ("GATEWAY__CORS__ALLOW_ORIGINS", "https://a.example, https://b.example"),
+                (
+                    "GATEWAY__CORS__ALLOW_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
             ]),
         )
         .unwrap();
@@ -373,7 +405,10 @@ mod tests {
         assert_eq!(s.history.size, 50);
         assert_eq!(s.history.ttl_seconds, 60);
         assert_eq!(s.publish.api_key.as_deref(), Some("12345"));
-        assert_eq!(s.cors.allow_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            s.cors.allow_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
@@ -388,7 +423,8 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("g.toml");
         std::fs::write(&path, "[history]\nsize = 7\nttl_seconds = 9\n").unwrap();
-        let s = Settings::load_with_env(Some(&path), env(&[("GATEWAY__HISTORY__SIZE", "8")])).unwrap();
+        let s =
+            Settings::load_with_env(Some(&path), env(&[("GATEWAY__HISTORY__SIZE", "8")])).unwrap();
         assert_eq!((s.history.size, s.history.ttl_seconds), (8, 9));
         std::fs::remove_dir_all(dir).ok();
     }

@@ -49,7 +49,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.status.as_u16(), self.code, self.detail)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.status.as_u16(),
+            self.code,
+            self.detail
+        )
     }
 }
 
@@ -74,10 +80,14 @@ impl ResponseError for ApiError {
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Unavailable(_) => Self::unavailable("engine_unavailable", e.to_string(), 1),
-            EngineError::Protocol(_) | EngineError::Refused(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "engine_error", e.to_string())
+            EngineError::Unavailable(_) => {
+                Self::unavailable("engine_unavailable", e.to_string(), 1)
             }
+            EngineError::Protocol(_) | EngineError::Refused(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "engine_error",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -88,7 +98,9 @@ impl From<HubError> for ApiError {
             HubError::Engine(e) => e.into(),
             HubError::Timeout => Self::unavailable("engine_unavailable", e.to_string(), 1),
             HubError::ShuttingDown => Self::unavailable("shutting_down", e.to_string(), 0),
-            HubError::Closed => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "closed", e.to_string()),
+            HubError::Closed => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "closed", e.to_string())
+            }
         }
     }
 }

@@ -22,7 +22,10 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Publish(args) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("gateway: {e}");
@@ -43,7 +46,10 @@ fn main() -> ExitCode {
         Command::RedisFunction => {
             print!(
                 "{}",
-                gateway::engine::redis::library_source(settings.history.size, settings.history_ttl())
+                gateway::engine::redis::library_source(
+                    settings.history.size,
+                    settings.history_ttl()
+                )
             );
             ExitCode::SUCCESS
         }
@@ -69,8 +75,14 @@ fn serve(settings: Settings) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let local = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
-    let engine = if settings.redis.url.is_some() { "redis" } else { "memory" };
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
+    let engine = if settings.redis.url.is_some() {
+        "redis"
+    } else {
+        "memory"
+    };
     // Tests and scripts wait for this exact line on stdout.
     println!("listening on http://{local} (engine: {engine})");
     let _ = std::io::stdout().flush();

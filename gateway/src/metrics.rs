@@ -68,7 +68,8 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(r, c)
 }
 
@@ -91,7 +92,10 @@ impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
         let connections = IntGaugeVec::new(
-            Opts::new("gateway_connections", "Open client connections by transport."),
+            Opts::new(
+                "gateway_connections",
+                "Open client connections by transport.",
+            ),
             &["transport"],
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
@@ -108,24 +112,96 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("metric: {e}"));
         let inner = Inner {
             connections,
-            connections_total: counter_vec(&r, "gateway_connections_accepted_total", "Client connections accepted by transport.", &["transport"]),
-            subscriptions: gauge(&r, "gateway_subscriptions", "Channel subscriptions held by connections on this instance."),
-            channels: gauge(&r, "gateway_channels", "Channels this instance watches in the engine."),
-            published: counter_vec(&r, "gateway_messages_published_total", "Events published through this instance by API.", &["api"]),
-            received: counter(&r, "gateway_messages_received_total", "Live events received from the engine."),
-            delivered: counter_vec(&r, "gateway_messages_delivered_total", "Events written to clients by transport.", &["transport"]),
+            connections_total: counter_vec(
+                &r,
+                "gateway_connections_accepted_total",
+                "Client connections accepted by transport.",
+                &["transport"],
+            ),
+            subscriptions: gauge(
+                &r,
+                "gateway_subscriptions",
+                "Channel subscriptions held by connections on this instance.",
+            ),
+            channels: gauge(
+                &r,
+                "gateway_channels",
+                "Channels this instance watches in the engine.",
+            ),
+            published: counter_vec(
+                &r,
+                "gateway_messages_published_total",
+                "Events published through this instance by API.",
+                &["api"],
+            ),
+            received: counter(
+                &r,
+                "gateway_messages_received_total",
+                "Live events received from the engine.",
+            ),
+            delivered: counter_vec(
+                &r,
+                "gateway_messages_delivered_total",
+                "Events written to clients by transport.",
+                &["transport"],
+            ),
             delivery_latency: register(&r, latency),
-            resumes: counter_vec(&r, "gateway_resumes_total", "Resume attempts by outcome.", &["outcome"]),
+            resumes: counter_vec(
+                &r,
+                "gateway_resumes_total",
+                "Resume attempts by outcome.",
+                &["outcome"],
+            ),
             gaps: counter(&r, "gateway_gaps_total", "Gap notices sent to clients."),
-            slow_consumers: counter(&r, "gateway_slow_consumer_disconnects_total", "Clients disconnected because their queue overflowed."),
-            disconnects: counter_vec(&r, "gateway_disconnects_total", "Connections closed by the gateway by reason.", &["reason"]),
-            history_reads: counter(&r, "gateway_history_reads_total", "History reads sent to the engine."),
-            history_reads_shared: counter(&r, "gateway_history_reads_shared_total", "History reads served by an identical read already in flight."),
-            resyncs: counter_vec(&r, "gateway_channel_resyncs_total", "Channel re-synchronisations from history by reason.", &["reason"]),
-            engine_errors: counter_vec(&r, "gateway_engine_errors_total", "Engine failures by kind.", &["kind"]),
-            engine_reconnects: counter(&r, "gateway_engine_reconnects_total", "Pub/sub reconnects."),
-            engine_up: gauge(&r, "gateway_engine_up", "1 while the engine's live path is connected."),
-            rejected: counter_vec(&r, "gateway_requests_rejected_total", "Rejected requests by reason.", &["reason"]),
+            slow_consumers: counter(
+                &r,
+                "gateway_slow_consumer_disconnects_total",
+                "Clients disconnected because their queue overflowed.",
+            ),
+            disconnects: counter_vec(
+                &r,
+                "gateway_disconnects_total",
+                "Connections closed by the gateway by reason.",
+                &["reason"],
+            ),
+            history_reads: counter(
+                &r,
+                "gateway_history_reads_total",
+                "History reads sent to the engine.",
+            ),
+            history_reads_shared: counter(
+                &r,
+                "gateway_history_reads_shared_total",
+                "History reads served by an identical read already in flight.",
+            ),
+            resyncs: counter_vec(
+                &r,
+                "gateway_channel_resyncs_total",
+                "Channel re-synchronisations from history by reason.",
+                &["reason"],
+            ),
+            engine_errors: counter_vec(
+                &r,
+                "gateway_engine_errors_total",
+                "Engine failures by kind.",
+                &["kind"],
+            ),
+            engine_reconnects: counter(
+                &r,
+                "gateway_engine_reconnects_total",
+                "Pub/sub reconnects.",
+            ),
+            engine_up: gauge(
+                &r,
+                "gateway_engine_up",
+                "1 while the engine's live path is connected.",
+            ),
+            rejected: counter_vec(
+                &r,
+                "gateway_requests_rejected_total",
+                "Rejected requests by reason.",
+                &["reason"],
+            ),
             registry: r,
         };
         for t in ["sse", "ws"] {

@@ -57,14 +57,30 @@ pub async fn publish(engine: &Engine, body: PublishBody) -> Result<Position, Api
 }
 
 /// `POST /publish`: `{"channel", "data", "event"?}` → `{"id": "<position>"}`.
-pub async fn handler(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn handler(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     check_api_key(&req, state.settings.publish.api_key.as_deref())?;
     let raw = read_limited(payload, state.settings.publish.max_bytes).await?;
-    let body: PublishBody = serde_json::from_slice(&raw)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the body must be {{\"channel\": ..., \"data\": ...}}: {e}")))?;
+    let body = parse_body(&raw)?;
     let position = publish(state.hub.engine(), body).await?;
     state.metrics.published.with_label_values(&["http"]).inc();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": position.to_string() })))
+}
+
+/// Parses a publish body, which must be a JSON object (serde would also accept a positional
+/// array, an accident nobody should come to rely on).
+pub fn parse_body(raw: &[u8]) -> Result<PublishBody, ApiError> {
+    let shape = || "the body must be a JSON object {\"channel\": ..., \"data\": ...}";
+    let value: serde_json::Value = serde_json::from_slice(raw)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}: {e}", shape())))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid_json", shape()));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}: {e}", shape())))
 }
 
 /// Requires `Authorization: Bearer <key>` when a key is configured (compared in constant time).
@@ -74,11 +90,17 @@ fn check_api_key(req: &HttpRequest, key: Option<&str>) -> Result<(), ApiError> {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.trim().split_once(' '))
+        // The scheme name is case-insensitive (RFC 9110, section 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match given {
         Some(given) if bool::from(given.as_bytes().ct_eq(key.as_bytes())) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API key is wrong")),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the API key is wrong",
+        )),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -115,17 +137,49 @@ mod tests {
     #[test]
     fn strings_are_text_and_other_values_compact_json() {
         let r = validate(body(r#"{"channel":"a","data":"hi\nthere"}"#)).unwrap();
-        assert_eq!((r.kind, &r.data[..]), (PayloadKind::Text, &b"hi\nthere"[..]));
+        assert_eq!(
+            (r.kind, &r.data[..]),
+            (PayloadKind::Text, &b"hi\nthere"[..])
+        );
         let r = validate(body(r#"{"channel":"a","data":{ "x" : [1, 2] }}"#)).unwrap();
-        assert_eq!((r.kind, &r.data[..]), (PayloadKind::Json, &br#"{"x":[1,2]}"#[..]));
+        assert_eq!(
+            (r.kind, &r.data[..]),
+            (PayloadKind::Json, &br#"{"x":[1,2]}"#[..])
+        );
         let r = validate(body(r#"{"channel":"a","data":null,"event":"up"}"#)).unwrap();
-        assert_eq!((&r.data[..], r.name.unwrap().as_str()), (&b"null"[..], "up"));
+        assert_eq!(
+            (&r.data[..], r.name.unwrap().as_str()),
+            (&b"null"[..], "up")
+        );
+    }
+
+    #[test]
+    fn only_objects_are_publish_bodies() {
+        assert!(parse_body(br#"{"channel":"a","data":1}"#).is_ok());
+        assert_eq!(
+            parse_body(br#"["a", 1]"#).unwrap_err().code(),
+            "invalid_json"
+        );
+        assert_eq!(parse_body(b"nope").unwrap_err().code(), "invalid_json");
     }
 
     #[test]
     fn bad_fields_have_codes() {
-        assert_eq!(validate(body(r#"{"channel":"a b","data":1}"#)).unwrap_err().code(), "invalid_channel");
-        assert_eq!(validate(body(r#"{"channel":"a","data":1,"event":"gap"}"#)).unwrap_err().code(), "invalid_event");
-        assert!(serde_json::from_str::<PublishBody>(r#"{"channel":"a"}"#).is_err(), "data is required");
+        assert_eq!(
+            validate(body(r#"{"channel":"a b","data":1}"#))
+                .unwrap_err()
+                .code(),
+            "invalid_channel"
+        );
+        assert_eq!(
+            validate(body(r#"{"channel":"a","data":1,"event":"gap"}"#))
+                .unwrap_err()
+                .code(),
+            "invalid_event"
+        );
+        assert!(
+            serde_json::from_str::<PublishBody>(r#"{"channel":"a"}"#).is_err(),
+            "data is required"
+        );
     }
 }

@@ -13,9 +13,9 @@ use actix_web::middleware::Condition;
 use actix_web::{App, HttpResponse, HttpServer, web};
 
 use crate::config::Settings;
+use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
-use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::hub::{Hook, Hub, HubConfig};
 use crate::metrics::Metrics;
@@ -31,10 +31,16 @@ pub struct RunOptions {
 }
 
 /// Builds the configured engine (no I/O yet).
-pub fn build_engine(settings: &Settings, metrics: &Metrics) -> Result<Engine, crate::engine::EngineError> {
+pub fn build_engine(
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Engine, crate::engine::EngineError> {
     Ok(match &settings.redis.url {
         Some(_) => Engine::Redis(RedisEngine::new(settings, metrics.clone())?),
-        None => Engine::Memory(MemoryEngine::new(settings.history.size, settings.history_ttl())),
+        None => Engine::Memory(MemoryEngine::new(
+            settings.history.size,
+            settings.history_ttl(),
+        )),
     })
 }
 
@@ -60,7 +66,12 @@ pub async fn run(
     let settings = Arc::new(settings);
     let metrics = Metrics::new();
     let engine = build_engine(&settings, &metrics).map_err(std::io::Error::other)?;
-    let hub = Hub::new(engine.clone(), hub_config(&settings), metrics.clone(), options.hook);
+    let hub = Hub::new(
+        engine.clone(),
+        hub_config(&settings),
+        metrics.clone(),
+        options.hook,
+    );
     let state = AppState {
         hub: hub.clone(),
         settings: settings.clone(),
@@ -99,7 +110,9 @@ pub async fn run(
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         shutdown.await;
-        tracing::info!("shutting down: refusing new connections and asking clients to reconnect elsewhere");
+        tracing::info!(
+            "shutting down: refusing new connections and asking clients to reconnect elsewhere"
+        );
         handle.pause().await;
         hub.shutdown();
         handle.stop(true).await;
@@ -112,13 +125,21 @@ pub async fn run(
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/sse").route(web::get().to(transport::sse::handler)).default_service(web::to(not_allowed)))
-        .service(web::resource("/publish").route(web::post().to(publish::handler)).default_service(web::to(not_allowed)))
-        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
-        .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
-        .service(web::resource("/").route(web::get().to(index)))
-        .default_service(web::to(not_found));
+    cfg.service(
+        web::resource("/sse")
+            .route(web::get().to(transport::sse::handler))
+            .default_service(web::to(not_allowed)),
+    )
+    .service(
+        web::resource("/publish")
+            .route(web::post().to(publish::handler))
+            .default_service(web::to(not_allowed)),
+    )
+    .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+    .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
+    .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
+    .service(web::resource("/").route(web::get().to(index)))
+    .default_service(web::to(not_found));
 }
 
 async fn index() -> HttpResponse {
@@ -128,7 +149,11 @@ async fn index() -> HttpResponse {
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(actix_web::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
+    Err(ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    ))
 }
 
 async fn not_allowed() -> Result<HttpResponse, ApiError> {
@@ -142,7 +167,11 @@ async fn not_allowed() -> Result<HttpResponse, ApiError> {
 fn cors(origins: &[String]) -> Cors {
     let mut cors = Cors::default()
         .allowed_methods(["GET", "POST"])
-        .allowed_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("last-event-id")])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
         .block_on_origin_mismatch(false)
         .max_age(3600);
     if origins.iter().any(|o| o == "*") {

@@ -36,16 +36,25 @@ impl ConnectionLimiter {
     }
 
     /// A slot for one more connection, released when the guard drops; `None` at the limit.
-    pub fn try_acquire(self: &Arc<Self>, metrics: &Metrics, transport: &'static str) -> Option<ConnectionGuard> {
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        metrics: &Metrics,
+        transport: &'static str,
+    ) -> Option<ConnectionGuard> {
         let admitted = self
             .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
             .is_ok();
         if !admitted {
             return None;
         }
         metrics.connections.with_label_values(&[transport]).inc();
-        metrics.connections_total.with_label_values(&[transport]).inc();
+        metrics
+            .connections_total
+            .with_label_values(&[transport])
+            .inc();
         Some(ConnectionGuard {
             limiter: self.clone(),
             metrics: metrics.clone(),
@@ -64,6 +73,9 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.limiter.open.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.connections.with_label_values(&[self.transport]).dec();
+        self.metrics
+            .connections
+            .with_label_values(&[self.transport])
+            .dec();
     }
 }

@@ -120,7 +120,15 @@ mod tests {
 
     #[test]
     fn accepts_the_documented_alphabet() {
-        for ok in ["a", "news", "chat:room-1", "user@example.com", "a/b/c", "x=y", "A_B.C"] {
+        for ok in [
+            "a",
+            "news",
+            "chat:room-1",
+            "user@example.com",
+            "a/b/c",
+            "x=y",
+            "A_B.C",
+        ] {
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
         assert!(ChannelName::new(&"x".repeat(MAX_CHANNEL_LEN)).is_ok());
@@ -133,7 +141,14 @@ mod tests {
             ChannelName::new(&"x".repeat(MAX_CHANNEL_LEN + 1)),
             Err(ChannelError::TooLong { len: 129, .. })
         ));
-        for (bad, at) in [("a{b", 1), ("a}b", 1), ("a b", 1), ("a,b", 1), ("é", 0), ("a\nb", 1)] {
+        for (bad, at) in [
+            ("a{b", 1),
+            ("a}b", 1),
+            ("a b", 1),
+            ("a,b", 1),
+            ("é", 0),
+            ("a\nb", 1),
+        ] {
             match ChannelName::new(bad) {
                 Err(ChannelError::BadChar { at: got, .. }) => assert_eq!(got, at, "{bad:?}"),
                 other => panic!("{bad:?} gave {other:?}"),

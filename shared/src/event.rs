@@ -143,7 +143,10 @@ mod tests {
         assert_eq!(EventName::new(""), Err(EventNameError::Length));
         assert_eq!(EventName::new("a b"), Err(EventNameError::BadChar));
         assert_eq!(EventName::new("a\nb"), Err(EventNameError::BadChar));
-        assert_eq!(EventName::new("gap"), Err(EventNameError::Reserved("gap".into())));
+        assert_eq!(
+            EventName::new("gap"),
+            Err(EventNameError::Reserved("gap".into()))
+        );
         assert!(EventName::new(&"x".repeat(65)).is_err());
     }
 

@@ -229,7 +229,11 @@ mod tests {
         let p = Position::new(Epoch(0x1a2b), 42);
         assert_eq!(p.to_string(), "1a2b:42");
         assert_eq!("1a2b:42".parse::<Position>(), Ok(p));
-        assert_eq!("1A2B:42".parse::<Position>(), Ok(p), "hex is case-insensitive");
+        assert_eq!(
+            "1A2B:42".parse::<Position>(),
+            Ok(p),
+            "hex is case-insensitive"
+        );
         assert_eq!("1a2b:0042".parse::<Position>(), Ok(p));
     }
 
@@ -243,12 +247,29 @@ mod tests {
     #[test]
     fn absurd_positions_are_refused() {
         for bad in [
-            "", ":", "1:", ":1", "1-1", "x:1", "1:-1", "1:+1", "1:1.0", "1: 1", "1:1e3",
-            "12345678901234567:1", "1:18446744073709551616", "1:1:1",
+            "",
+            ":",
+            "1:",
+            ":1",
+            "1-1",
+            "x:1",
+            "1:-1",
+            "1:+1",
+            "1:1.0",
+            "1: 1",
+            "1:1e3",
+            "12345678901234567:1",
+            "1:18446744073709551616",
+            "1:1:1",
         ] {
             assert!(bad.parse::<Position>().is_err(), "{bad:?} was accepted");
         }
-        assert_eq!("ffffffffffffffff:18446744073709551615".parse::<Position>().map(|p| p.offset), Ok(u64::MAX));
+        assert_eq!(
+            "ffffffffffffffff:18446744073709551615"
+                .parse::<Position>()
+                .map(|p| p.offset),
+            Ok(u64::MAX)
+        );
     }
 
     #[test]
@@ -256,17 +277,26 @@ mod tests {
         assert_eq!(Cursor::parse("", 1), Err(CursorError::Empty));
         assert_eq!(
             Cursor::parse("a:1,b:2", 3),
-            Err(CursorError::WrongCount { expected: 3, found: 2 })
+            Err(CursorError::WrongCount {
+                expected: 3,
+                found: 2
+            })
         );
         assert!(matches!(
             Cursor::parse("a:1,zz:2", 2),
             Err(CursorError::BadPosition { index: 1, .. })
         ));
         let huge = "a:1,".repeat(10_000);
-        assert!(matches!(Cursor::parse(&huge, 2), Err(CursorError::TooLong { .. })));
+        assert!(matches!(
+            Cursor::parse(&huge, 2),
+            Err(CursorError::TooLong { .. })
+        ));
         assert_eq!(
             Cursor::parse(" a:1,b:2 ", 2),
-            Ok(Cursor(vec![Position::new(Epoch(10), 1), Position::new(Epoch(11), 2)]))
+            Ok(Cursor(vec![
+                Position::new(Epoch(10), 1),
+                Position::new(Epoch(11), 2)
+            ]))
         );
     }
 

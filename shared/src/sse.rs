@@ -219,7 +219,12 @@ mod tests {
     #[test]
     fn multi_line_data_becomes_several_data_lines() {
         let mut out = Vec::new();
-        write_event(&mut out, Some("a:1"), Some("update"), b"one\ntwo\r\nthree\rfour");
+        write_event(
+            &mut out,
+            Some("a:1"),
+            Some("update"),
+            b"one\ntwo\r\nthree\rfour",
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "id: a:1\nevent: update\ndata: one\ndata: two\ndata: three\ndata: four\n\n"
@@ -241,17 +246,28 @@ mod tests {
     fn fields_cannot_be_broken_by_line_breaks() {
         let mut out = Vec::new();
         write_event(&mut out, Some("1\nevent: evil"), Some("a\rb"), b"x");
-        assert_eq!(String::from_utf8(out).unwrap(), "id: 1\nevent: a\ndata: x\n\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 1\nevent: a\ndata: x\n\n"
+        );
     }
 
     #[test]
     fn decoder_follows_the_spec() {
-        let stream = "\u{feff}retry: 1500\n: ping\n\nid: 7\n\ndata: a\r\ndata: b\r\n\r\nevent: x\ndata\n\n";
+        let stream =
+            "\u{feff}retry: 1500\n: ping\n\nid: 7\n\ndata: a\r\ndata: b\r\n\r\nevent: x\ndata\n\n";
         let (events, d) = decode_all(stream.as_bytes());
         assert_eq!(d.retry(), Some(1500));
         assert_eq!(d.comments(), 1);
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0], SseEvent { id: "7".into(), event: "message".into(), data: "a\nb".into() });
+        assert_eq!(
+            events[0],
+            SseEvent {
+                id: "7".into(),
+                event: "message".into(),
+                data: "a\nb".into()
+            }
+        );
         assert_eq!(events[1].event, "x");
         assert_eq!(events[1].data, "");
     }

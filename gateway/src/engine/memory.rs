@@ -73,7 +73,10 @@ impl MemoryEngine {
         listener.on_live_path(true);
         let inner = Arc::downgrade(&self.inner);
         let mut stop = self.inner.stop.subscribe();
-        let period = self.inner.ttl.clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let period = self
+            .inner
+            .ttl
+            .clamp(Duration::from_millis(100), Duration::from_secs(30));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -123,8 +126,12 @@ impl MemoryEngine {
         let mut channels = self.inner.channels.lock();
         let log = live_log(&mut channels, channel, Instant::now(), self.inner.ttl);
         // Offsets in the deque are contiguous, so the start index is arithmetic.
-        let first = log.events.front().map_or(log.top + 1, |e| e.position.offset);
-        let skip = usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+        let first = log
+            .events
+            .front()
+            .map_or(log.top + 1, |e| e.position.offset);
+        let skip =
+            usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
         HistoryPage {
             epoch: log.epoch,
             top: log.top,

@@ -1,7 +1,7 @@
 //! Engines own history and cross-instance live delivery. Two implementations share one contract:
 //! `redis` (pub/sub + Streams, any number of instances) and `memory` (one instance, no Redis).
 //!
-//! The contract, which `tests/engine_conformance.rs` checks against both:
+//! The contract, which `tests/it/engine.rs` checks against both:
 //! - `publish` assigns the next contiguous offset in the channel's current epoch, stores the
 //!   event in capped, expiring history and pushes it live — atomically, so history and live can
 //!   never disagree; it returns the event's position.
@@ -137,7 +137,10 @@ impl Engine {
 
     /// Heads of many channels in one round trip (`None`: no history exists); lets the hub find
     /// lost tails on quiet channels cheaply.
-    pub async fn heads(&self, channels: &[ChannelName]) -> Result<Vec<Option<Position>>, EngineError> {
+    pub async fn heads(
+        &self,
+        channels: &[ChannelName],
+    ) -> Result<Vec<Option<Position>>, EngineError> {
         match self {
             Self::Memory(e) => Ok(e.heads(channels)),
             Self::Redis(e) => e.heads(channels).await,

@@ -178,7 +178,8 @@ impl ChannelState {
         } else if self.phase == Phase::Starting {
             self.phase = Phase::Syncing;
         }
-        self.ready.send_if_modified(|ready| !std::mem::replace(ready, true));
+        self.ready
+            .send_if_modified(|ready| !std::mem::replace(ready, true));
         in_sync
     }
 
@@ -336,11 +337,15 @@ mod tests {
     fn seen(q: &Queue) -> Vec<i64> {
         let mut out = Vec::new();
         let waker = futures_util::task::noop_waker();
-        if let Poll::Ready(Drained::Items) = q.poll_drain(&mut Context::from_waker(&waker), &mut out) {}
+        if let Poll::Ready(Drained::Items) =
+            q.poll_drain(&mut Context::from_waker(&waker), &mut out)
+        {}
         out.into_iter()
             .map(|i| match i {
                 Item::Event { message, .. } => message.position().offset as i64,
-                Item::Gap { first_available, .. } => -(first_available.offset as i64),
+                Item::Gap {
+                    first_available, ..
+                } => -(first_available.offset as i64),
                 Item::Subscribed { .. } => 0,
             })
             .collect()
@@ -351,7 +356,14 @@ mod tests {
         let mut fx = Effects::default();
         assert!(ch.apply_page(&head(E, last), 0, &mut fx));
         let q = Queue::new(64);
-        ch.subs.insert(1, Sub { queue: q.clone(), slot: 0, skip_until: 0 });
+        ch.subs.insert(
+            1,
+            Sub {
+                queue: q.clone(),
+                slot: 0,
+                skip_until: 0,
+            },
+        );
         (ch, q)
     }
 
@@ -430,7 +442,14 @@ mod tests {
     fn overflowing_subscribers_are_removed_and_counted() {
         let (mut ch, _q) = live_channel(0);
         let tiny = Queue::new(1);
-        ch.subs.insert(2, Sub { queue: tiny, slot: 0, skip_until: 0 });
+        ch.subs.insert(
+            2,
+            Sub {
+                queue: tiny,
+                slot: 0,
+                skip_until: 0,
+            },
+        );
         let mut fx = Effects::default();
         ch.on_live(msg(E, 1), &mut fx);
         ch.on_live(msg(E, 2), &mut fx);
@@ -444,11 +463,23 @@ mod tests {
         for o in 1..=6 {
             ch.on_live(msg(E, o), &mut fx);
         }
-        let offsets = |v: Option<Vec<Arc<Message>>>| v.map(|v| v.iter().map(|m| m.position().offset).collect::<Vec<_>>());
+        let offsets = |v: Option<Vec<Arc<Message>>>| {
+            v.map(|v| v.iter().map(|m| m.position().offset).collect::<Vec<_>>())
+        };
         assert_eq!(offsets(ch.ring_after(Position::new(E, 6))), Some(vec![]));
-        assert_eq!(offsets(ch.ring_after(Position::new(E, 4))), Some(vec![5, 6]));
-        assert_eq!(offsets(ch.ring_after(Position::new(E, 2))), Some(vec![3, 4, 5, 6]));
-        assert_eq!(offsets(ch.ring_after(Position::new(E, 1))), None, "ring holds 4");
+        assert_eq!(
+            offsets(ch.ring_after(Position::new(E, 4))),
+            Some(vec![5, 6])
+        );
+        assert_eq!(
+            offsets(ch.ring_after(Position::new(E, 2))),
+            Some(vec![3, 4, 5, 6])
+        );
+        assert_eq!(
+            offsets(ch.ring_after(Position::new(E, 1))),
+            None,
+            "ring holds 4"
+        );
         assert_eq!(offsets(ch.ring_after(Position::new(Epoch(1), 5))), None);
     }
 

@@ -80,7 +80,12 @@ impl HistoryReader {
     }
 
     /// One page without coalescing, for the hub's own sync loop.
-    pub async fn read_direct(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<Page, EngineError> {
+    pub async fn read_direct(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<Page, EngineError> {
         let page = self.engine.read(channel, after, limit).await?;
         Ok(to_page(page))
     }
@@ -90,7 +95,10 @@ impl HistoryReader {
         let inflight = Arc::downgrade(&self.inflight);
         let limit = self.page_size;
         async move {
-            let result = engine.read(&key.0, key.1, limit).await.map(|p| Arc::new(to_page(p)));
+            let result = engine
+                .read(&key.0, key.1, limit)
+                .await
+                .map(|p| Arc::new(to_page(p)));
             // Whoever completes the read retires it, so later readers see fresh history.
             if let Some(inflight) = inflight.upgrade() {
                 inflight.lock().remove(&key);

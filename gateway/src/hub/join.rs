@@ -47,7 +47,12 @@ impl From<PushError> for HubError {
 impl Hub {
     /// Delivers everything after `from` and joins live fan-out. With `announce`, an
     /// [`Item::Subscribed`] precedes the first event (for transports that acknowledge).
-    pub async fn join(&self, m: &Membership, from: Position, announce: bool) -> Result<JoinOutcome, HubError> {
+    pub async fn join(
+        &self,
+        m: &Membership,
+        from: Position,
+        announce: bool,
+    ) -> Result<JoinOutcome, HubError> {
         let deadline = Instant::now() + self.inner.config.subscribe_timeout;
         let requested = from;
         let mut from = from;
@@ -58,55 +63,59 @@ impl Hub {
                 return Err(HubError::Timeout);
             }
             let step = self
-                .with_state(&m.channel, m.generation, |state, _| -> Result<Step, HubError> {
-                    if m.queue.is_closed() {
-                        return Err(HubError::Closed);
-                    }
-                    if self.is_shutting_down() {
-                        return Err(HubError::ShuttingDown);
-                    }
-                    let last = state.last.ok_or(HubError::Timeout)?;
-                    if from.epoch != last.epoch {
-                        return Ok(Step::Fetch {
-                            after: 0,
-                            hub_epoch: last.epoch,
-                        });
-                    }
-                    let Some(missing) = state.ring_after(from) else {
-                        return Ok(Step::Fetch {
-                            after: from.offset,
-                            hub_epoch: last.epoch,
-                        });
-                    };
-                    let needed = missing.len() + usize::from(!announced);
-                    if needed > m.queue.room() {
-                        return Ok(Step::Push(missing));
-                    }
-                    if !announced {
-                        m.queue.push(Item::Subscribed {
-                            slot: m.slot,
-                            position: requested,
-                            recovered,
-                        })?;
-                    }
-                    for message in missing {
-                        m.queue.push(Item::Event {
-                            slot: m.slot,
-                            message,
-                            live: false,
-                        })?;
-                    }
-                    state.subs.insert(
-                        m.id,
-                        Sub {
-                            queue: m.queue.clone(),
-                            slot: m.slot,
-                            skip_until: from.offset.max(last.offset),
-                        },
-                    );
-                    from = Position::new(last.epoch, from.offset.max(last.offset));
-                    Ok(Step::Done)
-                })
+                .with_state(
+                    &m.channel,
+                    m.generation,
+                    |state, _| -> Result<Step, HubError> {
+                        if m.queue.is_closed() {
+                            return Err(HubError::Closed);
+                        }
+                        if self.is_shutting_down() {
+                            return Err(HubError::ShuttingDown);
+                        }
+                        let last = state.last.ok_or(HubError::Timeout)?;
+                        if from.epoch != last.epoch {
+                            return Ok(Step::Fetch {
+                                after: 0,
+                                hub_epoch: last.epoch,
+                            });
+                        }
+                        let Some(missing) = state.ring_after(from) else {
+                            return Ok(Step::Fetch {
+                                after: from.offset,
+                                hub_epoch: last.epoch,
+                            });
+                        };
+                        let needed = missing.len() + usize::from(!announced);
+                        if needed > m.queue.room() {
+                            return Ok(Step::Push(missing));
+                        }
+                        if !announced {
+                            m.queue.push(Item::Subscribed {
+                                slot: m.slot,
+                                position: requested,
+                                recovered,
+                            })?;
+                        }
+                        for message in missing {
+                            m.queue.push(Item::Event {
+                                slot: m.slot,
+                                message,
+                                live: false,
+                            })?;
+                        }
+                        state.subs.insert(
+                            m.id,
+                            Sub {
+                                queue: m.queue.clone(),
+                                slot: m.slot,
+                                skip_until: from.offset.max(last.offset),
+                            },
+                        );
+                        from = Position::new(last.epoch, from.offset.max(last.offset));
+                        Ok(Step::Done)
+                    },
+                )
                 .ok_or(HubError::Closed)??;
 
             match step {
@@ -118,7 +127,8 @@ impl Hub {
                     });
                 }
                 Step::Push(messages) => {
-                    self.announce(m, &mut announced, requested, recovered).await?;
+                    self.announce(m, &mut announced, requested, recovered)
+                        .await?;
                     for message in messages {
                         let position = message.position();
                         m.queue
@@ -145,7 +155,8 @@ impl Hub {
                     if from.epoch != page.epoch || page.first_available() > from.offset + 1 {
                         let first_available = Position::new(page.epoch, page.first_available());
                         recovered = false;
-                        self.announce(m, &mut announced, requested, recovered).await?;
+                        self.announce(m, &mut announced, requested, recovered)
+                            .await?;
                         m.queue
                             .push_wait(Item::Gap {
                                 slot: m.slot,
@@ -155,7 +166,8 @@ impl Hub {
                         self.inner.metrics.gaps.inc();
                         from = Position::new(page.epoch, first_available.offset - 1);
                     }
-                    self.announce(m, &mut announced, requested, recovered).await?;
+                    self.announce(m, &mut announced, requested, recovered)
+                        .await?;
                     for message in &page.messages {
                         let position = message.position();
                         if position.offset <= from.offset {

@@ -86,7 +86,10 @@ mod tests {
             data: Bytes::from_static(b"x\ny"),
             published_ms: 0,
         });
-        assert_eq!(&m.sse_frame()[..], b"id: a:3\nevent: up\ndata: x\ndata: y\n\n");
+        assert_eq!(
+            &m.sse_frame()[..],
+            b"id: a:3\nevent: up\ndata: x\ndata: y\n\n"
+        );
         assert_eq!(&m.sse_body()[..], b"event: up\ndata: x\ndata: y\n\n");
         assert_eq!(m.sse_frame().as_ptr(), m.sse_frame().as_ptr());
     }

@@ -139,7 +139,9 @@ impl Hub {
     /// Builds the hub and starts the engine with the hub as its listener. Must be called inside
     /// a Tokio runtime; background tasks run on it.
     pub fn new(engine: Engine, config: HubConfig, metrics: Metrics, hook: Option<Hook>) -> Self {
-        let shards = (0..config.shards.max(1)).map(|_| Mutex::new(Shard::default())).collect();
+        let shards = (0..config.shards.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
         let inner = Arc::new(Inner {
             shards,
             hasher: Default::default(),
@@ -199,7 +201,10 @@ impl Hub {
                 ChannelState::new(
                     self.inner.next_generation.fetch_add(1, Ordering::Relaxed),
                     self.inner.config.channel_cache,
-                    self.inner.config.queue_size.max(self.inner.config.channel_cache),
+                    self.inner
+                        .config
+                        .queue_size
+                        .max(self.inner.config.channel_cache),
                 )
             });
             state.refs += 1;
@@ -332,17 +337,18 @@ impl Hub {
     }
 
     fn on_event(&self, event: Event) {
-        self.inner.metrics.received.inc();
         let channel = event.channel.clone();
         let message = Arc::new(Message::new(event));
         let mut fx = Effects::default();
         let sync = {
             let mut shard = self.shard(&channel).lock();
-            let Some(state) = shard.channels.get_mut(&channel) else {
-                return;
-            };
-            state.on_live(message, &mut fx).then_some(state.generation)
+            shard
+                .channels
+                .get_mut(&channel)
+                .and_then(|state| state.on_live(message, &mut fx).then_some(state.generation))
         };
+        // Counted after the fan-out, so an observer of the metric knows the hub has applied it.
+        self.inner.metrics.received.inc();
         self.record(&fx);
         if let Some(generation) = sync {
             self.spawn_sync(channel, generation, "jump");
@@ -366,7 +372,9 @@ impl Hub {
                 shard
                     .channels
                     .iter_mut()
-                    .filter_map(|(name, state)| state.poke().then(|| (name.clone(), state.generation)))
+                    .filter_map(|(name, state)| {
+                        state.poke().then(|| (name.clone(), state.generation))
+                    })
                     .collect()
             };
             for (channel, generation) in to_sync {

@@ -255,7 +255,10 @@ mod tests {
         assert_eq!(q.push(gap(4)), Err(PushError::Closed));
         let (items, poll) = drain(&q);
         assert!(items.is_empty());
-        assert_eq!(poll, Poll::Ready(Drained::Closed(CloseReason::SlowConsumer)));
+        assert_eq!(
+            poll,
+            Poll::Ready(Drained::Closed(CloseReason::SlowConsumer))
+        );
     }
 
     #[test]

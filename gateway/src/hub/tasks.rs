@@ -13,12 +13,16 @@ use crate::backoff::Backoff;
 impl Hub {
     pub(super) fn spawn_start(&self, channel: ChannelName, generation: u64) {
         let hub = self.clone();
-        self.inner.runtime.spawn(async move { hub.start(channel, generation).await });
+        self.inner
+            .runtime
+            .spawn(async move { hub.start(channel, generation).await });
     }
 
     pub(super) fn spawn_sync(&self, channel: ChannelName, generation: u64, reason: &'static str) {
         let hub = self.clone();
-        self.inner.runtime.spawn(async move { hub.sync(channel, generation, reason).await });
+        self.inner
+            .runtime
+            .spawn(async move { hub.sync(channel, generation, reason).await });
     }
 
     fn alive(&self, channel: &ChannelName, generation: u64) -> bool {
@@ -44,7 +48,9 @@ impl Hub {
             };
             match self.inner.history.read_direct(&channel, 0, 0).await {
                 Ok(page) => {
-                    let in_sync = self.with_state(&channel, generation, |s, fx| s.apply_page(&page, read_at, fx));
+                    let in_sync = self.with_state(&channel, generation, |s, fx| {
+                        s.apply_page(&page, read_at, fx)
+                    });
                     match in_sync {
                         Some(false) => return self.sync(channel, generation, "start").await,
                         _ => return,
@@ -61,12 +67,17 @@ impl Hub {
     /// Reads history from `last` until the channel has caught up with everything it was told
     /// about; retried with backoff while the store is down.
     async fn sync(self, channel: ChannelName, generation: u64, reason: &'static str) {
-        self.inner.metrics.resyncs.with_label_values(&[reason]).inc();
+        self.inner
+            .metrics
+            .resyncs
+            .with_label_values(&[reason])
+            .inc();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut from_zero = false;
         loop {
             let step = self.with_state(&channel, generation, |s, _| {
-                s.last.map(|last| (if from_zero { 0 } else { last.offset }, s.arrivals(), last))
+                s.last
+                    .map(|last| (if from_zero { 0 } else { last.offset }, s.arrivals(), last))
             });
             let Some(Some((after, read_at, last))) = step else {
                 return;

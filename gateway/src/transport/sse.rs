@@ -11,6 +11,7 @@
 //! The `id:` of each event is the connection's cursor: one position per channel, in sorted
 //! channel order, so any instance can resume every channel of the connection from it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,7 +22,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use futures_util::Stream;
 use shared::{ChannelName, Cursor, Position};
-use tokio::time::{Interval, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
@@ -39,7 +40,11 @@ pub struct SseRequest {
 }
 
 /// Parses the query string and headers of an SSE request.
-pub fn parse_request(query: &str, headers: &HeaderMap, max_channels: usize) -> Result<SseRequest, ApiError> {
+pub fn parse_request(
+    query: &str,
+    headers: &HeaderMap,
+    max_channels: usize,
+) -> Result<SseRequest, ApiError> {
     let mut channels: Vec<ChannelName> = Vec::new();
     let mut query_cursor = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -59,7 +64,9 @@ pub fn parse_request(query: &str, headers: &HeaderMap, max_channels: usize) -> R
                     }
                 }
             }
-            "lastEventId" | "lastEventID" | "last-event-id" => query_cursor = Some(value.into_owned()),
+            "lastEventId" | "lastEventID" | "last-event-id" => {
+                query_cursor = Some(value.into_owned())
+            }
             _ => {}
         }
     }
@@ -73,7 +80,9 @@ pub fn parse_request(query: &str, headers: &HeaderMap, max_channels: usize) -> R
     let header_cursor = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| ApiError::bad_request("bad_cursor", "Last-Event-ID is not visible ASCII"))?
+                .map_err(|_| {
+                    ApiError::bad_request("bad_cursor", "Last-Event-ID is not visible ASCII")
+                })?
                 .to_owned(),
         ),
         None => None,
@@ -88,18 +97,32 @@ pub fn parse_request(query: &str, headers: &HeaderMap, max_channels: usize) -> R
 }
 
 /// The `GET /sse` handler.
-pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn handler(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let metrics = &state.metrics;
-    let request = parse_request(req.query_string(), req.headers(), state.settings.limits.max_channels)
-        .inspect_err(|e| {
-            if e.code() == "bad_cursor" {
-                metrics.resumes.with_label_values(&["bad_cursor"]).inc();
-            }
-            metrics.rejected.with_label_values(&[e.code()]).inc();
-        })?;
+    let request = parse_request(
+        req.query_string(),
+        req.headers(),
+        state.settings.limits.max_channels,
+    )
+    .inspect_err(|e| {
+        if e.code() == "bad_cursor" {
+            metrics.resumes.with_label_values(&["bad_cursor"]).inc();
+        }
+        metrics.rejected.with_label_values(&[e.code()]).inc();
+    })?;
     let Some(guard) = state.limiter.try_acquire(metrics, "sse") else {
-        metrics.rejected.with_label_values(&["connection_limit"]).inc();
-        return Err(ApiError::unavailable("connection_limit", "this instance is at its connection limit", 1));
+        metrics
+            .rejected
+            .with_label_values(&["connection_limit"])
+            .inc();
+        return Err(ApiError::unavailable(
+            "connection_limit",
+            "this instance is at its connection limit",
+            1,
+        ));
     };
     let hub = &state.hub;
     let queue = hub.new_queue();
@@ -141,11 +164,21 @@ pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
         starts.push(start);
     }
     let members: Arc<[Membership]> = members.into();
-    spawn_resume(&state, members.clone(), starts.clone(), request.cursor.is_some(), queue.clone());
+    spawn_resume(
+        &state,
+        members.clone(),
+        starts.clone(),
+        request.cursor.is_some(),
+        queue.clone(),
+    );
 
     let settings = &state.settings;
     let mut prelude = Vec::new();
-    shared::sse::write_field(&mut prelude, b"retry", settings.sse.retry_ms.to_string().as_bytes());
+    shared::sse::write_field(
+        &mut prelude,
+        b"retry",
+        settings.sse.retry_ms.to_string().as_bytes(),
+    );
     prelude.extend_from_slice(b"id: ");
     Cursor::write_to(&starts, &mut prelude);
     prelude.extend_from_slice(b"\n\n");
@@ -169,7 +202,13 @@ pub async fn handler(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
 
 /// Runs every channel's resume concurrently; a failure ends the connection so the client
 /// retries (and resumes) instead of silently missing a channel.
-fn spawn_resume(state: &AppState, members: Arc<[Membership]>, starts: Vec<Position>, resumed: bool, queue: Arc<Queue>) {
+fn spawn_resume(
+    state: &AppState,
+    members: Arc<[Membership]>,
+    starts: Vec<Position>,
+    resumed: bool,
+    queue: Arc<Queue>,
+) {
     let hub = state.hub.clone();
     let metrics = state.metrics.clone();
     actix_web::rt::spawn(async move {
@@ -215,8 +254,12 @@ struct SseStream {
     members: Arc<[Membership]>,
     positions: Vec<Position>,
     prelude: Option<Bytes>,
-    heartbeat: Interval,
-    wrote_since_tick: bool,
+    heartbeat: Duration,
+    /// Fires at most once per heartbeat period; on firing it checks `last_write` and either
+    /// sends a ping or re-arms for `last_write + heartbeat`, so busy streams never touch the
+    /// timer on the write path.
+    idle_timer: Pin<Box<Sleep>>,
+    last_write: Instant,
     finished: bool,
     retry_ms: u64,
     batch: Vec<Item>,
@@ -226,15 +269,15 @@ struct SseStream {
 
 impl SseStream {
     fn new(p: SseParts) -> Self {
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + p.heartbeat, p.heartbeat);
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let now = Instant::now();
         Self {
             queue: p.queue,
             members: p.members,
             positions: p.positions,
             prelude: Some(p.prelude),
-            heartbeat,
-            wrote_since_tick: true,
+            heartbeat: p.heartbeat,
+            idle_timer: Box::pin(tokio::time::sleep_until(now + p.heartbeat)),
+            last_write: now,
             finished: false,
             retry_ms: p.retry_ms,
             batch: Vec::new(),
@@ -248,7 +291,13 @@ impl SseStream {
         let multi = self.positions.len() > 1;
         let mut events = 0u64;
         let mut oldest_live_ms = None;
-        if let [Item::Event { slot, message, live }] = &self.batch[..]
+        if let [
+            Item::Event {
+                slot,
+                message,
+                live,
+            },
+        ] = &self.batch[..]
             && !multi
         {
             self.positions[*slot as usize] = message.position();
@@ -263,7 +312,11 @@ impl SseStream {
         let mut out = Vec::new();
         for item in self.batch.drain(..) {
             match item {
-                Item::Event { slot, message, live } => {
+                Item::Event {
+                    slot,
+                    message,
+                    live,
+                } => {
                     self.positions[slot as usize] = message.position();
                     if live && oldest_live_ms.is_none() {
                         oldest_live_ms = Some(message.event.published_ms);
@@ -278,10 +331,19 @@ impl SseStream {
                         out.extend_from_slice(message.sse_frame());
                     }
                 }
-                Item::Gap { slot, first_available } => {
-                    self.positions[slot as usize] =
-                        Position::new(first_available.epoch, first_available.offset.saturating_sub(1));
-                    let channel = self.members.get(slot as usize).map(|m| m.channel().as_str()).unwrap_or("");
+                Item::Gap {
+                    slot,
+                    first_available,
+                } => {
+                    self.positions[slot as usize] = Position::new(
+                        first_available.epoch,
+                        first_available.offset.saturating_sub(1),
+                    );
+                    let channel = self
+                        .members
+                        .get(slot as usize)
+                        .map(|m| m.channel().as_str())
+                        .unwrap_or("");
                     let data = serde_json::json!({
                         "channel": channel,
                         "first_available": first_available.to_string(),
@@ -289,7 +351,12 @@ impl SseStream {
                     let mut id = Vec::new();
                     Cursor::write_to(&self.positions, &mut id);
                     let id = String::from_utf8_lossy(&id);
-                    shared::sse::write_event(&mut out, Some(&id), Some("gap"), data.to_string().as_bytes());
+                    shared::sse::write_event(
+                        &mut out,
+                        Some(&id),
+                        Some("gap"),
+                        data.to_string().as_bytes(),
+                    );
                 }
                 Item::Subscribed { .. } => {}
             }
@@ -300,7 +367,10 @@ impl SseStream {
 
     fn count(&self, events: u64, oldest_live_ms: Option<u64>) {
         if events > 0 {
-            self.metrics.delivered.with_label_values(&["sse"]).inc_by(events);
+            self.metrics
+                .delivered
+                .with_label_values(&["sse"])
+                .inc_by(events);
         }
         if let Some(ms) = oldest_live_ms {
             let now = crate::engine::memory::unix_millis();
@@ -314,7 +384,10 @@ impl SseStream {
         let mut out = Vec::new();
         shared::sse::write_comment(&mut out, &format!("closing: {}", reason.as_str()));
         shared::sse::write_retry(&mut out, self.retry_ms);
-        self.metrics.disconnects.with_label_values(&[reason.as_str()]).inc();
+        self.metrics
+            .disconnects
+            .with_label_values(&[reason.as_str()])
+            .inc();
         Bytes::from(out)
     }
 }
@@ -325,29 +398,41 @@ impl Stream for SseStream {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(prelude) = this.prelude.take() {
+            this.last_write = Instant::now();
             return Poll::Ready(Some(Ok(prelude)));
         }
         if this.finished {
             return Poll::Ready(None);
         }
-        match this.queue.poll_drain(cx, &mut this.batch) {
-            Poll::Ready(Drained::Items) => {
-                this.wrote_since_tick = true;
-                let chunk = this.encode_batch();
-                if !chunk.is_empty() {
+        loop {
+            match this.queue.poll_drain(cx, &mut this.batch) {
+                Poll::Ready(Drained::Items) => {
+                    let chunk = this.encode_batch();
+                    if chunk.is_empty() {
+                        // Nothing to write (e.g. acknowledgements SSE does not use): poll again
+                        // so the queue registers this task's waker before we return Pending.
+                        continue;
+                    }
+                    this.last_write = Instant::now();
                     return Poll::Ready(Some(Ok(chunk)));
                 }
+                Poll::Ready(Drained::Closed(reason)) => {
+                    this.finished = true;
+                    return Poll::Ready(Some(Ok(this.closing_frame(reason))));
+                }
+                Poll::Pending => break,
             }
-            Poll::Ready(Drained::Closed(reason)) => {
-                this.finished = true;
-                return Poll::Ready(Some(Ok(this.closing_frame(reason))));
-            }
-            Poll::Pending => {}
         }
-        while this.heartbeat.poll_tick(cx).is_ready() {
-            if !std::mem::replace(&mut this.wrote_since_tick, false) {
+        while this.idle_timer.as_mut().poll(cx).is_ready() {
+            let due = this.last_write + this.heartbeat;
+            if Instant::now() >= due {
+                this.last_write = Instant::now();
+                this.idle_timer
+                    .as_mut()
+                    .reset(this.last_write + this.heartbeat);
                 return Poll::Ready(Some(Ok(Bytes::from_static(b": ping\n\n"))));
             }
+            this.idle_timer.as_mut().reset(due);
         }
         Poll::Pending
     }
@@ -368,7 +453,10 @@ mod tests {
     fn parse(query: &str, last_event_id: Option<&str>) -> Result<SseRequest, ApiError> {
         let mut headers = HeaderMap::new();
         if let Some(v) = last_event_id {
-            headers.insert(HeaderName::from_static("last-event-id"), HeaderValue::from_str(v).unwrap());
+            headers.insert(
+                HeaderName::from_static("last-event-id"),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         parse_request(query, &headers, 3)
     }
@@ -394,7 +482,10 @@ mod tests {
         let code = |q: &str, h: Option<&str>| parse(q, h).unwrap_err().code();
         assert_eq!(code("", None), "missing_channel");
         assert_eq!(code("channel=a%7Bb", None), "invalid_channel");
-        assert_eq!(code("channel=a&channel=b&channel=c&channel=d", None), "too_many_channels");
+        assert_eq!(
+            code("channel=a&channel=b&channel=c&channel=d", None),
+            "too_many_channels"
+        );
         assert_eq!(code("channel=a&channel=b", Some("1:1")), "bad_cursor");
         assert_eq!(code("channel=a", Some("garbage")), "bad_cursor");
         assert_eq!(code("channel=a&lastEventId=1:-1", None), "bad_cursor");

@@ -45,6 +45,7 @@ struct Inner {
     ttl_ms: String,
     library: String,
     timeout: Duration,
+    probe_interval: Duration,
     commands: mpsc::UnboundedSender<Command>,
     pending: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     stop: watch::Sender<bool>,
@@ -82,6 +83,7 @@ impl RedisEngine {
                 ttl_ms: settings.history_ttl().as_millis().to_string(),
                 library: library_source(settings.history.size, settings.history_ttl()),
                 timeout,
+                probe_interval: Duration::from_secs(settings.redis.probe_seconds),
                 commands,
                 pending: parking_lot::Mutex::new(Some(pending)),
                 stop: watch::channel(false).0,
@@ -104,18 +106,21 @@ impl RedisEngine {
             commands,
             stop: self.inner.stop.subscribe(),
             timeout: self.inner.timeout,
-            probe_interval: Duration::from_secs(5),
+            probe_interval: self.inner.probe_interval,
             metrics: self.inner.metrics.clone(),
         };
         tokio::spawn(task.run());
         let engine = self.clone();
         let mut stop = self.inner.stop.subscribe();
         tokio::spawn(async move {
-            let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let mut backoff =
+                crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 match engine.load_library().await {
                     Ok(()) => return,
-                    Err(e) => tracing::warn!(error = %e, "loading the Redis function library failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "loading the Redis function library failed; retrying")
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -163,7 +168,12 @@ impl RedisEngine {
     }
 
     /// Reads history through `gw_read`.
-    pub async fn read(&self, channel: &ChannelName, after: u64, limit: usize) -> Result<HistoryPage, EngineError> {
+    pub async fn read(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError> {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("gw_read")
             .arg(2)
@@ -178,18 +188,23 @@ impl RedisEngine {
     }
 
     /// Heads of many channels with one pipelined round trip.
-    pub async fn heads(&self, channels: &[ChannelName]) -> Result<Vec<Option<Position>>, EngineError> {
+    pub async fn heads(
+        &self,
+        channels: &[ChannelName],
+    ) -> Result<Vec<Option<Position>>, EngineError> {
         if channels.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for c in channels {
-            pipe.cmd("HMGET").arg(self.inner.keys.meta(c)).arg("epoch").arg("offset");
+            pipe.cmd("HMGET")
+                .arg(self.inner.keys.meta(c))
+                .arg("epoch")
+                .arg("offset");
         }
-        let replies: Vec<(Option<String>, Option<String>)> = self.run(|mut conn| async move {
-            pipe.query_async(&mut conn).await
-        })
-        .await?;
+        let replies: Vec<(Option<String>, Option<String>)> = self
+            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+            .await?;
         Ok(replies
             .into_iter()
             .map(|(epoch, offset)| {
@@ -229,7 +244,10 @@ impl RedisEngine {
     }
 
     /// Runs a command, reloading the function library once if Redis has lost it.
-    async fn query<T: FromRedisValue + Send + 'static>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
+    async fn query<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, EngineError> {
         match self.query_once(cmd).await {
             Err(EngineError::Refused(msg)) if msg.contains("Function not found") => {
                 tracing::info!("Redis lost the function library; reloading it");
@@ -240,9 +258,13 @@ impl RedisEngine {
         }
     }
 
-    async fn query_once<T: FromRedisValue + Send + 'static>(&self, cmd: &redis::Cmd) -> Result<T, EngineError> {
+    async fn query_once<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, EngineError> {
         let cmd = cmd.clone();
-        self.run(|mut conn| async move { cmd.query_async(&mut conn).await }).await
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
     }
 
     /// Checks out a pooled connection and runs `f` under the configured timeout, mapping every
@@ -263,7 +285,9 @@ impl RedisEngine {
         };
         let result = match tokio::time::timeout(self.inner.timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(EngineError::Unavailable("Redis did not answer in time".into())),
+            Err(_) => Err(EngineError::Unavailable(
+                "Redis did not answer in time".into(),
+            )),
         };
         if let Err(e) = &result {
             let kind = match e {
@@ -271,7 +295,11 @@ impl RedisEngine {
                 EngineError::Protocol(_) => "protocol",
                 EngineError::Refused(_) => "refused",
             };
-            self.inner.metrics.engine_errors.with_label_values(&[kind]).inc();
+            self.inner
+                .metrics
+                .engine_errors
+                .with_label_values(&[kind])
+                .inc();
         }
         result
     }
@@ -280,7 +308,10 @@ impl RedisEngine {
 fn classify(e: redis::RedisError) -> EngineError {
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         EngineError::Unavailable(e.to_string())
-    } else if matches!(e.kind(), redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType) {
+    } else if matches!(
+        e.kind(),
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+    ) {
         EngineError::Protocol(e.to_string())
     } else {
         EngineError::Refused(e.to_string())

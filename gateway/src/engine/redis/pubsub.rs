@@ -60,7 +60,10 @@ impl PubsubTask {
                         _ => "connect timed out".to_owned(),
                     };
                     tracing::warn!(error = %why, "pub/sub connection failed; retrying");
-                    self.metrics.engine_errors.with_label_values(&["pubsub_connect"]).inc();
+                    self.metrics
+                        .engine_errors
+                        .with_label_values(&["pubsub_connect"])
+                        .inc();
                     self.listener.on_live_path(false);
                     if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
                         return;
@@ -83,7 +86,10 @@ impl PubsubTask {
             backoff.reset();
             self.listener.on_live_path(true);
             if connected_before {
-                tracing::info!(channels = desired.len(), "pub/sub reconnected; replaying history");
+                tracing::info!(
+                    channels = desired.len(),
+                    "pub/sub reconnected; replaying history"
+                );
                 self.metrics.engine_reconnects.inc();
                 self.listener.on_resubscribed();
             }
@@ -104,7 +110,8 @@ impl PubsubTask {
                         }
                     }
                     _ = probe.tick() => {
-                        let pong = tokio::time::timeout(self.timeout, sink.ping::<String>()).await;
+                        // Subscribed connections answer PING with an array, idle ones with +PONG: accept any reply.
+                        let pong = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
                         if !matches!(pong, Ok(Ok(_))) {
                             tracing::warn!("pub/sub connection did not answer PING; reconnecting");
                             break;
@@ -114,7 +121,10 @@ impl PubsubTask {
                 }
             }
             tracing::warn!("pub/sub connection lost; reconnecting");
-            self.metrics.engine_errors.with_label_values(&["pubsub_lost"]).inc();
+            self.metrics
+                .engine_errors
+                .with_label_values(&["pubsub_lost"])
+                .inc();
             self.listener.on_live_path(false);
             if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
                 return;

@@ -20,11 +20,22 @@ pub fn parse_live(channel: ChannelName, payload: &[u8]) -> Result<Event, EngineE
     let header = std::str::from_utf8(&payload[..newline])
         .map_err(|_| corrupt("live message header is not UTF-8"))?;
     let mut parts = header.splitn(5, ' ');
-    let mut next = |what: &str| parts.next().ok_or_else(|| corrupt(format!("live message lacks {what}")));
-    let epoch: Epoch = next("epoch")?.parse().map_err(|_| corrupt("bad epoch in live message"))?;
-    let offset: u64 = next("offset")?.parse().map_err(|_| corrupt("bad offset in live message"))?;
-    let published_ms: u64 = next("time")?.parse().map_err(|_| corrupt("bad time in live message"))?;
-    let kind = PayloadKind::parse(next("kind")?).ok_or_else(|| corrupt("bad kind in live message"))?;
+    let mut next = |what: &str| {
+        parts
+            .next()
+            .ok_or_else(|| corrupt(format!("live message lacks {what}")))
+    };
+    let epoch: Epoch = next("epoch")?
+        .parse()
+        .map_err(|_| corrupt("bad epoch in live message"))?;
+    let offset: u64 = next("offset")?
+        .parse()
+        .map_err(|_| corrupt("bad offset in live message"))?;
+    let published_ms: u64 = next("time")?
+        .parse()
+        .map_err(|_| corrupt("bad time in live message"))?;
+    let kind =
+        PayloadKind::parse(next("kind")?).ok_or_else(|| corrupt("bad kind in live message"))?;
     let name = event_name(next("event")?)?;
     Ok(Event {
         channel,
@@ -56,8 +67,12 @@ pub fn parse_page(channel: &ChannelName, reply: Value) -> Result<HistoryPage, En
     let entries = items.pop().unwrap_or(Value::Nil);
     let top = text(items.pop().unwrap_or(Value::Nil))?;
     let epoch = text(items.pop().unwrap_or(Value::Nil))?;
-    let epoch: Epoch = epoch.parse().map_err(|_| corrupt("bad epoch in meta hash"))?;
-    let top: u64 = top.parse().map_err(|_| corrupt("bad offset in meta hash"))?;
+    let epoch: Epoch = epoch
+        .parse()
+        .map_err(|_| corrupt("bad epoch in meta hash"))?;
+    let top: u64 = top
+        .parse()
+        .map_err(|_| corrupt("bad offset in meta hash"))?;
     let Value::Array(entries) = entries else {
         return Err(corrupt("gw_read entries are not an array"));
     };
@@ -96,7 +111,8 @@ fn parse_entry(channel: &ChannelName, epoch: Epoch, entry: Value) -> Result<Even
             b"t" => published_ms = text(v)?.parse().unwrap_or(0),
             b"e" => name = event_name(&text(v)?)?,
             b"k" => {
-                kind = PayloadKind::parse(&text(v)?).ok_or_else(|| corrupt("bad kind in stream entry"))?
+                kind = PayloadKind::parse(&text(v)?)
+                    .ok_or_else(|| corrupt("bad kind in stream entry"))?
             }
             _ => {}
         }
@@ -148,8 +164,19 @@ mod tests {
 
     #[test]
     fn bad_live_payloads_are_errors() {
-        for bad in [&b""[..], b"no newline", b"zz 1 1 text \nx", b"1 x 1 text \nx", b"1 1 1 xml \nx", b"1 1 1 text a b\nx"] {
-            assert!(parse_live(ch(), bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"no newline",
+            b"zz 1 1 text \nx",
+            b"1 x 1 text \nx",
+            b"1 1 1 xml \nx",
+            b"1 1 1 text a b\nx",
+        ] {
+            assert!(
+                parse_live(ch(), bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -160,10 +187,22 @@ mod tests {
             bulk("ab"),
             bulk("5"),
             Value::Array(vec![
-                Value::Array(vec![bulk("4-0"), Value::Array(vec![bulk("d"), bulk("x"), bulk("t"), bulk("9")])]),
+                Value::Array(vec![
+                    bulk("4-0"),
+                    Value::Array(vec![bulk("d"), bulk("x"), bulk("t"), bulk("9")]),
+                ]),
                 Value::Array(vec![
                     bulk("5-0"),
-                    Value::Array(vec![bulk("d"), bulk("y"), bulk("t"), bulk("9"), bulk("e"), bulk("up"), bulk("k"), bulk("json")]),
+                    Value::Array(vec![
+                        bulk("d"),
+                        bulk("y"),
+                        bulk("t"),
+                        bulk("9"),
+                        bulk("e"),
+                        bulk("up"),
+                        bulk("k"),
+                        bulk("json"),
+                    ]),
                 ]),
             ]),
         ]);
@@ -171,7 +210,10 @@ mod tests {
         assert_eq!(page.head(), Position::new(Epoch(0xab), 5));
         assert_eq!(page.first_available(), 4);
         assert_eq!(page.events[1].kind, PayloadKind::Json);
-        assert_eq!(page.events[1].name.as_ref().map(EventName::as_str), Some("up"));
+        assert_eq!(
+            page.events[1].name.as_ref().map(EventName::as_str),
+            Some("up")
+        );
         assert!(parse_page(&ch(), bulk("x")).is_err());
     }
 }
