@@ -1,0 +1,491 @@
+//! Test harness: real servers on free loopback ports, cleaned up on drop.
+//!
+//! - [`Redis`]: a private `redis-server` (no persistence unless asked) in a temp directory.
+//! - [`Gateway`]: the real `gateway` binary as a child process (for kill/restart tests).
+//! - [`InProcess`]: `gateway::run` on its own thread and actix system (for race hooks).
+//! - [`Sse`]: an SSE client built on the shared decoder, as strict as a browser.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use shared::sse::{SseDecoder, SseEvent};
+
+/// Default time a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique name for channels, prefixes and directories within this test process.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+fn redis_server_binary() -> PathBuf {
+    for candidate in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+        let p = PathBuf::from(candidate);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("redis-server")
+}
+
+/// A private redis-server.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    persistent: bool,
+}
+
+impl Redis {
+    /// Starts a server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(false, None)
+    }
+
+    /// Starts a server that keeps its data across restarts ([`Redis::restart`]).
+    pub fn start_persistent() -> Self {
+        Self::start_with(true, None)
+    }
+
+    fn start_with(persistent: bool, port: Option<u16>) -> Self {
+        let dir = std::env::temp_dir().join(unique("gw-redis-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut redis = Self {
+            child: None,
+            port: port.unwrap_or_else(free_port),
+            dir,
+            persistent,
+        };
+        redis.spawn();
+        redis
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(redis_server_binary());
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--daemonize")
+            .arg("no")
+            .arg("--loglevel")
+            .arg("warning");
+        if self.persistent {
+            cmd.args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ]);
+        } else {
+            cmd.args(["--appendonly", "no", "--save", ""]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"PING\r\n");
+                let mut buf = [0u8; 7];
+                if s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n" {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A fresh async connection for test commands.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to test redis")
+    }
+
+    /// Stops the server abruptly.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (with its data when persistent).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Publishes through Redis the way any backend would: one `FCALL gw_publish`.
+pub async fn fcall_publish(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    channel: &str,
+    data: &str,
+) -> String {
+    redis::cmd("FCALL")
+        .arg("gw_publish")
+        .arg(2)
+        .arg(format!("{prefix}{{{channel}}}:stream"))
+        .arg(format!("{prefix}{{{channel}}}:meta"))
+        .arg(data)
+        .query_async(conn)
+        .await
+        .expect("FCALL gw_publish")
+}
+
+/// A gateway child process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    /// Starts the binary with `GATEWAY__...` variables; waits for its "listening" line.
+    pub fn spawn(env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GATEWAY__SERVER__LISTEN", "127.0.0.1:0")
+            .env("GATEWAY__SERVER__WORKERS", "2")
+            .env("GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS", "3")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read gateway stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from gateway: {line:?}"));
+        Self {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    /// A gateway on `redis` with history/ttl defaults and the given key prefix.
+    pub fn on_redis(redis: &Redis, prefix: &str, extra: &[(&str, &str)]) -> Self {
+        let url = redis.url();
+        let mut env = vec![
+            ("GATEWAY__REDIS__URL", url.as_str()),
+            ("GATEWAY__REDIS__KEY_PREFIX", prefix),
+        ];
+        env.extend_from_slice(extra);
+        Self::spawn(&env)
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: the instance dies without any goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A gateway running in this test process, for tests that need hooks.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Runs `gateway::run` with `settings` (its listen address is ignored) and `options`.
+    pub fn start(settings: gateway::config::Settings, options: gateway::RunOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            actix_web::rt::System::new()
+                .block_on(gateway::run(settings, listener, shutdown, options))
+                .expect("gateway run");
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Settings for an in-process gateway; `redis` selects the engine.
+pub fn settings(redis: Option<(&Redis, &str)>, env: &[(&str, &str)]) -> gateway::config::Settings {
+    let mut vars: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.insert("GATEWAY__SERVER__WORKERS".into(), "2".into());
+    vars.insert(
+        "GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS".into(),
+        "2".into(),
+    );
+    if let Some((redis, prefix)) = redis {
+        vars.insert("GATEWAY__REDIS__URL".into(), redis.url());
+        vars.insert("GATEWAY__REDIS__KEY_PREFIX".into(), prefix.into());
+    }
+    gateway::config::Settings::load_with_env(None, Some(vars)).expect("test settings")
+}
+
+/// An HTTP client for tests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .expect("http client")
+}
+
+/// `POST /publish`; returns the event id.
+pub async fn publish(base: &str, channel: &str, data: &str) -> String {
+    let res = http()
+        .post(format!("{base}/publish"))
+        .json(&serde_json::json!({ "channel": channel, "data": data }))
+        .send()
+        .await
+        .expect("publish request");
+    let status = res.status();
+    let body: serde_json::Value = res.json().await.expect("publish body");
+    assert_eq!(status, 200, "publish failed: {body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+/// A streaming SSE connection.
+pub struct Sse {
+    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    decoder: SseDecoder,
+    pub status: u16,
+}
+
+impl Sse {
+    /// `GET <url>` with an optional `Last-Event-ID`; panics unless the answer is a 200 stream.
+    pub async fn connect(url: &str, last_event_id: Option<&str>) -> Self {
+        let mut req = http_streaming().get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await.expect("sse request");
+        let status = res.status().as_u16();
+        assert_eq!(
+            status,
+            200,
+            "SSE connect to {url} failed: {}",
+            res.text().await.unwrap_or_default()
+        );
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        assert_eq!(content_type, "text/event-stream");
+        Self {
+            stream: res.bytes_stream().boxed(),
+            decoder: SseDecoder::new(),
+            status,
+        }
+    }
+
+    /// The next event, or `None` if none arrives within `wait` (or the stream ends).
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(e) = self.decoder.next_event() {
+                return Some(e);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.decoder.feed(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event; panics if none arrives within [`WAIT`].
+    pub async fn next(&mut self) -> SseEvent {
+        self.next_within(WAIT).await.expect("expected an SSE event")
+    }
+
+    /// Exactly `n` events (panics on timeout).
+    pub async fn take(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+
+    /// Asserts nothing else arrives for `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Some(e) = self.next_within(wait).await {
+            panic!("unexpected event {e:?}");
+        }
+    }
+
+    /// Reads until the server ends the stream (or `wait` passes); returns events seen meanwhile.
+    pub async fn read_to_end(&mut self, wait: Duration) -> (Vec<SseEvent>, bool) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut events = Vec::new();
+        loop {
+            while let Some(e) = self.decoder.next_event() {
+                events.push(e);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.decoder.feed(&chunk),
+                Ok(None) | Ok(Some(Err(_))) => return (events, true),
+                Err(_) => return (events, false),
+            }
+        }
+    }
+
+    /// What a browser would send as `Last-Event-ID` if it reconnected now.
+    pub fn last_event_id(&self) -> String {
+        self.decoder.last_event_id().to_owned()
+    }
+
+    /// Waits until the prelude (retry + starting id) has been read.
+    pub async fn ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.decoder.retry().is_none() {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.decoder.feed(&chunk),
+                _ => panic!("SSE prelude not received"),
+            }
+        }
+    }
+
+    /// The `retry:` value received, if any.
+    pub fn retry(&self) -> Option<u64> {
+        self.decoder.retry()
+    }
+}
+
+fn http_streaming() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(WAIT)
+        .build()
+        .expect("http client")
+}
+
+/// Data of events, for compact assertions.
+pub fn data(events: &[SseEvent]) -> Vec<String> {
+    events.iter().map(|e| e.data.clone()).collect()
+}
+
+/// Polls `f` until it returns true or [`WAIT`] passes.
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Sse {
+    /// Comment lines (heartbeats) received so far.
+    pub fn comments(&self) -> u64 {
+        self.decoder.comments()
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real redis-server and gateway processes (or in-process gateways where a
+//! test needs hooks), each test on its own free ports.
+
+mod cli;
+mod common;
+mod engine;
+mod fanout;
+mod gap;
+mod http_api;
+mod pubsub_drop;
+mod race;
+mod resume;

@@ -1,0 +1,118 @@
+//! The subscribe/history race, forced deterministically with the hub's test hooks: an event
+//! published at each dangerous point of a resume must reach the client exactly once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use gateway::hub::{Hook, HookPoint};
+
+use crate::common::*;
+
+/// `gateway_messages_received_total` of the gateway at `base`.
+pub async fn received(base: &str) -> u64 {
+    let text = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("gateway_messages_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A hook that, once armed, publishes `data` on the hooked channel at `point` and waits until
+/// the hub has applied it before letting the gateway continue.
+fn publish_at(
+    point: HookPoint,
+    base: Arc<OnceLock<String>>,
+    armed: Arc<AtomicBool>,
+    data: &'static str,
+) -> Hook {
+    Arc::new(move |at, channel| {
+        let base = base.clone();
+        let armed = armed.clone();
+        Box::pin(async move {
+            if at != point || !armed.swap(false, Ordering::SeqCst) {
+                return;
+            }
+            let base = base.get().expect("base url").clone();
+            let before = received(&base).await;
+            publish(&base, channel.as_str(), data).await;
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while received(&base).await <= before {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the hub never applied the racing event"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    })
+}
+
+async fn race(point: HookPoint, redis: Option<&Redis>) {
+    let base = Arc::new(OnceLock::new());
+    let armed = Arc::new(AtomicBool::new(false));
+    let prefix = format!("{}:", unique("race"));
+    let settings = settings(redis.map(|r| (r, prefix.as_str())), &[]);
+    let options = gateway::RunOptions {
+        hook: Some(publish_at(point, base.clone(), armed.clone(), "racer")),
+    };
+    let gw = InProcess::start(settings, options);
+    base.set(gw.url("")).unwrap();
+
+    // History exists before this instance watches the channel, so the resume must read it.
+    let first = publish(&gw.url(""), "room", "e1").await;
+    publish(&gw.url(""), "room", "e2").await;
+    publish(&gw.url(""), "room", "e3").await;
+
+    armed.store(true, Ordering::SeqCst);
+    let mut sse = Sse::connect(&gw.url("/sse?channel=room"), Some(&first)).await;
+    let got = data(&sse.take(3).await);
+    assert!(
+        !armed.load(Ordering::SeqCst),
+        "the hook at {point:?} never ran"
+    );
+    assert_eq!(got, ["e2", "e3", "racer"], "race at {point:?}");
+    publish(&gw.url(""), "room", "e5").await;
+    assert_eq!(sse.next().await.data, "e5");
+    sse.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_between_subscribe_confirmation_and_head_read_redis() {
+    let redis = Redis::start();
+    race(HookPoint::StartSubscribed, Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_between_attach_and_history_read_redis() {
+    let redis = Redis::start();
+    race(HookPoint::JoinBeforeRead, Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_between_history_read_and_live_join_redis() {
+    let redis = Redis::start();
+    race(HookPoint::JoinAfterRead, Some(&redis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_between_subscribe_confirmation_and_head_read_memory() {
+    race(HookPoint::StartSubscribed, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_between_attach_and_history_read_memory() {
+    race(HookPoint::JoinBeforeRead, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_between_history_read_and_live_join_memory() {
+    race(HookPoint::JoinAfterRead, None).await;
+}
