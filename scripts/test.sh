@@ -27,8 +27,9 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast --failure-output final
+  # Doc tests first: nextest does not run them, and its summary should be the last line.
   cargo test --workspace --locked --doc --quiet
+  cargo nextest run --workspace --locked --no-fail-fast --failure-output final
 else
   cargo test --workspace --locked --no-fail-fast
 fi
