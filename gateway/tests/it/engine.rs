@@ -466,13 +466,7 @@ async fn redis_pubsub_kill_triggers_resubscribe_and_delivery_resumes() {
     assert_eq!(s.listener.resubscribed.load(Ordering::SeqCst), 0);
 
     let mut admin = s.redis.as_ref().unwrap().conn().await;
-    let killed: i64 = ::redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let killed = kill_pubsub(&mut admin).await;
     assert_eq!(
         killed, 1,
         "the engine should hold exactly one pub/sub connection"

@@ -93,22 +93,8 @@ impl RawSse {
     }
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            line.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("series {series} missing from /metrics:\n{text}"))
-}
-
 async fn metrics(gw: &Gateway) -> String {
-    let res = http().get(gw.url("/metrics")).send().await.unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap()
+    metrics_text(&gw.url("")).await
 }
 
 /// Waits until the series has the value (metrics are updated by background tasks).

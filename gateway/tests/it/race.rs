@@ -10,19 +10,8 @@ use gateway::hub::{Hook, HookPoint};
 use crate::common::*;
 
 /// `gateway_messages_received_total` of the gateway at `base`.
-pub async fn received(base: &str) -> u64 {
-    let text = http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("gateway_messages_received_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+pub async fn received(base: &str) -> f64 {
+    metric(&metrics_text(base).await, "gateway_messages_received_total")
 }
 
 /// A hook that, once armed, publishes `data` on the hooked channel at `point` and waits until

@@ -489,3 +489,38 @@ impl Sse {
         self.decoder.comments()
     }
 }
+
+/// The `/metrics` text of the gateway at `base` (`http://addr`).
+pub async fn metrics_text(base: &str) -> String {
+    let res = http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(res.status(), 200);
+    res.text().await.expect("metrics body")
+}
+
+/// The value of one series (name with labels, exactly as exposed) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("series {series} missing from /metrics:\n{text}"))
+}
+
+/// Kills every pub/sub connection of a test Redis, as a network fault would; returns how many.
+pub async fn kill_pubsub(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(conn)
+        .await
+        .expect("CLIENT KILL TYPE pubsub")
+}
