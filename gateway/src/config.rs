@@ -38,6 +38,10 @@ pub struct Settings {
     pub publish: PublishSettings,
     /// Server-Sent Events transport.
     pub sse: SseSettings,
+    /// WebSocket transport.
+    pub ws: WsSettings,
+    /// Optional token authentication of subscribers.
+    pub auth: AuthSettings,
     /// Per-connection and per-request bounds.
     pub limits: LimitSettings,
     /// Cross-origin access for browsers.
@@ -157,6 +161,46 @@ impl Default for SseSettings {
             heartbeat_seconds: 15,
         }
     }
+}
+
+/// `[ws]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsSettings {
+    /// Whether WebSocket clients may publish (`publish` command or binary publish frames).
+    pub allow_publish: bool,
+    /// Largest accepted client frame or message, bytes; bigger ones close with 1009.
+    pub max_message_bytes: usize,
+    /// Seconds between server pings.
+    pub ping_seconds: u64,
+    /// Seconds without any client traffic (pongs included) before the peer counts as dead.
+    pub timeout_seconds: u64,
+    /// Malformed or refused commands tolerated per connection before it is closed with 1008.
+    pub max_protocol_errors: u32,
+    /// Sustained commands per second per connection (bursts of twice that are allowed).
+    pub commands_per_second: u32,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            allow_publish: false,
+            max_message_bytes: 64 * 1024,
+            ping_seconds: 15,
+            timeout_seconds: 45,
+            max_protocol_errors: 20,
+            commands_per_second: 100,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// HS256 secret; when set, subscribers need a token whose `channels` claim covers every
+    /// channel they subscribe to (and `publish` for client publishing).
+    pub jwt_secret: Option<String>,
 }
 
 /// `[limits]`
@@ -313,6 +357,26 @@ impl Settings {
         }
         if self.sse.heartbeat_seconds == 0 {
             return Err(invalid("sse.heartbeat_seconds", "must be at least 1"));
+        }
+        if self.ws.max_message_bytes < 256 {
+            return Err(invalid("ws.max_message_bytes", "must be at least 256"));
+        }
+        if self.ws.ping_seconds == 0 {
+            return Err(invalid("ws.ping_seconds", "must be at least 1"));
+        }
+        if self.ws.timeout_seconds <= self.ws.ping_seconds {
+            return Err(invalid(
+                "ws.timeout_seconds",
+                "must be greater than ws.ping_seconds",
+            ));
+        }
+        if self.ws.commands_per_second == 0 {
+            return Err(invalid("ws.commands_per_second", "must be at least 1"));
+        }
+        if let Some(secret) = &self.auth.jwt_secret
+            && secret.len() < 16
+        {
+            return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
         }
         if self.limits.max_channels == 0 {
             return Err(invalid("limits.max_channels", "must be at least 1"));

@@ -53,6 +53,10 @@ pub struct Inner {
     pub engine_up: IntGauge,
     /// Rejected requests by reason.
     pub rejected: IntCounterVec,
+    /// WebSocket frames by direction.
+    pub ws_frames: IntCounterVec,
+    /// WebSocket closes by code (`client` when the client went away first).
+    pub ws_closes: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -202,6 +206,18 @@ impl Metrics {
                 "Rejected requests by reason.",
                 &["reason"],
             ),
+            ws_frames: counter_vec(
+                &r,
+                "gateway_ws_frames_total",
+                "WebSocket frames by direction.",
+                &["direction"],
+            ),
+            ws_closes: counter_vec(
+                &r,
+                "gateway_ws_closes_total",
+                "WebSocket closes by code; client: the client went away first.",
+                &["code"],
+            ),
             registry: r,
         };
         for t in ["sse", "ws"] {
@@ -211,6 +227,9 @@ impl Metrics {
         }
         for o in ["fresh", "recovered", "gap", "bad_cursor"] {
             inner.resumes.with_label_values(&[o]);
+        }
+        for d in ["in", "out"] {
+            inner.ws_frames.with_label_values(&[d]);
         }
         for a in ["http", "cli", "ws"] {
             inner.published.with_label_values(&[a]);

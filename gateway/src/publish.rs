@@ -56,7 +56,8 @@ pub async fn publish(engine: &Engine, body: PublishBody) -> Result<Position, Api
     Ok(engine.publish(request).await?)
 }
 
-/// `POST /publish`: `{"channel", "data", "event"?}` → `{"id": "<position>"}`.
+/// `POST /publish`: `{"channel", "data", "event"?}` → `{"id": "<position>"}`; or a raw
+/// `application/octet-stream` (binary) or `text/plain` (text) body with `?channel=&event=`.
 pub async fn handler(
     req: HttpRequest,
     payload: web::Payload,
@@ -64,8 +65,26 @@ pub async fn handler(
 ) -> Result<HttpResponse, ApiError> {
     check_api_key(&req, state.settings.publish.api_key.as_deref())?;
     let raw = read_limited(payload, state.settings.publish.max_bytes).await?;
-    let body = parse_body(&raw)?;
-    let position = publish(state.hub.engine(), body).await?;
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let request = if content_type.starts_with("application/octet-stream") {
+        raw_request(req.query_string(), PayloadKind::Binary, raw)?
+    } else if content_type.starts_with("text/plain") {
+        if std::str::from_utf8(&raw).is_err() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "a text/plain body must be UTF-8",
+            ));
+        }
+        raw_request(req.query_string(), PayloadKind::Text, raw)?
+    } else {
+        validate(parse_body(&raw)?)?
+    };
+    let position = state.hub.engine().publish(request).await?;
     state.metrics.published.with_label_values(&["http"]).inc();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": position.to_string() })))
 }
@@ -81,6 +100,33 @@ pub fn parse_body(raw: &[u8]) -> Result<PublishBody, ApiError> {
     }
     serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("{}: {e}", shape())))
+}
+
+/// A raw-body publish: channel and optional event name come from the query string.
+fn raw_request(query: &str, kind: PayloadKind, data: Bytes) -> Result<PublishRequest, ApiError> {
+    let mut channel = None;
+    let mut event = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "channel" => channel = Some(value.into_owned()),
+            "event" => event = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let channel = channel.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_channel",
+            "a raw publish names its channel: /publish?channel=<name>",
+        )
+    })?;
+    let mut request = validate(PublishBody {
+        channel,
+        data: serde_json::Value::Null,
+        event,
+    })?;
+    request.kind = kind;
+    request.data = data;
+    Ok(request)
 }
 
 /// Requires `Authorization: Bearer <key>` when a key is configured (compared in constant time).

@@ -12,6 +12,7 @@ use actix_web::http::header;
 use actix_web::middleware::Condition;
 use actix_web::{App, HttpResponse, HttpServer, web};
 
+use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
@@ -77,6 +78,7 @@ pub async fn run(
         settings: settings.clone(),
         metrics,
         limiter: ConnectionLimiter::new(settings.server.max_connections),
+        auth: Arc::new(Authenticator::new(&settings.auth)),
     };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -126,6 +128,11 @@ pub async fn run(
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::resource("/ws")
+            .route(web::get().to(transport::ws::handler))
+            .default_service(web::to(not_allowed)),
+    )
+    .service(
         web::resource("/sse")
             .route(web::get().to(transport::sse::handler))
             .default_service(web::to(not_allowed)),
@@ -142,10 +149,20 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
+/// The demo page: the first thing a new user sees after starting the gateway.
 async fn index() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(
-        "push gateway\n\nGET  /sse?channel=<name>   subscribe (Server-Sent Events)\nPOST /publish            {\"channel\": ..., \"data\": ...}\nGET  /healthz /readyz /metrics\n",
-    )
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(include_str!("../static/index.html"))
+}
+
+/// The JavaScript client, an ES module with no dependencies.
+async fn client_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(include_str!("../static/client.js"))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

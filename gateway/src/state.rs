@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -18,6 +19,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Streaming connections admitted so far.
     pub limiter: Arc<ConnectionLimiter>,
+    /// Token verification for subscribers.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Counts streaming connections so the instance can answer 503 instead of degrading for all.

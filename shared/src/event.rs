@@ -12,7 +12,11 @@ use crate::{ChannelName, Position};
 pub const MAX_EVENT_NAME_LEN: usize = 64;
 
 /// Event names the gateway sends itself; publishers may not use them, so clients can trust them.
-pub const RESERVED_EVENT_NAMES: &[&str] = &["gap"];
+pub const RESERVED_EVENT_NAMES: &[&str] = &["gap", "binary"];
+
+/// SSE clients receive binary payloads base64-encoded in events of type `binary`, or
+/// `binary:<name>` when the event has a name; publishers may not use this prefix either.
+pub const BINARY_EVENT_PREFIX: &str = "binary:";
 
 /// How the payload bytes are to be read; decides JSON vs. string on WebSocket and base64 on SSE.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
@@ -70,7 +74,7 @@ impl EventName {
     /// Validates a publisher-supplied name; gateway-reserved names are refused.
     pub fn new(name: &str) -> Result<Self, EventNameError> {
         Self::validate_syntax(name)?;
-        if RESERVED_EVENT_NAMES.contains(&name) {
+        if RESERVED_EVENT_NAMES.contains(&name) || name.starts_with(BINARY_EVENT_PREFIX) {
             return Err(EventNameError::Reserved(name.to_owned()));
         }
         Ok(Self(Arc::from(name)))

@@ -10,6 +10,7 @@ pub mod channel;
 pub mod event;
 pub mod position;
 pub mod sse;
+pub mod ws;
 
 pub use channel::{ChannelError, ChannelName};
 pub use event::{Event, EventName, EventNameError, PayloadKind};

@@ -32,6 +32,22 @@ pub struct JoinOutcome {
     pub position: Position,
 }
 
+/// Why a connection cannot start where it asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The client claims a position the channel never reached: a forged or foreign cursor.
+    #[error("position {wanted} is beyond the channel's newest event {head}")]
+    Ahead {
+        /// What the client asked for.
+        wanted: Position,
+        /// The store's head.
+        head: Position,
+    },
+    /// The hub or store failed.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
 enum Step {
     Done,
     Push(Vec<Arc<Message>>),
@@ -45,6 +61,30 @@ impl From<PushError> for HubError {
 }
 
 impl Hub {
+    /// Where a connection starts on an attached channel: after `wanted`, or after the head for
+    /// a fresh subscription. A position ahead of this instance is fine if another instance
+    /// already delivered it, so only the store can refuse it.
+    pub async fn start_position(
+        &self,
+        m: &Membership,
+        head: Position,
+        wanted: Option<Position>,
+    ) -> Result<Position, StartError> {
+        let Some(wanted) = wanted else {
+            return Ok(head);
+        };
+        if wanted.epoch == head.epoch && wanted.offset > head.offset {
+            let store = self.store_head(&m.channel).await?;
+            if store.epoch == wanted.epoch && wanted.offset > store.offset {
+                return Err(StartError::Ahead {
+                    wanted,
+                    head: store,
+                });
+            }
+        }
+        Ok(wanted)
+    }
+
     /// Delivers everything after `from` and joins live fan-out. With `announce`, an
     /// [`Item::Subscribed`] precedes the first event (for transports that acknowledge).
     pub async fn join(

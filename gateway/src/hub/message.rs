@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use bytestring::ByteString;
 use shared::{Event, PayloadKind, Position};
 
 /// An event plus its lazily encoded frames.
@@ -13,6 +14,8 @@ pub struct Message {
     /// The event.
     pub event: Event,
     sse: OnceLock<SseFrame>,
+    ws_text: OnceLock<ByteString>,
+    ws_binary: OnceLock<Bytes>,
 }
 
 #[derive(Debug)]
@@ -27,12 +30,19 @@ impl Message {
         Self {
             event,
             sse: OnceLock::new(),
+            ws_text: OnceLock::new(),
+            ws_binary: OnceLock::new(),
         }
     }
 
     /// The event's position.
     pub fn position(&self) -> Position {
         self.event.position
+    }
+
+    /// Whether WebSocket clients get this event as a binary frame.
+    pub fn is_binary(&self) -> bool {
+        self.event.kind == PayloadKind::Binary
     }
 
     /// The complete SSE frame with `id: <position>` — what a single-channel stream writes.
@@ -46,21 +56,57 @@ impl Message {
         frame.bytes.slice(frame.body_start..)
     }
 
+    /// The WebSocket text message `{"type":"event",...}` (text and JSON payloads).
+    pub fn ws_text(&self) -> ByteString {
+        self.ws_text
+            .get_or_init(|| encode_ws_text(&self.event))
+            .clone()
+    }
+
+    /// The WebSocket binary frame (binary payloads); see `shared::ws` for the layout.
+    pub fn ws_binary(&self) -> Bytes {
+        self.ws_binary
+            .get_or_init(|| {
+                let e = &self.event;
+                let id = e.position.to_string();
+                // Channel names, ids and event names are at most 128, 37 and 64 bytes, so the
+                // one-byte length prefixes always fit.
+                shared::ws::encode_binary_event(
+                    e.channel.as_str(),
+                    &id,
+                    e.name.as_ref().map(|n| n.as_str()),
+                    &e.data,
+                )
+                .map(Bytes::from)
+                .unwrap_or_default()
+            })
+            .clone()
+    }
+
     fn sse_encoded(&self) -> &SseFrame {
         self.sse.get_or_init(|| {
             let e = &self.event;
             let mut out = Vec::with_capacity(e.data.len() + 48);
             shared::sse::write_field(&mut out, b"id", e.position.to_string().as_bytes());
             let body_start = out.len();
-            if let Some(name) = &e.name {
-                shared::sse::write_field(&mut out, b"event", name.as_str().as_bytes());
-            }
             match e.kind {
                 PayloadKind::Binary => {
+                    // Binary payloads travel base64-encoded under a reserved event type, so an
+                    // app can tell them from text without guessing.
+                    let kind = match &e.name {
+                        Some(name) => format!("{}{}", shared::event::BINARY_EVENT_PREFIX, name),
+                        None => "binary".to_owned(),
+                    };
+                    shared::sse::write_field(&mut out, b"event", kind.as_bytes());
                     let text = base64::engine::general_purpose::STANDARD.encode(&e.data);
                     shared::sse::write_data(&mut out, text.as_bytes());
                 }
-                PayloadKind::Text | PayloadKind::Json => shared::sse::write_data(&mut out, &e.data),
+                PayloadKind::Text | PayloadKind::Json => {
+                    if let Some(name) = &e.name {
+                        shared::sse::write_field(&mut out, b"event", name.as_str().as_bytes());
+                    }
+                    shared::sse::write_data(&mut out, &e.data);
+                }
             }
             out.push(b'\n');
             SseFrame {
@@ -71,26 +117,108 @@ impl Message {
     }
 }
 
+/// `{"type":"event","channel":..,"id":..,"event":..,"data":..}` with JSON payloads inserted
+/// verbatim (they are compact JSON already) instead of being parsed and re-serialised.
+fn encode_ws_text(e: &Event) -> ByteString {
+    let mut out = String::with_capacity(e.data.len() + 96);
+    out.push_str(r#"{"type":"event","channel":"#);
+    push_json_string(&mut out, e.channel.as_str());
+    out.push_str(r#","id":""#);
+    out.push_str(&e.position.to_string());
+    out.push('"');
+    if let Some(name) = &e.name {
+        out.push_str(r#","event":"#);
+        push_json_string(&mut out, name.as_str());
+    }
+    out.push_str(r#","data":"#);
+    let is_json = e.kind == PayloadKind::Json
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&e.data).is_ok();
+    match std::str::from_utf8(&e.data) {
+        // A JSON payload published straight into Redis is checked here, once per instance;
+        // if it is not valid JSON it is delivered as a string rather than corrupt the frame.
+        Ok(json) if is_json => out.push_str(json),
+        Ok(text) => push_json_string(&mut out, text),
+        Err(_) => push_json_string(&mut out, &String::from_utf8_lossy(&e.data)),
+    }
+    out.push('}');
+    ByteString::from(out)
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    // Serialising a &str into a String cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use shared::{ChannelName, Epoch, EventName};
 
-    #[test]
-    fn frame_is_encoded_once_and_body_excludes_the_id() {
-        let m = Message::new(Event {
+    fn message(kind: PayloadKind, name: Option<&str>, data: &'static [u8]) -> Message {
+        Message::new(Event {
             channel: ChannelName::new("c").unwrap(),
             position: Position::new(Epoch(0xa), 3),
-            name: Some(EventName::new("up").unwrap()),
-            kind: PayloadKind::Text,
-            data: Bytes::from_static(b"x\ny"),
+            name: name.map(|n| EventName::new(n).unwrap()),
+            kind,
+            data: Bytes::from_static(data),
             published_ms: 0,
-        });
+        })
+    }
+
+    #[test]
+    fn sse_frame_is_encoded_once_and_body_excludes_the_id() {
+        let m = message(PayloadKind::Text, Some("up"), b"x\ny");
         assert_eq!(
             &m.sse_frame()[..],
             b"id: a:3\nevent: up\ndata: x\ndata: y\n\n"
         );
         assert_eq!(&m.sse_body()[..], b"event: up\ndata: x\ndata: y\n\n");
         assert_eq!(m.sse_frame().as_ptr(), m.sse_frame().as_ptr());
+    }
+
+    #[test]
+    fn binary_payloads_are_base64_under_a_reserved_type_on_sse() {
+        let m = message(PayloadKind::Binary, None, &[0, 1, 2]);
+        assert_eq!(
+            &m.sse_frame()[..],
+            b"id: a:3\nevent: binary\ndata: AAEC\n\n"
+        );
+        let m = message(PayloadKind::Binary, Some("img"), &[255]);
+        assert_eq!(
+            &m.sse_frame()[..],
+            b"id: a:3\nevent: binary:img\ndata: /w==\n\n"
+        );
+    }
+
+    #[test]
+    fn ws_text_inserts_json_and_quotes_text() {
+        let j = message(PayloadKind::Json, None, br#"{"a":[1,2]}"#);
+        let v: serde_json::Value = serde_json::from_str(&j.ws_text()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"event","channel":"c","id":"a:3","data":{"a":[1,2]}})
+        );
+        let t = message(PayloadKind::Text, Some("n"), b"say \"hi\"\n");
+        let v: serde_json::Value = serde_json::from_str(&t.ws_text()).unwrap();
+        assert_eq!(v["data"], "say \"hi\"\n");
+        assert_eq!(v["event"], "n");
+        let bad = message(PayloadKind::Json, None, b"{not json");
+        let v: serde_json::Value = serde_json::from_str(&bad.ws_text()).unwrap();
+        assert_eq!(v["data"], "{not json");
+    }
+
+    #[test]
+    fn ws_binary_uses_the_shared_layout() {
+        let m = message(PayloadKind::Binary, Some("img"), &[9, 8]);
+        let frame = m.ws_binary();
+        assert_eq!(
+            shared::ws::decode_binary(&frame),
+            Ok(shared::ws::BinaryFrame::Event {
+                channel: "c",
+                id: "a:3",
+                event: Some("img"),
+                data: &[9, 8]
+            })
+        );
     }
 }

@@ -30,7 +30,7 @@ use self::queue::{CloseReason, Queue};
 use crate::engine::{Engine, EngineError, Listener};
 use crate::metrics::Metrics;
 
-pub use join::JoinOutcome;
+pub use join::{JoinOutcome, StartError};
 
 /// Tuning of the hub, taken from [`crate::config::Settings`].
 #[derive(Clone, Debug)]
@@ -96,6 +96,7 @@ struct Inner {
     next_generation: AtomicU64,
     next_sub: AtomicU64,
     shutting_down: AtomicBool,
+    shutdown_tx: tokio::sync::watch::Sender<bool>,
     live_up: AtomicBool,
     hook: Option<Hook>,
     runtime: tokio::runtime::Handle,
@@ -152,6 +153,7 @@ impl Hub {
             next_generation: AtomicU64::new(1),
             next_sub: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            shutdown_tx: tokio::sync::watch::channel(false).0,
             live_up: AtomicBool::new(false),
             hook,
             runtime: tokio::runtime::Handle::current(),
@@ -240,9 +242,16 @@ impl Hub {
         Ok(self.inner.history.read_direct(channel, 0, 0).await?.head())
     }
 
+    /// Resolves (changes to `true`) when shutdown begins; for connection tasks that must say
+    /// goodbye even without subscriptions.
+    pub fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.shutdown_tx.subscribe()
+    }
+
     /// Begins shutdown: no new attachments, and every subscribed connection is told to go.
     pub fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
+        self.inner.shutdown_tx.send_replace(true);
         for shard in self.inner.shards.iter() {
             let shard = shard.lock();
             for state in shard.channels.values() {

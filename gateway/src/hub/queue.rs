@@ -206,6 +206,11 @@ impl Queue {
         }
     }
 
+    /// Waits for items (moved into `out`) or the close.
+    pub async fn drain(&self, out: &mut Vec<Item>) -> Drained {
+        std::future::poll_fn(|cx| self.poll_drain(cx, out)).await
+    }
+
     /// Moves everything queued into `out` (one lock for a whole batch, so the writer can
     /// coalesce it into one write), or reports the close, or registers the waker.
     pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<Item>) -> Poll<Drained> {

@@ -2,3 +2,4 @@
 //! write frames. No engine code lives here.
 
 pub mod sse;
+pub mod ws;

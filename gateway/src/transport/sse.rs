@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
-use crate::hub::{HubError, Membership};
+use crate::hub::{HubError, Membership, StartError};
 use crate::metrics::Metrics;
 use crate::state::{AppState, ConnectionGuard};
 
@@ -113,6 +113,14 @@ pub async fn handler(
         }
         metrics.rejected.with_label_values(&[e.code()]).inc();
     })?;
+    let grant = state.auth.authenticate(&req)?;
+    if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token does not allow channel {denied}"),
+        ));
+    }
     let Some(guard) = state.limiter.try_acquire(metrics, "sse") else {
         metrics
             .rejected
@@ -138,27 +146,20 @@ pub async fn handler(
     let mut starts = Vec::with_capacity(attached.len());
     for (i, result) in attached.into_iter().enumerate() {
         let (membership, head) = result?;
-        let start = match &request.cursor {
-            None => head,
-            Some(cursor) => {
-                let wanted = cursor.0[i];
-                if wanted.epoch == head.epoch && wanted.offset > head.offset {
-                    // Ahead of this instance: fine if another instance already delivered it,
-                    // a forged cursor if the store has never got that far.
-                    let store = hub.store_head(membership.channel()).await?;
-                    if store.epoch == wanted.epoch && wanted.offset > store.offset {
-                        metrics.resumes.with_label_values(&["bad_cursor"]).inc();
-                        return Err(ApiError::bad_request(
-                            "bad_cursor",
-                            format!(
-                                "position {wanted} of channel {} is beyond its newest event {store}",
-                                membership.channel()
-                            ),
-                        ));
-                    }
-                }
-                wanted
+        let wanted = request.cursor.as_ref().map(|c| c.0[i]);
+        let start = match hub.start_position(&membership, head, wanted).await {
+            Ok(start) => start,
+            Err(StartError::Ahead { wanted, head }) => {
+                metrics.resumes.with_label_values(&["bad_cursor"]).inc();
+                return Err(ApiError::bad_request(
+                    "bad_cursor",
+                    format!(
+                        "position {wanted} of channel {} is beyond its newest event {head}",
+                        membership.channel()
+                    ),
+                ));
             }
+            Err(StartError::Hub(e)) => return Err(e.into()),
         };
         members.push(membership);
         starts.push(start);

@@ -70,8 +70,8 @@ local function publish(keys, args)
   if #name > 64 or string.find(name, '[^%w_%.:%-]') then
     return fail('event name must be up to 64 of A-Z a-z 0-9 _ - . :')
   end
-  if name == 'gap' then
-    return fail('event name "gap" is reserved')
+  if name == 'gap' or name == 'binary' or string.sub(name, 1, 7) == 'binary:' then
+    return fail('event names "gap", "binary" and "binary:..." are reserved')
   end
   local kind = args[3] or ''
   if kind == '' then

@@ -1,0 +1,914 @@
+//! `GET /ws`: the WebSocket transport. One connection, many channels; JSON text commands and
+//! replies, binary frames for binary payloads (layouts in `shared::ws`).
+//!
+//! Backpressure rule: the session task is the only writer. It drains the connection's queue
+//! (filled by fan-out without waiting) and writes frames; a queue overflow, or a write that makes
+//! no progress within the heartbeat timeout, ends the connection as a slow consumer (close 4000),
+//! and the client resumes from history. Work that waits on Redis (resume, publish) runs in side
+//! tasks that report back through a bounded channel, so the session never stops reading,
+//! heartbeating or draining because Redis is slow.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HOST, ORIGIN};
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason as WsClose, Session,
+};
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde_json::Value;
+use shared::ws::{BinaryFrame, ClientMessage, ServerMessage, close};
+use shared::{ChannelName, EventName, PayloadKind, Position};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::auth::Grant;
+use crate::engine::PublishRequest;
+use crate::error::ApiError;
+use crate::hub::queue::{CloseReason, Drained, Item, Queue};
+use crate::hub::{HubError, Membership, StartError};
+use crate::publish::{self, PublishBody};
+use crate::state::{AppState, ConnectionGuard};
+
+/// The `GET /ws` handler: checks origin, token and capacity before upgrading.
+pub async fn handler(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let metrics = &state.metrics;
+    let origin = req.headers().get(ORIGIN).and_then(|v| v.to_str().ok());
+    let host = req.headers().get(HOST).and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, host, &state.settings.cors.allow_origins) {
+        metrics.rejected.with_label_values(&["origin"]).inc();
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!(
+                "origin {} may not open WebSockets here",
+                origin.unwrap_or("")
+            ),
+        ));
+    }
+    let grant = state.auth.authenticate(&req)?;
+    let Some(guard) = state.limiter.try_acquire(metrics, "ws") else {
+        metrics
+            .rejected
+            .with_label_values(&["connection_limit"])
+            .inc();
+        return Err(ApiError::unavailable(
+            "connection_limit",
+            "this instance is at its connection limit",
+            1,
+        ));
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request("not_websocket", e.to_string()))?;
+    let limit = state.settings.ws.max_message_bytes;
+    let stream = stream
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    let connection = Running::new(state.get_ref().clone(), grant, guard);
+    actix_web::rt::spawn(connection.run(session, stream));
+    Ok(response)
+}
+
+/// Cross-site WebSocket hijacking defence: a browser always sends `Origin`; it must be listed,
+/// or be the gateway's own origin. Non-browser clients send none.
+pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+/// How a session ends: with a close frame (code, reason) or silently (client gone).
+type End = Option<(u16, &'static str)>;
+
+/// What side tasks report to the session.
+enum Report {
+    Joined {
+        slot: u32,
+        membership: Membership,
+    },
+    SubscribeFailed {
+        slot: u32,
+        code: &'static str,
+        message: String,
+    },
+    Send(ServerMessage),
+}
+
+struct Slot {
+    channel: ChannelName,
+    req: Option<Value>,
+    membership: Option<Membership>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Connection {
+    state: AppState,
+    grant: Grant,
+    queue: std::sync::Arc<Queue>,
+    slots: HashMap<u32, Slot>,
+    by_channel: HashMap<ChannelName, u32>,
+    next_slot: u32,
+    errors: u32,
+    tokens: f64,
+    refilled: Instant,
+    last_seen: Instant,
+    reports: mpsc::Sender<Report>,
+    _guard: ConnectionGuard,
+}
+
+impl Running {
+    fn new(state: AppState, grant: Grant, guard: ConnectionGuard) -> Self {
+        let (reports, inbox) = mpsc::channel(64);
+        let queue = state.hub.new_queue();
+        let burst = f64::from(state.settings.ws.commands_per_second) * 2.0;
+        let now = Instant::now();
+        let conn = Connection {
+            state,
+            grant,
+            queue,
+            slots: HashMap::new(),
+            by_channel: HashMap::new(),
+            next_slot: 0,
+            errors: 0,
+            tokens: burst,
+            refilled: now,
+            last_seen: now,
+            reports,
+            _guard: guard,
+        };
+        Running { conn, inbox }
+    }
+}
+
+/// The connection together with the receiving end of its report channel.
+struct Running {
+    conn: Connection,
+    inbox: mpsc::Receiver<Report>,
+}
+
+impl Running {
+    async fn run(self, mut session: Session, mut stream: AggregatedMessageStream) {
+        let Running {
+            mut conn,
+            mut inbox,
+        } = self;
+        let settings = conn.state.settings.clone();
+        let queue = conn.queue.clone();
+        let mut shutdown = conn.state.hub.shutdown_signal();
+        let mut ping = tokio::time::interval(Duration::from_secs(settings.ws.ping_seconds));
+        ping.tick().await;
+        let timeout = Duration::from_secs(settings.ws.timeout_seconds);
+        let mut batch = Vec::new();
+        let end: End = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|down| *down) => break Some((close::GOING_AWAY, "server shutting down")),
+                drained = queue.drain(&mut batch) => match drained {
+                    Drained::Items => {
+                        if let Err(end) = conn.write_batch(&mut session, &mut batch, timeout).await {
+                            break end;
+                        }
+                    }
+                    Drained::Closed(reason) => break close_for(reason),
+                },
+                Some(report) = inbox.recv() => {
+                    if let Err(end) = conn.on_report(report, &mut session, timeout).await {
+                        break end;
+                    }
+                }
+                msg = stream.recv() => match msg {
+                    None => break None,
+                    Some(Err(e)) => break Some(protocol_error_close(&e)),
+                    Some(Ok(msg)) => {
+                        conn.last_seen = Instant::now();
+                        if let Err(end) = conn.on_client(msg, &mut session, timeout).await {
+                            break end;
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if conn.last_seen.elapsed() > timeout {
+                        break Some((close::HEARTBEAT_TIMEOUT, "no pong within the heartbeat timeout"));
+                    }
+                    if session.ping(b"").await.is_err() {
+                        break None;
+                    }
+                }
+            }
+        };
+        conn.queue.close(CloseReason::Gone);
+        for slot in conn.slots.values_mut() {
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+        }
+        let metrics = &conn.state.metrics;
+        match end {
+            Some((code, reason)) => {
+                metrics
+                    .ws_closes
+                    .with_label_values(&[&code.to_string()])
+                    .inc();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    session.close(Some(WsClose {
+                        code: CloseCode::from(code),
+                        description: Some(reason.to_owned()),
+                    })),
+                )
+                .await;
+            }
+            None => metrics.ws_closes.with_label_values(&["client"]).inc(),
+        }
+    }
+}
+
+fn close_for(reason: CloseReason) -> End {
+    match reason {
+        CloseReason::SlowConsumer => {
+            Some((close::SLOW_CONSUMER, "slow consumer: reconnect and resume"))
+        }
+        CloseReason::Shutdown => Some((close::GOING_AWAY, "server shutting down")),
+        CloseReason::Unavailable => Some((
+            close::UNAVAILABLE,
+            "history store unavailable: reconnect later",
+        )),
+        CloseReason::Gone => None,
+    }
+}
+
+fn protocol_error_close(e: &actix_ws::ProtocolError) -> (u16, &'static str) {
+    match e {
+        actix_ws::ProtocolError::Overflow => (close::TOO_BIG, "message too big"),
+        _ => (1002, "protocol error"),
+    }
+}
+
+impl Connection {
+    /// Sends one frame, treating a write that makes no progress within `timeout` as a slow
+    /// consumer.
+    async fn send(
+        &self,
+        session: &mut Session,
+        frame: Frame,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        let write = async {
+            match frame {
+                Frame::Text(text) => session.text(text).await,
+                Frame::Binary(bytes) => session.binary(bytes).await,
+            }
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Ok(())) => {
+                self.state
+                    .metrics
+                    .ws_frames
+                    .with_label_values(&["out"])
+                    .inc();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(None),
+            Err(_) => {
+                self.state.metrics.slow_consumers.inc();
+                Err(Some((
+                    close::SLOW_CONSUMER,
+                    "slow consumer: reconnect and resume",
+                )))
+            }
+        }
+    }
+
+    async fn reply(
+        &self,
+        session: &mut Session,
+        msg: &ServerMessage,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        // Serialising these plain structs cannot fail.
+        let text = serde_json::to_string(msg).unwrap_or_default();
+        self.send(session, Frame::Text(ByteString::from(text)), timeout)
+            .await
+    }
+
+    async fn write_batch(
+        &mut self,
+        session: &mut Session,
+        batch: &mut Vec<Item>,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        let mut delivered = 0u64;
+        let mut oldest_live_ms = None;
+        for item in batch.drain(..) {
+            match item {
+                Item::Event {
+                    slot,
+                    message,
+                    live,
+                } => {
+                    if !self.slots.contains_key(&slot) {
+                        continue; // unsubscribed meanwhile
+                    }
+                    let frame = if message.is_binary() {
+                        Frame::Binary(message.ws_binary())
+                    } else {
+                        Frame::Text(message.ws_text())
+                    };
+                    self.send(session, frame, timeout).await?;
+                    delivered += 1;
+                    if live && oldest_live_ms.is_none() {
+                        oldest_live_ms = Some(message.event.published_ms);
+                    }
+                }
+                Item::Gap {
+                    slot,
+                    first_available,
+                } => {
+                    let Some(s) = self.slots.get(&slot) else {
+                        continue;
+                    };
+                    let msg = ServerMessage::Gap {
+                        channel: s.channel.to_string(),
+                        first_available: first_available.to_string(),
+                    };
+                    self.reply(session, &msg, timeout).await?;
+                }
+                Item::Subscribed {
+                    slot,
+                    position,
+                    recovered,
+                } => {
+                    let Some(s) = self.slots.get_mut(&slot) else {
+                        continue;
+                    };
+                    let msg = ServerMessage::Subscribed {
+                        channel: s.channel.to_string(),
+                        position: position.to_string(),
+                        recovered,
+                        req: s.req.take(),
+                    };
+                    self.reply(session, &msg, timeout).await?;
+                }
+            }
+        }
+        let metrics = &self.state.metrics;
+        if delivered > 0 {
+            metrics
+                .delivered
+                .with_label_values(&["ws"])
+                .inc_by(delivered);
+        }
+        if let Some(ms) = oldest_live_ms {
+            let now = crate::engine::memory::unix_millis();
+            metrics
+                .delivery_latency
+                .observe(now.saturating_sub(ms) as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    async fn on_report(
+        &mut self,
+        report: Report,
+        session: &mut Session,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        match report {
+            Report::Joined { slot, membership } => {
+                if let Some(s) = self.slots.get_mut(&slot) {
+                    s.membership = Some(membership);
+                    s.task = None;
+                }
+                // Otherwise the client unsubscribed meanwhile; dropping the membership detaches.
+                Ok(())
+            }
+            Report::SubscribeFailed {
+                slot,
+                code,
+                message,
+            } => {
+                let Some(s) = self.slots.remove(&slot) else {
+                    return Ok(());
+                };
+                self.by_channel.remove(&s.channel);
+                let msg = ServerMessage::Error {
+                    code: code.to_owned(),
+                    message,
+                    channel: Some(s.channel.to_string()),
+                    req: s.req,
+                };
+                self.reply(session, &msg, timeout).await
+            }
+            Report::Send(msg) => self.reply(session, &msg, timeout).await,
+        }
+    }
+
+    async fn on_client(
+        &mut self,
+        msg: AggregatedMessage,
+        session: &mut Session,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        match msg {
+            AggregatedMessage::Text(text) => {
+                self.state
+                    .metrics
+                    .ws_frames
+                    .with_label_values(&["in"])
+                    .inc();
+                if !self.take_token() {
+                    return self
+                        .refuse(
+                            session,
+                            "rate_limited",
+                            "too many commands; slow down".into(),
+                            None,
+                            None,
+                            timeout,
+                        )
+                        .await;
+                }
+                match shared::ws::parse_client(&text) {
+                    Ok(cmd) => self.on_command(cmd, session, timeout).await,
+                    Err((e, req)) => {
+                        self.refuse(session, e.code(), e.to_string(), None, req, timeout)
+                            .await
+                    }
+                }
+            }
+            AggregatedMessage::Binary(bytes) => {
+                self.state
+                    .metrics
+                    .ws_frames
+                    .with_label_values(&["in"])
+                    .inc();
+                if !self.take_token() {
+                    return self
+                        .refuse(
+                            session,
+                            "rate_limited",
+                            "too many commands; slow down".into(),
+                            None,
+                            None,
+                            timeout,
+                        )
+                        .await;
+                }
+                self.on_binary(&bytes, session, timeout).await
+            }
+            AggregatedMessage::Ping(payload) => session.pong(&payload).await.map_err(|_| None),
+            AggregatedMessage::Pong(_) => Ok(()),
+            AggregatedMessage::Close(_) => Err(Some((close::NORMAL, "bye"))),
+        }
+    }
+
+    /// A token-bucket check for command floods.
+    fn take_token(&mut self) -> bool {
+        let rate = f64::from(self.state.settings.ws.commands_per_second);
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate * 2.0);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Replies with an error; past the configured number of errors the connection is closed.
+    async fn refuse(
+        &mut self,
+        session: &mut Session,
+        code: &'static str,
+        message: String,
+        channel: Option<&ChannelName>,
+        req: Option<Value>,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        self.errors += 1;
+        self.state.metrics.rejected.with_label_values(&[code]).inc();
+        let msg = ServerMessage::Error {
+            code: code.to_owned(),
+            message,
+            channel: channel.map(ToString::to_string),
+            req,
+        };
+        self.reply(session, &msg, timeout).await?;
+        if self.errors > self.state.settings.ws.max_protocol_errors {
+            return Err(Some((
+                close::POLICY,
+                "too many invalid or refused commands",
+            )));
+        }
+        Ok(())
+    }
+
+    async fn on_command(
+        &mut self,
+        cmd: ClientMessage,
+        session: &mut Session,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        match cmd {
+            ClientMessage::Ping { req } => {
+                self.reply(session, &ServerMessage::Pong { req }, timeout)
+                    .await
+            }
+            ClientMessage::Subscribe {
+                channel,
+                since,
+                req,
+            } => self.subscribe(channel, since, req, session, timeout).await,
+            ClientMessage::Unsubscribe { channel, req } => {
+                let name = match ChannelName::new(&channel) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        return self
+                            .refuse(
+                                session,
+                                "invalid_channel",
+                                e.to_string(),
+                                None,
+                                req,
+                                timeout,
+                            )
+                            .await;
+                    }
+                };
+                let Some(slot) = self.by_channel.remove(&name) else {
+                    return self
+                        .refuse(
+                            session,
+                            "not_subscribed",
+                            format!("not subscribed to {name}"),
+                            Some(&name),
+                            req,
+                            timeout,
+                        )
+                        .await;
+                };
+                if let Some(mut s) = self.slots.remove(&slot)
+                    && let Some(task) = s.task.take()
+                {
+                    task.abort();
+                }
+                self.reply(
+                    session,
+                    &ServerMessage::Unsubscribed { channel, req },
+                    timeout,
+                )
+                .await
+            }
+            ClientMessage::Publish {
+                channel,
+                data,
+                event,
+                req,
+            } => {
+                let body = PublishBody {
+                    channel,
+                    data,
+                    event,
+                };
+                match publish::validate(body) {
+                    Ok(request) => self.publish(request, req, session, timeout).await,
+                    Err(e) => {
+                        self.refuse(session, e.code(), e.detail().to_owned(), None, req, timeout)
+                            .await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: String,
+        since: Option<String>,
+        req: Option<Value>,
+        session: &mut Session,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        let name = match ChannelName::new(&channel) {
+            Ok(n) => n,
+            Err(e) => {
+                return self
+                    .refuse(
+                        session,
+                        "invalid_channel",
+                        e.to_string(),
+                        None,
+                        req,
+                        timeout,
+                    )
+                    .await;
+            }
+        };
+        if !self.grant.may_subscribe(&name) {
+            let message = format!("the token does not allow channel {name}");
+            return self
+                .refuse(session, "forbidden", message, Some(&name), req, timeout)
+                .await;
+        }
+        if self.by_channel.contains_key(&name) {
+            let message = format!("already subscribed to {name}");
+            return self
+                .refuse(
+                    session,
+                    "already_subscribed",
+                    message,
+                    Some(&name),
+                    req,
+                    timeout,
+                )
+                .await;
+        }
+        if self.by_channel.len() >= self.state.settings.limits.max_channels {
+            let message = format!(
+                "at most {} channels per connection",
+                self.state.settings.limits.max_channels
+            );
+            return self
+                .refuse(
+                    session,
+                    "too_many_channels",
+                    message,
+                    Some(&name),
+                    req,
+                    timeout,
+                )
+                .await;
+        }
+        let since = match since
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<Position>)
+            .transpose()
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.state
+                    .metrics
+                    .resumes
+                    .with_label_values(&["bad_cursor"])
+                    .inc();
+                let message = format!("since is not a position: {e}");
+                return self
+                    .refuse(session, "bad_position", message, Some(&name), req, timeout)
+                    .await;
+            }
+        };
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let task = actix_web::rt::spawn(resume(
+            self.state.clone(),
+            self.queue.clone(),
+            slot,
+            name.clone(),
+            since,
+            self.reports.clone(),
+        ));
+        self.by_channel.insert(name.clone(), slot);
+        self.slots.insert(
+            slot,
+            Slot {
+                channel: name,
+                req,
+                membership: None,
+                task: Some(task),
+            },
+        );
+        Ok(())
+    }
+
+    async fn on_binary(
+        &mut self,
+        bytes: &Bytes,
+        session: &mut Session,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        let (channel, event, req, data) = match shared::ws::decode_binary(bytes) {
+            Ok(BinaryFrame::Publish {
+                channel,
+                event,
+                req,
+                data,
+            }) => (channel, event, req, data),
+            Ok(BinaryFrame::Event { .. }) => {
+                let message = "clients may only send binary publish frames (kind 2)".to_owned();
+                return self
+                    .refuse(session, "bad_binary", message, None, None, timeout)
+                    .await;
+            }
+            Err(e) => {
+                return self
+                    .refuse(session, "bad_binary", e.to_string(), None, None, timeout)
+                    .await;
+            }
+        };
+        let req = req.map(|r| Value::String(r.to_owned()));
+        let channel = match ChannelName::new(channel) {
+            Ok(c) => c,
+            Err(e) => {
+                return self
+                    .refuse(
+                        session,
+                        "invalid_channel",
+                        e.to_string(),
+                        None,
+                        req,
+                        timeout,
+                    )
+                    .await;
+            }
+        };
+        let name = match event.map(EventName::new).transpose() {
+            Ok(n) => n,
+            Err(e) => {
+                return self
+                    .refuse(
+                        session,
+                        "invalid_event",
+                        e.to_string(),
+                        Some(&channel),
+                        req,
+                        timeout,
+                    )
+                    .await;
+            }
+        };
+        let request = PublishRequest {
+            channel,
+            name,
+            kind: PayloadKind::Binary,
+            data: Bytes::copy_from_slice(data),
+        };
+        self.publish(request, req, session, timeout).await
+    }
+
+    async fn publish(
+        &mut self,
+        request: PublishRequest,
+        req: Option<Value>,
+        session: &mut Session,
+        timeout: Duration,
+    ) -> Result<(), End> {
+        let channel = request.channel.clone();
+        if !self.state.settings.ws.allow_publish || !self.grant.may_publish(&channel) {
+            let message = "client publishing is not allowed here".to_owned();
+            return self
+                .refuse(
+                    session,
+                    "publish_forbidden",
+                    message,
+                    Some(&channel),
+                    req,
+                    timeout,
+                )
+                .await;
+        }
+        let state = self.state.clone();
+        let reports = self.reports.clone();
+        actix_web::rt::spawn(async move {
+            let msg = match state.hub.engine().publish(request).await {
+                Ok(id) => {
+                    state.metrics.published.with_label_values(&["ws"]).inc();
+                    ServerMessage::Published {
+                        channel: channel.to_string(),
+                        id: id.to_string(),
+                        req,
+                    }
+                }
+                Err(e) => ServerMessage::Error {
+                    code: "publish_failed".into(),
+                    message: e.to_string(),
+                    channel: Some(channel.to_string()),
+                    req,
+                },
+            };
+            let _ = reports.send(Report::Send(msg)).await;
+        });
+        Ok(())
+    }
+}
+
+enum Frame {
+    Text(ByteString),
+    Binary(Bytes),
+}
+
+/// Attaches and resumes one channel of a connection; reports the result to the session.
+async fn resume(
+    state: AppState,
+    queue: std::sync::Arc<Queue>,
+    slot: u32,
+    channel: ChannelName,
+    since: Option<Position>,
+    reports: mpsc::Sender<Report>,
+) {
+    let hub = &state.hub;
+    let result: Result<Membership, (&'static str, String)> = async {
+        let (membership, head) = hub
+            .attach(channel.clone(), queue, slot)
+            .await
+            .map_err(hub_failure)?;
+        let start = match hub.start_position(&membership, head, since).await {
+            Ok(start) => start,
+            Err(StartError::Ahead { wanted, head }) => {
+                state
+                    .metrics
+                    .resumes
+                    .with_label_values(&["bad_cursor"])
+                    .inc();
+                return Err((
+                    "bad_position",
+                    format!("position {wanted} is beyond the channel's newest event {head}"),
+                ));
+            }
+            Err(StartError::Hub(e)) => return Err(hub_failure(e)),
+        };
+        let outcome = hub
+            .join(&membership, start, true)
+            .await
+            .map_err(hub_failure)?;
+        let label = match (since.is_some(), outcome.recovered) {
+            (false, _) => "fresh",
+            (true, true) => "recovered",
+            (true, false) => "gap",
+        };
+        state.metrics.resumes.with_label_values(&[label]).inc();
+        Ok(membership)
+    }
+    .await;
+    let report = match result {
+        Ok(membership) => Report::Joined { slot, membership },
+        Err((code, message)) => Report::SubscribeFailed {
+            slot,
+            code,
+            message,
+        },
+    };
+    let _ = reports.send(report).await;
+}
+
+fn hub_failure(e: HubError) -> (&'static str, String) {
+    let code = match e {
+        HubError::ShuttingDown => "shutting_down",
+        HubError::Closed => "closed",
+        HubError::Timeout | HubError::Engine(_) => "unavailable",
+    };
+    (code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(
+            origin_allowed(None, Some("gw:8080"), &allowed),
+            "non-browser clients"
+        );
+        assert!(origin_allowed(
+            Some("https://app.example"),
+            Some("gw:8080"),
+            &allowed
+        ));
+        assert!(
+            origin_allowed(Some("http://gw:8080"), Some("gw:8080"), &allowed),
+            "same origin"
+        );
+        assert!(!origin_allowed(
+            Some("https://evil.example"),
+            Some("gw:8080"),
+            &allowed
+        ));
+        assert!(!origin_allowed(Some("null"), Some("gw:8080"), &allowed));
+        assert!(origin_allowed(
+            Some("https://evil.example"),
+            None,
+            &["*".to_owned()]
+        ));
+    }
+}

@@ -1,0 +1,1 @@
+export function connect() { throw new Error("not yet"); }
