@@ -146,6 +146,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .service(web::resource("/readyz").route(web::get().to(ops::readyz)))
     .service(web::resource("/metrics").route(web::get().to(ops::metrics)))
     .service(web::resource("/").route(web::get().to(index)))
+    .service(web::resource("/client.js").route(web::get().to(client_js)))
     .default_service(web::to(not_found));
 }
 
