@@ -28,22 +28,19 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// A frame or message exceeded the size limit.
     pub const TOO_BIG: u16 = 1009;
-    /// An unexpected server error.
-    pub const INTERNAL: u16 = 1011;
+    /// The client sent something that is not valid WebSocket.
+    pub const PROTOCOL: u16 = 1002;
     /// The client did not read fast enough; reconnect and resume from your positions.
     pub const SLOW_CONSUMER: u16 = 4000;
     /// The history store failed; reconnect with backoff and resume.
     pub const UNAVAILABLE: u16 = 4001;
     /// No pong (or other traffic) within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4002;
-    /// The connection's token expired; get a new token and reconnect.
-    pub const TOKEN_EXPIRED: u16 = 4003;
-    /// Authentication failed; do not reconnect with the same credentials.
-    pub const UNAUTHORIZED: u16 = 4500;
 
-    /// Whether a client should reconnect after this code.
+    /// Whether a client should reconnect after this code: not after misuse (1002, 1008, 1009)
+    /// nor after codes 4500–4999, which this protocol reserves for "do not retry".
     pub const fn should_reconnect(code: u16) -> bool {
-        !matches!(code, 4500..=4999) && code != POLICY && code != TOO_BIG
+        !matches!(code, 4500..=4999) && code != POLICY && code != TOO_BIG && code != PROTOCOL
     }
 }
 
@@ -448,7 +445,7 @@ mod tests {
     fn close_codes_say_whether_to_reconnect() {
         assert!(close::should_reconnect(close::SLOW_CONSUMER));
         assert!(close::should_reconnect(close::GOING_AWAY));
-        assert!(!close::should_reconnect(close::UNAUTHORIZED));
+        assert!(!close::should_reconnect(4500));
         assert!(!close::should_reconnect(close::POLICY));
     }
 

@@ -48,6 +48,17 @@ pub enum StartError {
     Hub(#[from] HubError),
 }
 
+/// Whether a join acknowledges the subscription before its first event, and as what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    /// No acknowledgement (SSE).
+    Silent,
+    /// A new subscription from the head.
+    Fresh,
+    /// A resume from a client position.
+    Resume,
+}
+
 enum Step {
     Done,
     Push(Vec<Arc<Message>>),
@@ -85,19 +96,21 @@ impl Hub {
         Ok(wanted)
     }
 
-    /// Delivers everything after `from` and joins live fan-out. With `announce`, an
-    /// [`Item::Subscribed`] precedes the first event (for transports that acknowledge).
+    /// Delivers everything after `from` and joins live fan-out. Unless `announce` is
+    /// [`Announce::Silent`], an [`Item::Subscribed`] precedes the first event.
     pub async fn join(
         &self,
         m: &Membership,
         from: Position,
-        announce: bool,
+        announce: Announce,
     ) -> Result<JoinOutcome, HubError> {
         let deadline = Instant::now() + self.inner.config.subscribe_timeout;
         let requested = from;
         let mut from = from;
         let mut recovered = true;
-        let mut announced = !announce;
+        let mut announced = announce == Announce::Silent;
+        // Only a resume can be "recovered"; a fresh subscription reports false.
+        let resuming = announce == Announce::Resume;
         loop {
             if Instant::now() > deadline {
                 return Err(HubError::Timeout);
@@ -134,7 +147,7 @@ impl Hub {
                             m.queue.push(Item::Subscribed {
                                 slot: m.slot,
                                 position: requested,
-                                recovered,
+                                recovered: recovered && resuming,
                             })?;
                         }
                         for message in missing {
@@ -167,7 +180,7 @@ impl Hub {
                     });
                 }
                 Step::Push(messages) => {
-                    self.announce(m, &mut announced, requested, recovered)
+                    self.announce(m, &mut announced, requested, recovered && resuming)
                         .await?;
                     for message in messages {
                         let position = message.position();
@@ -195,7 +208,7 @@ impl Hub {
                     if from.epoch != page.epoch || page.first_available() > from.offset + 1 {
                         let first_available = Position::new(page.epoch, page.first_available());
                         recovered = false;
-                        self.announce(m, &mut announced, requested, recovered)
+                        self.announce(m, &mut announced, requested, recovered && resuming)
                             .await?;
                         m.queue
                             .push_wait(Item::Gap {
@@ -206,7 +219,7 @@ impl Hub {
                         self.inner.metrics.gaps.inc();
                         from = Position::new(page.epoch, first_available.offset - 1);
                     }
-                    self.announce(m, &mut announced, requested, recovered)
+                    self.announce(m, &mut announced, requested, recovered && resuming)
                         .await?;
                     for message in &page.messages {
                         let position = message.position();

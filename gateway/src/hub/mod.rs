@@ -30,7 +30,7 @@ use self::queue::{CloseReason, Queue};
 use crate::engine::{Engine, EngineError, Listener};
 use crate::metrics::Metrics;
 
-pub use join::{JoinOutcome, StartError};
+pub use join::{Announce, JoinOutcome, StartError};
 
 /// Tuning of the hub, taken from [`crate::config::Settings`].
 #[derive(Clone, Debug)]

@@ -26,7 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
-use crate::hub::{HubError, Membership, StartError};
+use crate::hub::{Announce, HubError, Membership, StartError};
 use crate::metrics::Metrics;
 use crate::state::{AppState, ConnectionGuard};
 
@@ -216,7 +216,7 @@ fn spawn_resume(
         let joins = members
             .iter()
             .zip(&starts)
-            .map(|(m, from)| hub.join(m, *from, false));
+            .map(|(m, from)| hub.join(m, *from, Announce::Silent));
         for result in futures_util::future::join_all(joins).await {
             match result {
                 Ok(outcome) => {

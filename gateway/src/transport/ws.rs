@@ -30,7 +30,7 @@ use crate::auth::Grant;
 use crate::engine::PublishRequest;
 use crate::error::ApiError;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
-use crate::hub::{HubError, Membership, StartError};
+use crate::hub::{Announce, HubError, Membership, StartError};
 use crate::publish::{self, PublishBody};
 use crate::state::{AppState, ConnectionGuard};
 
@@ -257,7 +257,7 @@ fn close_for(reason: CloseReason) -> End {
 fn protocol_error_close(e: &actix_ws::ProtocolError) -> (u16, &'static str) {
     match e {
         actix_ws::ProtocolError::Overflow => (close::TOO_BIG, "message too big"),
-        _ => (1002, "protocol error"),
+        _ => (close::PROTOCOL, "protocol error"),
     }
 }
 
@@ -408,6 +408,18 @@ impl Connection {
                     return Ok(());
                 };
                 self.by_channel.remove(&s.channel);
+                // A store failure ends the connection, as on SSE: the client reconnects with
+                // backoff and resumes every channel, instead of holding one it never gets.
+                match code {
+                    "unavailable" => {
+                        let why = "history store unavailable: reconnect later";
+                        return Err(Some((close::UNAVAILABLE, why)));
+                    }
+                    "shutting_down" => {
+                        return Err(Some((close::GOING_AWAY, "server shutting down")));
+                    }
+                    _ => {}
+                }
                 let msg = ServerMessage::Error {
                     code: code.to_owned(),
                     message,
@@ -846,8 +858,13 @@ async fn resume(
             }
             Err(StartError::Hub(e)) => return Err(hub_failure(e)),
         };
+        let announce = if since.is_some() {
+            Announce::Resume
+        } else {
+            Announce::Fresh
+        };
         let outcome = hub
-            .join(&membership, start, true)
+            .join(&membership, start, announce)
             .await
             .map_err(hub_failure)?;
         let label = match (since.is_some(), outcome.recovered) {

@@ -10,3 +10,4 @@ mod http_api;
 mod pubsub_drop;
 mod race;
 mod resume;
+mod ws;

@@ -44,7 +44,18 @@ fn publish_at(
     })
 }
 
+#[derive(Clone, Copy, Debug)]
+enum Transport {
+    Sse,
+    Ws,
+}
+
 async fn race(point: HookPoint, redis: Option<&Redis>) {
+    race_on(point, redis, Transport::Sse).await;
+    race_on(point, redis, Transport::Ws).await;
+}
+
+async fn race_on(point: HookPoint, redis: Option<&Redis>, transport: Transport) {
     let base = Arc::new(OnceLock::new());
     let armed = Arc::new(AtomicBool::new(false));
     let prefix = format!("{}:", unique("race"));
@@ -61,16 +72,33 @@ async fn race(point: HookPoint, redis: Option<&Redis>) {
     publish(&gw.url(""), "room", "e3").await;
 
     armed.store(true, Ordering::SeqCst);
-    let mut sse = Sse::connect(&gw.url("/sse?channel=room"), Some(&first)).await;
-    let got = data(&sse.take(3).await);
-    assert!(
-        !armed.load(Ordering::SeqCst),
-        "the hook at {point:?} never ran"
-    );
-    assert_eq!(got, ["e2", "e3", "racer"], "race at {point:?}");
-    publish(&gw.url(""), "room", "e5").await;
-    assert_eq!(sse.next().await.data, "e5");
-    sse.assert_quiet(Duration::from_millis(300)).await;
+    let context = format!("race at {point:?} over {transport:?}");
+    match transport {
+        Transport::Sse => {
+            let mut sse = Sse::connect(&gw.url("/sse?channel=room"), Some(&first)).await;
+            assert_eq!(data(&sse.take(3).await), ["e2", "e3", "racer"], "{context}");
+            assert!(
+                !armed.load(Ordering::SeqCst),
+                "the hook never ran: {context}"
+            );
+            publish(&gw.url(""), "room", "e5").await;
+            assert_eq!(sse.next().await.data, "e5", "{context}");
+            sse.assert_quiet(Duration::from_millis(300)).await;
+        }
+        Transport::Ws => {
+            let mut ws = Ws::connect(&ws_url(gw.addr)).await;
+            let sub = ws.subscribe("room", Some(&first)).await;
+            assert_eq!(sub["recovered"], true, "{context}");
+            assert_eq!(ws.event_data(3).await, ["e2", "e3", "racer"], "{context}");
+            assert!(
+                !armed.load(Ordering::SeqCst),
+                "the hook never ran: {context}"
+            );
+            publish(&gw.url(""), "room", "e5").await;
+            assert_eq!(ws.event_data(1).await, ["e5"], "{context}");
+            ws.assert_quiet(Duration::from_millis(300)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

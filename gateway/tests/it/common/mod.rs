@@ -524,3 +524,169 @@ pub async fn kill_pubsub(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
         .await
         .expect("CLIENT KILL TYPE pubsub")
 }
+
+/// What a WebSocket test client received.
+#[derive(Debug)]
+pub enum WsItem {
+    /// A JSON text message.
+    Json(serde_json::Value),
+    /// A binary frame.
+    Binary(Vec<u8>),
+    /// The server closed: code and reason (None: no close frame, connection just ended).
+    Closed(Option<(u16, String)>),
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket test client speaking the gateway's protocol.
+pub struct Ws {
+    stream: WsStream,
+}
+
+impl Ws {
+    /// Connects to `url` (`ws://addr/ws...`); panics on failure.
+    pub async fn connect(url: &str) -> Self {
+        Self::try_connect(url, &[])
+            .await
+            .unwrap_or_else(|e| panic!("WS connect to {url}: {e}"))
+    }
+
+    /// Connects with extra request headers; returns the HTTP status on a refused upgrade.
+    pub async fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<Self, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+        for (k, v) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await {
+            Ok(Ok((stream, _))) => Ok(Self { stream }),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => {
+                Err(format!("HTTP {}", res.status().as_u16()))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connect timed out".into()),
+        }
+    }
+
+    /// Sends a JSON command.
+    pub async fn send(&mut self, value: serde_json::Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .expect("ws send");
+    }
+
+    /// Sends a raw binary frame.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        use futures_util::SinkExt;
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::binary(bytes))
+            .await
+            .expect("ws send");
+    }
+
+    /// Closes from the client side with `code`.
+    pub async fn close(&mut self, code: u16) {
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let _ = self
+            .stream
+            .close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: "bye".into(),
+            }))
+            .await;
+    }
+
+    /// The next message within `wait` (pings are answered by the library and skipped).
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<WsItem> {
+        use tokio_tungstenite::tungstenite::Message;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return None,
+                Ok(None) | Ok(Some(Err(_))) => return Some(WsItem::Closed(None)),
+                Ok(Some(Ok(msg))) => msg,
+            };
+            return Some(match msg {
+                Message::Text(t) => {
+                    WsItem::Json(serde_json::from_str(t.as_str()).expect("server sent JSON"))
+                }
+                Message::Binary(b) => WsItem::Binary(b.to_vec()),
+                Message::Close(frame) => {
+                    WsItem::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            });
+        }
+    }
+
+    /// The next message; panics after [`WAIT`].
+    pub async fn recv(&mut self) -> WsItem {
+        self.recv_within(WAIT)
+            .await
+            .expect("expected a WebSocket message")
+    }
+
+    /// The next JSON message, which must have `"type": kind`.
+    pub async fn expect(&mut self, kind: &str) -> serde_json::Value {
+        match self.recv().await {
+            WsItem::Json(v) if v["type"] == kind => v,
+            other => panic!("expected a {kind} message, got {other:?}"),
+        }
+    }
+
+    /// `n` event messages' data, as strings (text payloads) or JSON text (others).
+    pub async fn event_data(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let v = self.expect("event").await;
+            out.push(match &v["data"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            });
+        }
+        out
+    }
+
+    /// Subscribes and waits for `subscribed`; returns it.
+    pub async fn subscribe(&mut self, channel: &str, since: Option<&str>) -> serde_json::Value {
+        let mut cmd = serde_json::json!({"type": "subscribe", "channel": channel});
+        if let Some(since) = since {
+            cmd["since"] = since.into();
+        }
+        self.send(cmd).await;
+        self.expect("subscribed").await
+    }
+
+    /// Waits for the server to close; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match self.recv().await {
+                WsItem::Closed(frame) => return frame.map(|(code, _)| code),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Some(item) = self.recv_within(wait).await {
+            panic!("unexpected WebSocket message {item:?}");
+        }
+    }
+}
+
+/// `ws://<addr>/ws`.
+pub fn ws_url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/ws")
+}
