@@ -90,8 +90,12 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Seconds to wait for Redis before a request fails with 503.
     pub timeout_seconds: u64,
-    /// Seconds between liveness probes of the pub/sub connection.
+    /// Seconds between liveness probes of the pub/sub path (a probe not back by the next one
+    /// replaces the connection).
     pub probe_seconds: u64,
+    /// Seconds between checks of every watched channel's head in one pipelined round trip, to
+    /// find events whose live message was lost on a channel that has gone quiet; 0 disables.
+    pub head_check_seconds: u64,
 }
 
 impl Default for RedisSettings {
@@ -102,6 +106,7 @@ impl Default for RedisSettings {
             pool_size: 8,
             timeout_seconds: 5,
             probe_seconds: 5,
+            head_check_seconds: 10,
         }
     }
 }

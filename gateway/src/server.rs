@@ -52,6 +52,11 @@ fn hub_config(settings: &Settings) -> HubConfig {
         page_size: 500,
         subscribe_timeout: Duration::from_secs(settings.limits.subscribe_timeout_seconds),
         shards: 64,
+        // The memory engine delivers synchronously and cannot lose a live message.
+        head_check: match (&settings.redis.url, settings.redis.head_check_seconds) {
+            (Some(_), secs) if secs > 0 => Some(Duration::from_secs(secs)),
+            _ => None,
+        },
     }
 }
 

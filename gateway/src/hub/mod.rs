@@ -45,6 +45,8 @@ pub struct HubConfig {
     pub subscribe_timeout: Duration,
     /// Number of shards (locks) channels are spread over.
     pub shards: usize,
+    /// Period of the check of every watched channel's head against the store, if any.
+    pub head_check: Option<Duration>,
 }
 
 /// Why a transport could not get a subscription.
@@ -159,7 +161,11 @@ impl Hub {
             runtime: tokio::runtime::Handle::current(),
         });
         engine.start(Arc::new(HubListener(Arc::downgrade(&inner))));
-        Self { inner }
+        let hub = Self { inner };
+        if let Some(every) = hub.inner.config.head_check {
+            hub.spawn_head_check(every);
+        }
+        hub
     }
 
     /// The engine behind the hub.

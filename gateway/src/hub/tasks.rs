@@ -5,8 +5,11 @@
 
 use std::time::Duration;
 
-use shared::ChannelName;
+use std::sync::Arc;
 
+use shared::{ChannelName, Position};
+
+use super::channel::Phase;
 use super::{HookPoint, Hub};
 use crate::backoff::Backoff;
 
@@ -109,6 +112,55 @@ impl Hub {
             match applied {
                 None | Some(Some(true)) => return,
                 Some(None) | Some(Some(false)) => {}
+            }
+        }
+    }
+
+    /// Every `every`, compares each live channel's head in the store with what this instance
+    /// delivered: a live message lost on a channel that then went quiet would otherwise never
+    /// show up as an offset jump.
+    pub(super) fn spawn_head_check(&self, every: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        let mut stop = self.shutdown_signal();
+        self.inner.runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|down| *down) => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                Hub { inner }.check_heads().await;
+            }
+        });
+    }
+
+    async fn check_heads(&self) {
+        let mut watched: Vec<(ChannelName, u64, Position)> = Vec::new();
+        for shard in self.inner.shards.iter() {
+            let shard = shard.lock();
+            watched.extend(shard.channels.iter().filter_map(|(name, state)| {
+                let last = state.last.filter(|_| state.phase == Phase::Live)?;
+                Some((name.clone(), state.generation, last))
+            }));
+        }
+        for chunk in watched.chunks(1000) {
+            let names: Vec<ChannelName> = chunk.iter().map(|(name, _, _)| name.clone()).collect();
+            let heads = match self.inner.engine.heads(&names).await {
+                Ok(heads) => heads,
+                Err(e) => {
+                    tracing::debug!(error = %e, "head check failed; the next one will retry");
+                    return;
+                }
+            };
+            for ((channel, generation, last), head) in chunk.iter().zip(heads) {
+                // No head: the history expired; the next publish starts a new epoch, which
+                // arrives as a jump anyway.
+                let Some(head) = head else { continue };
+                if head.epoch != last.epoch || head.offset > last.offset {
+                    self.poke(channel, *generation, "head_check");
+                }
             }
         }
     }

@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod engine;
 mod fanout;
+mod faults;
 mod gap;
 mod http_api;
 mod pubsub_drop;

@@ -32,6 +32,12 @@ impl Keys {
         format!("{}{{{}}}:live", self.prefix, channel)
     }
 
+    /// `<prefix>{ctl:<instance>}:probe`, an instance's liveness-probe channel; its suffix keeps
+    /// it apart from every channel's live name.
+    pub fn control(&self, instance: &str) -> String {
+        format!("{}{{ctl:{}}}:probe", self.prefix, instance)
+    }
+
     /// The channel a live pub/sub name belongs to, if it is one of ours.
     pub fn channel_of_live<'a>(&self, name: &'a str) -> Option<&'a str> {
         name.strip_prefix(self.prefix.as_str())?
@@ -54,5 +60,6 @@ mod tests {
         assert_eq!(keys.channel_of_live(&keys.live(&ch)), Some("chat:room-1"));
         assert_eq!(keys.channel_of_live("other:{x}:live"), None);
         assert_eq!(keys.channel_of_live("gw:{x}:stream"), None);
+        assert_eq!(keys.channel_of_live(&keys.control("abc")), None);
     }
 }

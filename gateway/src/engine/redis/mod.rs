@@ -15,7 +15,7 @@ use shared::{ChannelName, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::keys::Keys;
-use self::pubsub::{Command, PubsubTask};
+use self::pubsub::{Command, Probe, PubsubTask};
 use super::{EngineError, HistoryPage, Listener, PublishRequest};
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -106,7 +106,14 @@ impl RedisEngine {
             commands,
             stop: self.inner.stop.subscribe(),
             timeout: self.inner.timeout,
-            probe_interval: self.inner.probe_interval,
+            probe: Probe {
+                pool: self.inner.pool.clone(),
+                channel: self
+                    .inner
+                    .keys
+                    .control(&format!("{:016x}", fastrand::u64(..))),
+                interval: self.inner.probe_interval,
+            },
             metrics: self.inner.metrics.clone(),
         };
         tokio::spawn(task.run());

@@ -3,6 +3,11 @@
 //! reconnect and then tells the hub to re-read history, because messages published while the
 //! connection was down are gone from pub/sub (but not from the streams).
 //!
+//! Liveness is checked end to end, not with PING: every probe period the instance publishes a
+//! sequence number to its own control channel through the command pool and expects it back on
+//! this connection. A connection that answers PING but no longer receives publishes (seen after
+//! failovers, when it is left on a demoted node) fails the probe and is replaced.
+//!
 //! Backpressure rule: this task never waits on a client. It hands each message to the listener,
 //! which only does non-blocking queue pushes.
 
@@ -36,8 +41,18 @@ pub(super) struct PubsubTask {
     pub commands: mpsc::UnboundedReceiver<Command>,
     pub stop: watch::Receiver<bool>,
     pub timeout: Duration,
-    pub probe_interval: Duration,
+    pub probe: Probe,
     pub metrics: Metrics,
+}
+
+/// The end-to-end liveness probe's settings.
+pub(super) struct Probe {
+    /// Command pool the probe is published through.
+    pub pool: deadpool_redis::Pool,
+    /// This instance's control channel.
+    pub channel: String,
+    /// How often to probe; a probe not back by the next one fails.
+    pub interval: Duration,
 }
 
 impl PubsubTask {
@@ -72,8 +87,9 @@ impl PubsubTask {
                 }
             };
             let (mut sink, mut stream) = pubsub.split();
-            if !desired.is_empty() {
-                let all: Vec<&String> = desired.iter().collect();
+            {
+                let mut all: Vec<&String> = desired.iter().collect();
+                all.push(&self.probe.channel);
                 let confirmed = tokio::time::timeout(self.timeout, sink.subscribe(all)).await;
                 if !matches!(confirmed, Ok(Ok(()))) {
                     tracing::warn!("re-subscribing after reconnect failed; retrying");
@@ -95,11 +111,18 @@ impl PubsubTask {
             }
             connected_before = true;
 
-            let mut probe = tokio::time::interval(self.probe_interval);
+            let mut probe = tokio::time::interval(self.probe.interval);
             probe.tick().await;
+            let mut sequence: u64 = 0;
+            let mut outstanding: Option<u64> = None;
             loop {
                 tokio::select! {
                     msg = stream.next() => match msg {
+                        Some(msg) if msg.get_channel_name() == self.probe.channel => {
+                            if outstanding.is_some_and(|s| msg.get_payload_bytes() == s.to_string().as_bytes()) {
+                                outstanding = None;
+                            }
+                        }
                         Some(msg) => self.deliver(&msg),
                         None => break,
                     },
@@ -110,12 +133,14 @@ impl PubsubTask {
                         }
                     }
                     _ = probe.tick() => {
-                        // Subscribed connections answer PING with an array, idle ones with +PONG: accept any reply.
-                        let pong = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
-                        if !matches!(pong, Ok(Ok(_))) {
-                            tracing::warn!("pub/sub connection did not answer PING; reconnecting");
+                        if let Some(lost) = outstanding {
+                            tracing::warn!(probe = lost, "pub/sub path is silent: the probe did not come back; reconnecting");
+                            self.metrics.engine_errors.with_label_values(&["pubsub_silent"]).inc();
                             break;
                         }
+                        sequence += 1;
+                        outstanding = Some(sequence);
+                        self.send_probe(sequence);
                     }
                     _ = self.stop.changed() => return,
                 }
@@ -130,6 +155,26 @@ impl PubsubTask {
                 return;
             }
         }
+    }
+
+    /// Publishes probe `sequence` through the command pool without blocking the loop; if it
+    /// cannot be published, it does not come back and the next tick replaces the connection.
+    fn send_probe(&self, sequence: u64) {
+        let pool = self.probe.pool.clone();
+        let channel = self.probe.channel.clone();
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            let publish = async {
+                let mut conn = pool.get().await.ok()?;
+                redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(sequence)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .ok()
+            };
+            let _ = tokio::time::timeout(timeout, publish).await;
+        });
     }
 
     fn deliver(&self, msg: &redis::Msg) {

@@ -6,6 +6,8 @@
 //! - [`Sse`]: an SSE client built on the shared decoder, as strict as a browser.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -241,6 +243,11 @@ impl Gateway {
     /// `http://<addr><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The process id (for /proc measurements).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGKILL: the instance dies without any goodbye.
@@ -689,4 +696,47 @@ impl Ws {
 /// `ws://<addr>/ws`.
 pub fn ws_url(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat format") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Resident memory of process `pid`, KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Appends an event to a channel's history exactly as `gw_publish` would, but without its live
+/// message: what the gateway sees when a pub/sub message is lost in transit.
+pub async fn publish_without_live_message(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    channel: &str,
+    data: &str,
+) -> u64 {
+    const SCRIPT: &str = r#"
+        local offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+        redis.call('XADD', KEYS[1], offset .. '-0', 'd', ARGV[1], 't', '0')
+        return offset"#;
+    redis::cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(2)
+        .arg(format!("{prefix}{{{channel}}}:stream"))
+        .arg(format!("{prefix}{{{channel}}}:meta"))
+        .arg(data)
+        .query_async(conn)
+        .await
+        .expect("silent publish")
 }
