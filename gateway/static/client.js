@@ -97,7 +97,7 @@ class Client {
   #attempt = 0; // consecutive failed connections, for backoff
   #timer = null; // pending reconnect
   #pinger = null;
-  #pongTimer = null;
+  #deadline = null; // handshake deadline, then pong deadline
   #nextReq = 1;
   #pending = new Map(); // String(req) → { resolve, reject } | { sub } | { unsubscribed: channel }
   #outbox = []; // publish frames written while not yet open
@@ -106,11 +106,13 @@ class Client {
   #draining = new Map(); // channel → unsubscribes not yet acknowledged on this socket
   #listeners = new Map(); // type → Set of callbacks
 
-  constructor(url, { token, minDelay = 250, maxDelay = 10000, pingInterval = 15000, pongTimeout = 10000 } = {}) {
+  // connectTimeout (an extra, defaulting to pongTimeout): a stalled server can hold a browser's
+  // WebSocket handshake for minutes, so we impose our own deadline.
+  constructor(url, { token, minDelay = 250, maxDelay = 10000, pingInterval = 15000, pongTimeout = 10000, connectTimeout = pongTimeout } = {}) {
     this.#url = url;
     const scheme = new URL(socketUrl(url)).protocol; // throws now, not on every retry, for a bad URL
     if (scheme !== "ws:" && scheme !== "wss:") throw new TypeError(`not a WebSocket URL: ${url}`);
-    this.#opts = { token, minDelay, maxDelay, pingInterval, pongTimeout };
+    this.#opts = { token, minDelay, maxDelay, pingInterval, pongTimeout, connectTimeout };
     this.#open();
   }
 
@@ -153,7 +155,7 @@ class Client {
   }
 
   position(channel) {
-    return this.#subs.get(channel)?.position ?? this.#positions.get(channel);
+    return this.#positions.get(channel);
   }
 
   publish(channel, data, { event } = {}) {
@@ -170,10 +172,8 @@ class Client {
     this.#finished = true;
     clearTimeout(this.#timer);
     const ws = this.#ws;
-    if (ws) {
-      this.#detach(ws, 1000, "client closed");
-      ws.close(1000, "client closed");
-    }
+    this.#detach(ws, 1000, "client closed");
+    ws?.close(1000, "client closed");
     this.#setState("closed", { code: 1000, reason: "client closed" });
   }
 
@@ -196,9 +196,19 @@ class Client {
     ws.onopen = () => this.#onOpen(ws);
     ws.onmessage = (e) => this.#onMessage(e.data);
     ws.onclose = (e) => this.#lost(ws, e.code, e.reason);
+    this.#deadline = setTimeout(() => this.#giveUp(ws, "no answer to the handshake within connectTimeout"), this.#opts.connectTimeout);
+  }
+
+  // Abandons a socket that stopped answering, without waiting for a closing handshake its peer
+  // will never complete (a browser can wait a minute for one), and reconnects.
+  #giveUp(ws, reason) {
+    this.#lost(ws, HEARTBEAT_TIMEOUT, reason);
+    ws.close(HEARTBEAT_TIMEOUT, "heartbeat timeout");
   }
 
   #onOpen(ws) {
+    clearTimeout(this.#deadline); // the handshake deadline
+    this.#deadline = null;
     this.#attempt = 0;
     this.#setState("open", {});
     for (const sub of this.#subs.values()) this.#sendSubscribe(sub);
@@ -207,11 +217,7 @@ class Client {
     // Any incoming message proves life; the ping guarantees there is one to wait for.
     this.#pinger = setInterval(() => {
       this.#send({ type: "ping" });
-      this.#pongTimer ??= setTimeout(() => {
-        // Don't wait for a closing handshake a dead peer will never answer: drop it now.
-        this.#lost(ws, HEARTBEAT_TIMEOUT, "no pong within pongTimeout");
-        ws.close(HEARTBEAT_TIMEOUT, "no pong");
-      }, this.#opts.pongTimeout);
+      this.#deadline ??= setTimeout(() => this.#giveUp(ws, "no pong within pongTimeout"), this.#opts.pongTimeout);
     }, this.#opts.pingInterval);
   }
 
@@ -230,11 +236,11 @@ class Client {
   }
 
   #detach(ws, code, reason) {
-    ws.onopen = ws.onmessage = ws.onclose = null;
+    if (ws) ws.onopen = ws.onmessage = ws.onclose = null;
     this.#ws = null;
     clearInterval(this.#pinger);
-    clearTimeout(this.#pongTimer);
-    this.#pongTimer = null;
+    clearTimeout(this.#deadline);
+    this.#deadline = null;
     this.#draining.clear();
     for (const sub of this.#subs.values()) clearTimeout(sub.retry);
     // Publishes are not retried: the app cannot know whether one was stored, so it decides.
@@ -311,8 +317,8 @@ class Client {
   // ---- incoming ----
 
   #onMessage(raw) {
-    clearTimeout(this.#pongTimer); // anything at all proves the connection alive
-    this.#pongTimer = null;
+    clearTimeout(this.#deadline); // anything at all proves the connection alive
+    this.#deadline = null;
     if (typeof raw !== "string") {
       let event;
       try {
