@@ -19,6 +19,11 @@ fn main() -> ExitCode {
         }
     };
     gateway::telemetry::init(&settings.log);
+    // Every client is a file descriptor: use all the process may have.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file descriptor limit"),
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Publish(args) => {

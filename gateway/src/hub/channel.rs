@@ -276,6 +276,33 @@ impl ChannelState {
         }
     }
 
+    /// Extends the ring backwards with history a resume just read, so the next resumes from
+    /// about the same position are served from memory instead of Redis (a reconnect storm then
+    /// costs one read, not one per client). Only events that keep the ring contiguous and ending
+    /// at `last` are taken, and never more than its capacity.
+    pub fn seed_ring(&mut self, history: &[Arc<Message>]) {
+        let Some(last) = self.last else { return };
+        // The oldest offset the ring holds (or would hold next): history must reach up to it.
+        let next_older = self
+            .ring
+            .front()
+            .map_or(last.offset, |m| m.position().offset - 1);
+        let usable = history
+            .iter()
+            .rev()
+            .skip_while(|m| m.position().offset > next_older)
+            .take(self.ring_capacity.saturating_sub(self.ring.len()));
+        let mut expected = next_older;
+        for m in usable {
+            let p = m.position();
+            if p.epoch != last.epoch || p.offset != expected || expected == 0 {
+                break;
+            }
+            self.ring.push_front(m.clone());
+            expected -= 1;
+        }
+    }
+
     /// The ring's events after `from` up to `last`, or `None` if the ring does not reach back
     /// to `from` (then history must be read).
     pub fn ring_after(&self, from: Position) -> Option<Vec<Arc<Message>>> {
@@ -481,6 +508,32 @@ mod tests {
             "ring holds 4"
         );
         assert_eq!(offsets(ch.ring_after(Position::new(Epoch(1), 5))), None);
+    }
+
+    #[test]
+    fn history_read_by_a_resume_seeds_the_ring_only_when_contiguous_with_the_head() {
+        let offsets = |ch: &ChannelState, from: u64| {
+            ch.ring_after(Position::new(E, from))
+                .map(|v| v.iter().map(|m| m.position().offset).collect::<Vec<_>>())
+        };
+        // Cold channel at head 20: nothing in the ring yet.
+        let (mut ch, _q) = live_channel(20);
+        assert_eq!(offsets(&ch, 15), None);
+        // A page that does not reach the head is useless to later resumes.
+        ch.seed_ring(&page(E, 20, 10..=18).messages);
+        assert_eq!(offsets(&ch, 15), None);
+        // One that does is kept, newest first, up to the ring's capacity (4).
+        ch.seed_ring(&page(E, 20, 10..=20).messages);
+        assert_eq!(offsets(&ch, 16), Some(vec![17, 18, 19, 20]));
+        assert_eq!(offsets(&ch, 15), None, "capacity 4");
+        // Later live events keep the ring contiguous.
+        let mut fx = Effects::default();
+        ch.on_live(msg(E, 21), &mut fx);
+        assert_eq!(offsets(&ch, 17), Some(vec![18, 19, 20, 21]));
+        // Another epoch's history is never mixed in.
+        let (mut ch, _q) = live_channel(5);
+        ch.seed_ring(&page(Epoch(9), 5, 1..=5).messages);
+        assert_eq!(offsets(&ch, 3), None);
     }
 
     #[test]

@@ -205,6 +205,10 @@ impl Hub {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
+                    // Later resumes from about here are then served from memory.
+                    self.with_state(&m.channel, m.generation, |state, _| {
+                        state.seed_ring(&page.messages)
+                    });
                     if from.epoch != page.epoch || page.first_available() > from.offset + 1 {
                         let first_available = Position::new(page.epoch, page.first_available());
                         recovered = false;

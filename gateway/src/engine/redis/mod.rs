@@ -93,7 +93,7 @@ impl RedisEngine {
         })
     }
 
-    /// Starts the pub/sub task and loads the function library in the background.
+    /// Starts the pub/sub task, which also (re)loads the function library on every connect.
     pub fn start(&self, listener: Arc<dyn Listener>) {
         let Some(commands) = self.inner.pending.lock().take() else {
             return;
@@ -114,27 +114,10 @@ impl RedisEngine {
                     .control(&format!("{:016x}", fastrand::u64(..))),
                 interval: self.inner.probe_interval,
             },
+            library: self.inner.library.clone(),
             metrics: self.inner.metrics.clone(),
         };
         tokio::spawn(task.run());
-        let engine = self.clone();
-        let mut stop = self.inner.stop.subscribe();
-        tokio::spawn(async move {
-            let mut backoff =
-                crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-            loop {
-                match engine.load_library().await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "loading the Redis function library failed; retrying")
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        });
     }
 
     /// Stops background tasks.

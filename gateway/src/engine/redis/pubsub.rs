@@ -42,6 +42,9 @@ pub(super) struct PubsubTask {
     pub stop: watch::Receiver<bool>,
     pub timeout: Duration,
     pub probe: Probe,
+    /// The function library, loaded on every (re)connect so that a Redis restarted without
+    /// persistence gets it back before the instance reports ready again.
+    pub library: String,
     pub metrics: Metrics,
 }
 
@@ -99,6 +102,13 @@ impl PubsubTask {
                     continue;
                 }
             }
+            if let Err(e) = self.load_library().await {
+                tracing::warn!(error = %e, "loading the Redis function library failed; retrying");
+                if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
+                    return;
+                }
+                continue;
+            }
             backoff.reset();
             self.listener.on_live_path(true);
             if connected_before {
@@ -154,6 +164,24 @@ impl PubsubTask {
             if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
                 return;
             }
+        }
+    }
+
+    async fn load_library(&self) -> Result<(), String> {
+        let load = async {
+            let mut conn = self.probe.pool.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(&self.library)
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, load).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err("timed out".into()),
         }
     }
 
