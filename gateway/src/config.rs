@@ -174,7 +174,8 @@ impl Default for SseSettings {
 pub struct WsSettings {
     /// Whether WebSocket clients may publish (`publish` command or binary publish frames).
     pub allow_publish: bool,
-    /// Largest accepted client frame or message, bytes; bigger ones close with 1009.
+    /// Largest accepted client frame or message, bytes; bigger ones close with 1009. Client
+    /// publishes are further limited by `publish.max_bytes`, with an error reply.
     pub max_message_bytes: usize,
     /// Seconds between server pings.
     pub ping_seconds: u64,
@@ -190,7 +191,7 @@ impl Default for WsSettings {
     fn default() -> Self {
         Self {
             allow_publish: false,
-            max_message_bytes: 64 * 1024,
+            max_message_bytes: 1024 * 1024,
             ping_seconds: 15,
             timeout_seconds: 45,
             max_protocol_errors: 20,

@@ -36,6 +36,8 @@ pub mod close {
     pub const UNAVAILABLE: u16 = 4001;
     /// No pong (or other traffic) within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4002;
+    /// The token is missing or invalid; do not retry with the same token.
+    pub const UNAUTHORIZED: u16 = 4500;
 
     /// Whether a client should reconnect after this code: not after misuse (1002, 1008, 1009)
     /// nor after codes 4500–4999, which this protocol reserves for "do not retry".
@@ -445,7 +447,7 @@ mod tests {
     fn close_codes_say_whether_to_reconnect() {
         assert!(close::should_reconnect(close::SLOW_CONSUMER));
         assert!(close::should_reconnect(close::GOING_AWAY));
-        assert!(!close::should_reconnect(4500));
+        assert!(!close::should_reconnect(close::UNAUTHORIZED));
         assert!(!close::should_reconnect(close::POLICY));
     }
 

@@ -54,7 +54,25 @@ pub async fn handler(
             ),
         ));
     }
-    let grant = state.auth.authenticate(&req)?;
+    let grant = match state.auth.authenticate(&req) {
+        Ok(grant) => grant,
+        // Browsers cannot read the status of a refused upgrade (they only see 1006 and would
+        // retry forever), so an auth failure is told with close code 4500 after the upgrade.
+        Err(e) => {
+            metrics.rejected.with_label_values(&["unauthorized"]).inc();
+            let (response, session, _stream) = actix_ws::handle(&req, body)
+                .map_err(|e| ApiError::bad_request("not_websocket", e.to_string()))?;
+            let reason = format!("unauthorized: {}", e.detail());
+            actix_web::rt::spawn(async move {
+                let close = WsClose {
+                    code: CloseCode::from(close::UNAUTHORIZED),
+                    description: Some(reason.chars().take(120).collect()),
+                };
+                let _ = session.close(Some(close)).await;
+            });
+            return Ok(response);
+        }
+    };
     let Some(guard) = state.limiter.try_acquire(metrics, "ws") else {
         metrics
             .rejected
@@ -92,6 +110,26 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
         .split_once("://")
         .map(|(_, rest)| rest.trim_end_matches('/'));
     matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+/// Error codes that count toward `ws.max_protocol_errors`.
+const COUNTED: &[&str] = &[
+    "bad_json",
+    "missing_type",
+    "unknown_type",
+    "invalid_message",
+    "bad_binary",
+    "rate_limited",
+];
+
+/// The `req` of a command, for replies that refuse it.
+fn req_of(cmd: &ClientMessage) -> Option<Value> {
+    match cmd {
+        ClientMessage::Subscribe { req, .. }
+        | ClientMessage::Unsubscribe { req, .. }
+        | ClientMessage::Publish { req, .. }
+        | ClientMessage::Ping { req } => req.clone(),
+    }
 }
 
 /// How a session ends: with a close frame (code, reason) or silently (client gone).
@@ -445,19 +483,18 @@ impl Connection {
                     .ws_frames
                     .with_label_values(&["in"])
                     .inc();
+                let parsed = shared::ws::parse_client(&text);
                 if !self.take_token() {
+                    let req = match &parsed {
+                        Ok(cmd) => req_of(cmd),
+                        Err((_, req)) => req.clone(),
+                    };
+                    let message = "too many commands; slow down".to_owned();
                     return self
-                        .refuse(
-                            session,
-                            "rate_limited",
-                            "too many commands; slow down".into(),
-                            None,
-                            None,
-                            timeout,
-                        )
+                        .refuse(session, "rate_limited", message, None, req, timeout)
                         .await;
                 }
-                match shared::ws::parse_client(&text) {
+                match parsed {
                     Ok(cmd) => self.on_command(cmd, session, timeout).await,
                     Err((e, req)) => {
                         self.refuse(session, e.code(), e.to_string(), None, req, timeout)
@@ -472,15 +509,15 @@ impl Connection {
                     .with_label_values(&["in"])
                     .inc();
                 if !self.take_token() {
+                    let req = match shared::ws::decode_binary(&bytes) {
+                        Ok(BinaryFrame::Publish { req: Some(r), .. }) => {
+                            Some(Value::String(r.to_owned()))
+                        }
+                        _ => None,
+                    };
+                    let message = "too many commands; slow down".to_owned();
                     return self
-                        .refuse(
-                            session,
-                            "rate_limited",
-                            "too many commands; slow down".into(),
-                            None,
-                            None,
-                            timeout,
-                        )
+                        .refuse(session, "rate_limited", message, None, req, timeout)
                         .await;
                 }
                 self.on_binary(&bytes, session, timeout).await
@@ -516,7 +553,12 @@ impl Connection {
         req: Option<Value>,
         timeout: Duration,
     ) -> Result<(), End> {
-        self.errors += 1;
+        // Only misuse counts toward the budget: malformed input and floods. Refusals of
+        // well-formed commands (forbidden, not subscribed, ...) are the app's business and must
+        // not end a connection that the client would then not be allowed to re-open.
+        if COUNTED.contains(&code) {
+            self.errors += 1;
+        }
         self.state.metrics.rejected.with_label_values(&[code]).inc();
         let msg = ServerMessage::Error {
             code: code.to_owned(),
@@ -528,7 +570,7 @@ impl Connection {
         if self.errors > self.state.settings.ws.max_protocol_errors {
             return Err(Some((
                 close::POLICY,
-                "too many invalid or refused commands",
+                "too many malformed commands or too fast",
             )));
         }
         Ok(())
@@ -785,6 +827,13 @@ impl Connection {
         timeout: Duration,
     ) -> Result<(), End> {
         let channel = request.channel.clone();
+        let limit = self.state.settings.publish.max_bytes;
+        if request.data.len() > limit {
+            let message = format!("the payload exceeds publish.max_bytes ({limit} bytes)");
+            return self
+                .refuse(session, "too_large", message, Some(&channel), req, timeout)
+                .await;
+        }
         if !self.state.settings.ws.allow_publish || !self.grant.may_publish(&channel) {
             let message = "client publishing is not allowed here".to_owned();
             return self
