@@ -2,6 +2,7 @@
 //! test needs hooks), each test on its own free ports.
 
 mod cli;
+mod cluster;
 mod common;
 mod engine;
 mod fanout;

@@ -420,13 +420,11 @@ async fn tokens_limit_channels_and_publishing() {
     )
     .unwrap();
 
-    assert_eq!(
-        Ws::try_connect(&ws_url(gw.addr), &[])
-            .await
-            .err()
-            .as_deref(),
-        Some("HTTP 401")
-    );
+    // Browsers cannot see the status of a refused upgrade, so the refusal is a close code.
+    let mut anonymous = Ws::connect(&ws_url(gw.addr)).await;
+    assert_eq!(anonymous.closed().await, Some(close::UNAUTHORIZED));
+    let mut forged = Ws::connect(&format!("{}?token=not.a.token", ws_url(gw.addr))).await;
+    assert_eq!(forged.closed().await, Some(close::UNAUTHORIZED));
     let mut ws = Ws::connect(&format!("{}?token={token}", ws_url(gw.addr))).await;
     ws.subscribe("news", None).await;
     ws.send(json!({"type": "subscribe", "channel": "admin"}))
@@ -468,4 +466,69 @@ async fn tokens_limit_channels_and_publishing() {
     assert_eq!(sse.status(), 403);
     let mut ok = Sse::connect(&gw.url(&format!("/sse?channel=news&token={token}")), None).await;
     ok.ready().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_well_formed_commands_never_ends_the_connection() {
+    let gw = memory_gateway(&[("GATEWAY__WS__MAX_PROTOCOL_ERRORS", "3")]);
+    let mut ws = Ws::connect(&ws_url(gw.addr)).await;
+    for i in 0..10 {
+        ws.send(json!({"type": "publish", "channel": "a", "data": i, "req": i}))
+            .await;
+        let err = ws.expect("error").await;
+        assert_eq!(
+            (err["code"].as_str(), &err["req"]),
+            (Some("publish_forbidden"), &json!(i))
+        );
+        ws.send(json!({"type": "unsubscribe", "channel": "a"}))
+            .await;
+        assert_eq!(ws.expect("error").await["code"], "not_subscribed");
+    }
+    ws.send(json!({"type": "ping"})).await;
+    ws.expect("pong").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_client_publish_is_refused_without_closing() {
+    let gw = memory_gateway(&[
+        ("GATEWAY__WS__ALLOW_PUBLISH", "true"),
+        ("GATEWAY__PUBLISH__MAX_BYTES", "1024"),
+    ]);
+    let mut ws = Ws::connect(&ws_url(gw.addr)).await;
+    ws.send(json!({"type": "publish", "channel": "a", "data": "x".repeat(5000), "req": "big"}))
+        .await;
+    let err = ws.expect("error").await;
+    assert_eq!(
+        (err["code"].as_str(), &err["req"]),
+        (Some("too_large"), &json!("big"))
+    );
+    ws.send(json!({"type": "publish", "channel": "a", "data": "small", "req": "ok"}))
+        .await;
+    assert_eq!(ws.expect("published").await["req"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_payloads_keep_their_key_order() {
+    let gw = memory_gateway(&[]);
+    let mut sse = Sse::connect(&gw.url("/sse?channel=q"), None).await;
+    sse.ready().await;
+    let mut ws = Ws::connect(&ws_url(gw.addr)).await;
+    ws.subscribe("q", None).await;
+    let res = http()
+        .post(gw.url("/publish"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"channel": "q", "data": {"symbol": "ACME", "price": 42, "at": [3, 1]}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        sse.next().await.data,
+        r#"{"symbol":"ACME","price":42,"at":[3,1]}"#
+    );
+    let WsItem::Json(raw) = ws.recv().await else {
+        panic!("expected an event")
+    };
+    let keys: Vec<&String> = raw["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["symbol", "price", "at"]);
 }

@@ -6,6 +6,8 @@
 //! - [`Sse`]: an SSE client built on the shared decoder, as strict as a browser.
 #![allow(dead_code)]
 
+pub mod follow;
+pub mod nginx;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -237,7 +239,32 @@ impl Gateway {
             ("GATEWAY__REDIS__KEY_PREFIX", prefix),
         ];
         env.extend_from_slice(extra);
-        Self::spawn(&env)
+        let gw = Self::spawn(&env);
+        gw.wait_ready();
+        gw
+    }
+
+    /// Blocks until `/readyz` answers 200 (Redis reachable, library loaded, pub/sub up).
+    pub fn wait_ready(&self) {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(self.addr) {
+                let _ =
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                if reply.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway at {} never became ready",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `http://<addr><path>`.
