@@ -64,6 +64,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Kernel timeout for unacknowledged writes (stuck peers), seconds; 0 disables.
     pub tcp_user_timeout_seconds: u64,
+    /// Seconds a client has to send its request headers (slowloris defence).
+    pub request_timeout_seconds: u64,
 }
 
 impl Default for ServerSettings {
@@ -74,6 +76,7 @@ impl Default for ServerSettings {
             shutdown_timeout_seconds: 10,
             max_connections: 20_000,
             tcp_user_timeout_seconds: 60,
+            request_timeout_seconds: 5,
         }
     }
 }
@@ -393,6 +396,12 @@ impl Settings {
         if self.limits.subscribe_timeout_seconds == 0 {
             return Err(invalid(
                 "limits.subscribe_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if self.server.request_timeout_seconds == 0 {
+            return Err(invalid(
+                "server.request_timeout_seconds",
                 "must be at least 1",
             ));
         }

@@ -105,7 +105,7 @@ pub async fn run(
     .workers(workers)
     .max_connections(per_worker)
     .backlog(4096)
-    .client_request_timeout(Duration::from_secs(5))
+    .client_request_timeout(Duration::from_secs(settings.server.request_timeout_seconds))
     .client_disconnect_timeout(Duration::from_secs(1))
     // A streaming client that closes its side is gone; don't keep writing until a write fails.
     .h1_allow_half_closed(false)

@@ -8,6 +8,7 @@ mod engine;
 mod fanout;
 mod faults;
 mod gap;
+mod hostile;
 mod http_api;
 mod pubsub_drop;
 mod race;
