@@ -29,6 +29,24 @@ async fn streams(gateways: &[&Gateway]) -> f64 {
 
 fn assert_exact(name: &str, followed: &[Followed], n: usize) {
     let want = expected(n);
+    // One summary line per run, quoted in RELIABILITY.md.
+    let delivered: usize = followed.iter().map(|f| f.data.len()).sum();
+    let distinct: usize = followed
+        .iter()
+        .map(|f| {
+            f.data
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+        })
+        .sum();
+    let lost = followed.len() * n - distinct.min(followed.len() * n);
+    let reconnected = followed.iter().filter(|f| f.reconnects > 0).count();
+    eprintln!(
+        "outcome {name}: {} clients x {n} events published; delivered {delivered}, lost {lost}, duplicated {}, clients that reconnected {reconnected}",
+        followed.len(),
+        delivered - distinct
+    );
     for (i, f) in followed.iter().enumerate() {
         assert_eq!(f.gaps, 0, "{name} client {i} got a gap");
         assert!(

@@ -178,6 +178,7 @@ async fn redis_down_then_back_keeps_clients_and_delivers_everything_published() 
         ws.assert_quiet(Duration::from_secs(4))
     );
     let cpu = cpu_seconds(gw.pid()) - cpu_before;
+    eprintln!("outcome redis-down: gateway CPU while Redis was down for 4 s: {cpu:.2} s");
     assert!(
         cpu < 0.5,
         "the gateway used {cpu:.2} CPU seconds in 4 s while Redis was down"
@@ -294,6 +295,9 @@ async fn a_stalled_sse_client_is_disconnected_memory_stays_bounded_and_it_resume
     }
     let _healthy = reader.await.unwrap();
     let grown = rss_kib(gw.pid()).saturating_sub(rss_before);
+    eprintln!(
+        "outcome slow-consumer: RSS grew {grown} KiB while {n} x 32 KiB events went past a stalled client"
+    );
     assert!(
         grown < 24 * 1024,
         "the gateway grew by {grown} KiB for one stalled client"
