@@ -330,7 +330,13 @@ class Client {
       this.#deliver(event);
       return;
     }
-    const msg = JSON.parse(raw);
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch (e) {
+      this.#emit("error", { code: "bad_json", message: e.message });
+      return;
+    }
     const entry = msg.req === undefined ? undefined : this.#pending.get(String(msg.req));
     if (entry) this.#pending.delete(String(msg.req));
     switch (msg.type) {
