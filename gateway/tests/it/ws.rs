@@ -532,3 +532,39 @@ async fn json_payloads_keep_their_key_order() {
     let keys: Vec<&String> = raw["data"].as_object().unwrap().keys().collect();
     assert_eq!(keys, ["symbol", "price", "at"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_framing_closes_with_1002() {
+    use std::io::{Read, Write};
+    let gw = memory_gateway(&[]);
+    let addr = gw.addr;
+    let code = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        // Clients must mask their frames; this one is not masked.
+        s.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+        let mut frame = [0u8; 4];
+        s.read_exact(&mut frame).unwrap();
+        assert_eq!(frame[0], 0x88, "expected a close frame");
+        u16::from_be_bytes([frame[2], frame[3]])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, close::PROTOCOL);
+}
