@@ -8,7 +8,8 @@
 //! tasks that report back through a bounded channel, so the session never stops reading,
 //! heartbeating or draining because Redis is slow.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -22,7 +23,7 @@ use bytestring::ByteString;
 use serde_json::Value;
 use shared::ws::{BinaryFrame, ClientMessage, ServerMessage, close};
 use shared::{ChannelName, EventName, PayloadKind, Position};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -146,10 +147,11 @@ enum Report {
         code: &'static str,
         message: String,
     },
-    Send(ServerMessage),
+    Send(Box<ServerMessage>),
 }
 
 struct Slot {
+    id: u32,
     channel: ChannelName,
     req: Option<Value>,
     membership: Option<Membership>,
@@ -159,21 +161,47 @@ struct Slot {
 struct Connection {
     state: AppState,
     grant: Grant,
-    queue: std::sync::Arc<Queue>,
-    slots: HashMap<u32, Slot>,
-    by_channel: HashMap<ChannelName, u32>,
+    queue: Arc<Queue>,
+    slots: Slots,
     next_slot: u32,
     errors: u32,
     tokens: f64,
     refilled: Instant,
     last_seen: Instant,
-    reports: mpsc::Sender<Report>,
+    reports: Arc<Inbox>,
     _guard: ConnectionGuard,
+}
+
+/// Reports from side tasks to the session. Allocates nothing until the first report (a tokio
+/// mpsc would preallocate room for 32 messages on every connection); bounded in practice, as
+/// there is at most one report per command and commands are rate-limited.
+#[derive(Default)]
+struct Inbox {
+    items: parking_lot::Mutex<VecDeque<Report>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    fn send(&self, report: Report) {
+        self.items.lock().push_back(report);
+        // Stores a permit when the session is not waiting, so no report is missed.
+        self.ready.notify_one();
+    }
+
+    async fn recv(&self) -> Report {
+        loop {
+            if let Some(report) = self.items.lock().pop_front() {
+                return report;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 impl Running {
     fn new(state: AppState, grant: Grant, guard: ConnectionGuard) -> Self {
-        let (reports, inbox) = mpsc::channel(64);
+        let reports = Arc::new(Inbox::default());
+        let inbox = reports.clone();
         let queue = state.hub.new_queue();
         let burst = f64::from(state.settings.ws.commands_per_second) * 2.0;
         let now = Instant::now();
@@ -181,8 +209,7 @@ impl Running {
             state,
             grant,
             queue,
-            slots: HashMap::new(),
-            by_channel: HashMap::new(),
+            slots: Slots::default(),
             next_slot: 0,
             errors: 0,
             tokens: burst,
@@ -195,18 +222,39 @@ impl Running {
     }
 }
 
+/// A connection's subscriptions: a few at most (`limits.max_channels`), so a small vector
+/// searched linearly beats two hash maps, and allocates nothing until the first subscribe.
+#[derive(Default)]
+struct Slots(Vec<Slot>);
+
+impl Slots {
+    fn get(&self, id: u32) -> Option<&Slot> {
+        self.0.iter().find(|s| s.id == id)
+    }
+
+    fn get_mut(&mut self, id: u32) -> Option<&mut Slot> {
+        self.0.iter_mut().find(|s| s.id == id)
+    }
+
+    fn find(&self, channel: &ChannelName) -> Option<u32> {
+        self.0.iter().find(|s| &s.channel == channel).map(|s| s.id)
+    }
+
+    fn remove(&mut self, id: u32) -> Option<Slot> {
+        let index = self.0.iter().position(|s| s.id == id)?;
+        Some(self.0.swap_remove(index))
+    }
+}
+
 /// The connection together with the receiving end of its report channel.
 struct Running {
     conn: Connection,
-    inbox: mpsc::Receiver<Report>,
+    inbox: Arc<Inbox>,
 }
 
 impl Running {
     async fn run(self, mut session: Session, mut stream: AggregatedMessageStream) {
-        let Running {
-            mut conn,
-            mut inbox,
-        } = self;
+        let Running { mut conn, inbox } = self;
         let settings = conn.state.settings.clone();
         let queue = conn.queue.clone();
         let mut shutdown = conn.state.hub.shutdown_signal();
@@ -220,14 +268,17 @@ impl Running {
                 _ = shutdown.wait_for(|down| *down) => break Some((close::GOING_AWAY, "server shutting down")),
                 drained = queue.drain(&mut batch) => match drained {
                     Drained::Items => {
-                        if let Err(end) = conn.write_batch(&mut session, &mut batch, timeout).await {
+                        // Boxed too: it holds a write timeout, which would otherwise sit in every
+                        // idle connection's task.
+                        if let Err(end) = Box::pin(conn.write_batch(&mut session, &mut batch, timeout)).await {
                             break end;
                         }
                     }
                     Drained::Closed(reason) => break close_for(reason),
                 },
-                Some(report) = inbox.recv() => {
-                    if let Err(end) = conn.on_report(report, &mut session, timeout).await {
+                report = inbox.recv() => {
+                    // Boxed: rare branches must not grow every connection's task.
+                    if let Err(end) = Box::pin(conn.on_report(report, &mut session, timeout)).await {
                         break end;
                     }
                 }
@@ -236,7 +287,7 @@ impl Running {
                     Some(Err(e)) => break Some(protocol_error_close(&e)),
                     Some(Ok(msg)) => {
                         conn.last_seen = Instant::now();
-                        if let Err(end) = conn.on_client(msg, &mut session, timeout).await {
+                        if let Err(end) = Box::pin(conn.on_client(msg, &mut session, timeout)).await {
                             break end;
                         }
                     }
@@ -252,7 +303,7 @@ impl Running {
             }
         };
         conn.queue.close(CloseReason::Gone);
-        for slot in conn.slots.values_mut() {
+        for slot in conn.slots.0.iter_mut() {
             if let Some(task) = slot.task.take() {
                 task.abort();
             }
@@ -361,7 +412,7 @@ impl Connection {
                     message,
                     live,
                 } => {
-                    if !self.slots.contains_key(&slot) {
+                    if self.slots.get(slot).is_none() {
                         continue; // unsubscribed meanwhile
                     }
                     let frame = if message.is_binary() {
@@ -379,7 +430,7 @@ impl Connection {
                     slot,
                     first_available,
                 } => {
-                    let Some(s) = self.slots.get(&slot) else {
+                    let Some(s) = self.slots.get(slot) else {
                         continue;
                     };
                     let msg = ServerMessage::Gap {
@@ -393,7 +444,7 @@ impl Connection {
                     position,
                     recovered,
                 } => {
-                    let Some(s) = self.slots.get_mut(&slot) else {
+                    let Some(s) = self.slots.get_mut(slot) else {
                         continue;
                     };
                     let msg = ServerMessage::Subscribed {
@@ -430,7 +481,7 @@ impl Connection {
     ) -> Result<(), End> {
         match report {
             Report::Joined { slot, membership } => {
-                if let Some(s) = self.slots.get_mut(&slot) {
+                if let Some(s) = self.slots.get_mut(slot) {
                     s.membership = Some(membership);
                     s.task = None;
                 }
@@ -442,10 +493,9 @@ impl Connection {
                 code,
                 message,
             } => {
-                let Some(s) = self.slots.remove(&slot) else {
+                let Some(s) = self.slots.remove(slot) else {
                     return Ok(());
                 };
-                self.by_channel.remove(&s.channel);
                 // A store failure ends the connection, as on SSE: the client reconnects with
                 // backoff and resumes every channel, instead of holding one it never gets.
                 match code {
@@ -608,7 +658,7 @@ impl Connection {
                             .await;
                     }
                 };
-                let Some(slot) = self.by_channel.remove(&name) else {
+                let Some(slot) = self.slots.find(&name) else {
                     return self
                         .refuse(
                             session,
@@ -620,7 +670,7 @@ impl Connection {
                         )
                         .await;
                 };
-                if let Some(mut s) = self.slots.remove(&slot)
+                if let Some(mut s) = self.slots.remove(slot)
                     && let Some(task) = s.task.take()
                 {
                     task.abort();
@@ -683,7 +733,7 @@ impl Connection {
                 .refuse(session, "forbidden", message, Some(&name), req, timeout)
                 .await;
         }
-        if self.by_channel.contains_key(&name) {
+        if self.slots.find(&name).is_some() {
             let message = format!("already subscribed to {name}");
             return self
                 .refuse(
@@ -696,7 +746,7 @@ impl Connection {
                 )
                 .await;
         }
-        if self.by_channel.len() >= self.state.settings.limits.max_channels {
+        if self.slots.0.len() >= self.state.settings.limits.max_channels {
             let message = format!(
                 "at most {} channels per connection",
                 self.state.settings.limits.max_channels
@@ -741,16 +791,13 @@ impl Connection {
             since,
             self.reports.clone(),
         ));
-        self.by_channel.insert(name.clone(), slot);
-        self.slots.insert(
-            slot,
-            Slot {
-                channel: name,
-                req,
-                membership: None,
-                task: Some(task),
-            },
-        );
+        self.slots.0.push(Slot {
+            id: slot,
+            channel: name,
+            req,
+            membership: None,
+            task: Some(task),
+        });
         Ok(())
     }
 
@@ -866,7 +913,7 @@ impl Connection {
                     req,
                 },
             };
-            let _ = reports.send(Report::Send(msg)).await;
+            reports.send(Report::Send(Box::new(msg)));
         });
         Ok(())
     }
@@ -880,11 +927,11 @@ enum Frame {
 /// Attaches and resumes one channel of a connection; reports the result to the session.
 async fn resume(
     state: AppState,
-    queue: std::sync::Arc<Queue>,
+    queue: Arc<Queue>,
     slot: u32,
     channel: ChannelName,
     since: Option<Position>,
-    reports: mpsc::Sender<Report>,
+    reports: Arc<Inbox>,
 ) {
     let hub = &state.hub;
     let result: Result<Membership, (&'static str, String)> = async {
@@ -933,7 +980,7 @@ async fn resume(
             message,
         },
     };
-    let _ = reports.send(report).await;
+    reports.send(report);
 }
 
 fn hub_failure(e: HubError) -> (&'static str, String) {
