@@ -57,6 +57,20 @@ pub struct Inner {
     pub ws_frames: IntCounterVec,
     /// WebSocket closes by code (`client` when the client went away first).
     pub ws_closes: IntCounterVec,
+    /// Pre-resolved series for per-write paths (a labelled lookup hashes and locks).
+    pub hot: Hot,
+}
+
+/// Series touched on every write, resolved once.
+pub struct Hot {
+    /// `gateway_messages_delivered_total{transport="sse"}`.
+    pub delivered_sse: IntCounter,
+    /// `gateway_messages_delivered_total{transport="ws"}`.
+    pub delivered_ws: IntCounter,
+    /// `gateway_ws_frames_total{direction="in"}`.
+    pub ws_frames_in: IntCounter,
+    /// `gateway_ws_frames_total{direction="out"}`.
+    pub ws_frames_out: IntCounter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -114,7 +128,26 @@ impl Metrics {
             ]),
         )
         .unwrap_or_else(|e| panic!("metric: {e}"));
+        let delivered = counter_vec(
+            &r,
+            "gateway_messages_delivered_total",
+            "Events written to clients by transport.",
+            &["transport"],
+        );
+        let ws_frames = counter_vec(
+            &r,
+            "gateway_ws_frames_total",
+            "WebSocket frames by direction.",
+            &["direction"],
+        );
+        let hot = Hot {
+            delivered_sse: delivered.with_label_values(&["sse"]),
+            delivered_ws: delivered.with_label_values(&["ws"]),
+            ws_frames_in: ws_frames.with_label_values(&["in"]),
+            ws_frames_out: ws_frames.with_label_values(&["out"]),
+        };
         let inner = Inner {
+            hot,
             connections,
             connections_total: counter_vec(
                 &r,
@@ -143,12 +176,7 @@ impl Metrics {
                 "gateway_messages_received_total",
                 "Live events received from the engine.",
             ),
-            delivered: counter_vec(
-                &r,
-                "gateway_messages_delivered_total",
-                "Events written to clients by transport.",
-                &["transport"],
-            ),
+            delivered,
             delivery_latency: register(&r, latency),
             resumes: counter_vec(
                 &r,
@@ -206,12 +234,7 @@ impl Metrics {
                 "Rejected requests by reason.",
                 &["reason"],
             ),
-            ws_frames: counter_vec(
-                &r,
-                "gateway_ws_frames_total",
-                "WebSocket frames by direction.",
-                &["direction"],
-            ),
+            ws_frames,
             ws_closes: counter_vec(
                 &r,
                 "gateway_ws_closes_total",

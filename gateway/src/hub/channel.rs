@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use super::history::Page;
 use super::message::Message;
 use super::queue::{Item, PushError, Queue};
+use super::wake::WakeBatch;
 
 /// Identifies one connection's subscription to one channel.
 pub type SubId = u64;
@@ -48,9 +49,11 @@ pub enum Phase {
     Syncing,
 }
 
-/// Counters produced under the lock and applied to metrics after it is released.
+/// Counters and wake-ups produced under the lock, applied after it is released.
 #[derive(Default, Debug)]
 pub struct Effects {
+    /// Readers to wake, grouped by worker; flushed when the effects are dropped.
+    pub wakes: WakeBatch,
     /// Queue pushes that succeeded.
     pub delivered: usize,
     /// Subscribers closed because their queue overflowed.
@@ -223,7 +226,7 @@ impl ChannelState {
                 message: msg.clone(),
                 live: true,
             };
-            match sub.queue.push(item) {
+            match sub.queue.push_batched(item, &mut fx.wakes) {
                 Ok(()) => fx.delivered += 1,
                 Err(PushError::Overflowed) => {
                     fx.slow += 1;
@@ -251,7 +254,7 @@ impl ChannelState {
                 slot: sub.slot,
                 first_available,
             };
-            match sub.queue.push(item) {
+            match sub.queue.push_batched(item, &mut fx.wakes) {
                 Ok(()) => fx.gaps += 1,
                 Err(PushError::Overflowed) => {
                     fx.slow += 1;

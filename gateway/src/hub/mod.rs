@@ -12,6 +12,7 @@ mod join;
 pub mod message;
 pub mod queue;
 mod tasks;
+pub mod wake;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

@@ -15,6 +15,7 @@ use shared::Position;
 use tokio::sync::Notify;
 
 use super::message::Message;
+use super::wake::{WakeBatch, WorkerWaker};
 
 /// One thing for a connection to write; `slot` identifies the channel within the connection.
 #[derive(Clone, Debug)]
@@ -95,6 +96,8 @@ pub struct Queue {
     state: Mutex<State>,
     room: Notify,
     capacity: usize,
+    /// The worker thread whose task reads this queue; fan-out wakes it through that worker.
+    owner: Option<Arc<WorkerWaker>>,
 }
 
 struct State {
@@ -104,7 +107,7 @@ struct State {
 }
 
 impl Queue {
-    /// An empty queue holding at most `capacity` items.
+    /// An empty queue holding at most `capacity` items, read by a task on the calling thread.
     pub fn new(capacity: usize) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
@@ -114,7 +117,29 @@ impl Queue {
             }),
             room: Notify::new(),
             capacity,
+            owner: WorkerWaker::current(),
         })
+    }
+
+    /// Like [`Queue::push`], but the reader's wake-up is collected in `wakes` (delivered to its
+    /// worker in one batch) instead of happening here: the path for fan-out.
+    pub fn push_batched(&self, item: Item, wakes: &mut WakeBatch) -> Result<(), PushError> {
+        let mut state = self.state.lock();
+        if state.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.items.len() >= self.capacity {
+            drop(state);
+            // Rare; the direct path also frees the memory and wakes any waiting resume.
+            return self.push(item);
+        }
+        state.items.push_back(item);
+        let reader = state.reader.take();
+        drop(state);
+        if let Some(w) = reader {
+            wakes.add(self.owner.as_ref(), w);
+        }
+        Ok(())
     }
 
     /// Appends without waiting; a full queue is closed as a slow consumer.

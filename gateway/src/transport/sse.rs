@@ -368,10 +368,7 @@ impl SseStream {
 
     fn count(&self, events: u64, oldest_live_ms: Option<u64>) {
         if events > 0 {
-            self.metrics
-                .delivered
-                .with_label_values(&["sse"])
-                .inc_by(events);
+            self.metrics.hot.delivered_sse.inc_by(events);
         }
         if let Some(ms) = oldest_live_ms {
             let now = crate::engine::memory::unix_millis();

@@ -367,11 +367,7 @@ impl Connection {
         };
         match tokio::time::timeout(timeout, write).await {
             Ok(Ok(())) => {
-                self.state
-                    .metrics
-                    .ws_frames
-                    .with_label_values(&["out"])
-                    .inc();
+                self.state.metrics.hot.ws_frames_out.inc();
                 Ok(())
             }
             Ok(Err(_)) => Err(None),
@@ -459,10 +455,7 @@ impl Connection {
         }
         let metrics = &self.state.metrics;
         if delivered > 0 {
-            metrics
-                .delivered
-                .with_label_values(&["ws"])
-                .inc_by(delivered);
+            metrics.hot.delivered_ws.inc_by(delivered);
         }
         if let Some(ms) = oldest_live_ms {
             let now = crate::engine::memory::unix_millis();
@@ -528,11 +521,7 @@ impl Connection {
     ) -> Result<(), End> {
         match msg {
             AggregatedMessage::Text(text) => {
-                self.state
-                    .metrics
-                    .ws_frames
-                    .with_label_values(&["in"])
-                    .inc();
+                self.state.metrics.hot.ws_frames_in.inc();
                 let parsed = shared::ws::parse_client(&text);
                 if !self.take_token() {
                     let req = match &parsed {
@@ -553,11 +542,7 @@ impl Connection {
                 }
             }
             AggregatedMessage::Binary(bytes) => {
-                self.state
-                    .metrics
-                    .ws_frames
-                    .with_label_values(&["in"])
-                    .inc();
+                self.state.metrics.hot.ws_frames_in.inc();
                 if !self.take_token() {
                     let req = match shared::ws::decode_binary(&bytes) {
                         Ok(BinaryFrame::Publish { req: Some(r), .. }) => {
