@@ -105,6 +105,8 @@ pub async fn run(
             .configure(routes)
     })
     .workers(workers)
+    // Events are small frames that must leave at once; Nagle would hold them back for an ACK.
+    .tcp_nodelay(true)
     .max_connections(per_worker)
     .backlog(4096)
     .client_request_timeout(Duration::from_secs(settings.server.request_timeout_seconds))
