@@ -1,0 +1,628 @@
+//! The publisher: events at a controlled total rate, spread over the channels round-robin, at
+//! most one request in flight per channel (so each channel's events are stored in `seq` order),
+//! over keep-alive HTTP/1.1 connections (a small raw client), or `FCALL gw_publish` to Redis.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::conn::unix_micros;
+use crate::http::{BodyKind, ChunkedDecoder, parse_head};
+use crate::payload::write_payload;
+use crate::stats::{lock, new_histogram};
+use crate::target::{Url, fill};
+
+/// Longest a publish may take before it counts as failed.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The channels of a run and, per channel, what was published.
+pub struct Book {
+    /// Channel names.
+    pub names: Vec<String>,
+    /// Publish attempts per channel: the next `seq`.
+    pub attempted: Vec<AtomicU64>,
+    /// Established subscribers per channel.
+    pub subscribers: Vec<AtomicU64>,
+    /// `(channel, seq)` of publishes that failed (and so may never have been stored).
+    failed: Mutex<Vec<(usize, u64)>>,
+}
+
+impl Book {
+    /// Channels `<prefix>0`, `<prefix>1`, ...
+    pub fn new(prefix: &str, channels: usize) -> Self {
+        Self {
+            names: (0..channels).map(|i| format!("{prefix}{i}")).collect(),
+            attempted: (0..channels).map(|_| AtomicU64::new(0)).collect(),
+            subscribers: (0..channels).map(|_| AtomicU64::new(0)).collect(),
+            failed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Events a subscriber of `channel` should have by now.
+    pub fn expected(&self, channel: usize) -> u64 {
+        self.attempted[channel].load(Ordering::Relaxed)
+    }
+
+    /// Failed sequence numbers of `channel`, sorted.
+    pub fn failed_of(&self, channel: usize) -> Vec<u64> {
+        let mut v: Vec<u64> = lock(&self.failed)
+            .iter()
+            .filter(|(c, _)| *c == channel)
+            .map(|&(_, s)| s)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Deliveries owed to the established subscribers: every successful publish, once per
+    /// subscriber of its channel.
+    pub fn owed(&self) -> u64 {
+        let failed = lock(&self.failed);
+        (0..self.names.len())
+            .map(|c| {
+                let f = failed.iter().filter(|(fc, _)| *fc == c).count() as u64;
+                let ok = self.attempted[c].load(Ordering::Relaxed).saturating_sub(f);
+                ok * self.subscribers[c].load(Ordering::Relaxed)
+            })
+            .sum()
+    }
+
+    /// Total publish attempts.
+    pub fn total_attempted(&self) -> u64 {
+        self.attempted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Where events go.
+pub enum PubTarget {
+    /// The gateway's `POST /publish` with `{"channel":C,"data":<payload>}`.
+    Gateway {
+        /// Base URL.
+        url: Url,
+    },
+    /// Another server: `POST` to a URL template with a body template (`{payload}`,
+    /// `{channel}`).
+    Template {
+        /// URL whose path contains `{channel}`.
+        url: Url,
+        /// Body template.
+        body: String,
+    },
+    /// `FCALL gw_publish 2 <prefix>{C}:stream <prefix>{C}:meta <payload> "" json`.
+    Redis {
+        /// `redis://` URL.
+        url: String,
+        /// Key prefix.
+        prefix: String,
+    },
+}
+
+impl PubTarget {
+    /// Short name for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Gateway { .. } => "http",
+            Self::Template { .. } => "template",
+            Self::Redis { .. } => "redis",
+        }
+    }
+}
+
+/// Publish outcomes, shared by the workers.
+pub struct PubStats {
+    /// Successful publishes.
+    pub ok: AtomicU64,
+    /// Failed publishes.
+    pub failed: AtomicU64,
+    /// Failure reasons (`status_503`, `timeout`, ...).
+    pub failures: Mutex<BTreeMap<String, u64>>,
+    /// Publish request latency, µs.
+    pub latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for PubStats {
+    fn default() -> Self {
+        Self {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            failures: Mutex::new(BTreeMap::new()),
+            latency: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+/// One publishing run.
+#[derive(Clone, Copy, Debug)]
+pub struct PubRun {
+    /// Events to publish in this run (over all channels).
+    pub count: u64,
+    /// Total events per second; `None` publishes as fast as the workers go.
+    pub rate: Option<f64>,
+    /// Longest the run may take.
+    pub max: Duration,
+    /// Payload size.
+    pub size: usize,
+    /// Publisher connections (each owns a share of the channels).
+    pub workers: usize,
+}
+
+/// Publishes one run on a thread of its own (its own single-threaded runtime), so that the
+/// subscribers' work can neither delay publishes nor disturb the rate; returns when every
+/// worker is done.
+pub async fn run(target: Arc<PubTarget>, book: Arc<Book>, stats: Arc<PubStats>, run: PubRun) {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("publisher".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(run_here(target, book, stats, run)),
+                Err(e) => {
+                    *lock(&stats.failures)
+                        .entry(format!("runtime: {e}"))
+                        .or_default() += 1;
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = done_rx.await;
+        }
+        Err(e) => eprintln!("loadtest: cannot start the publisher thread: {e}"),
+    }
+}
+
+async fn run_here(target: Arc<PubTarget>, book: Arc<Book>, stats: Arc<PubStats>, run: PubRun) {
+    let k = book.names.len();
+    let workers = run.workers.clamp(1, k.max(1));
+    let start = Instant::now();
+    let deadline = start + run.max;
+    let mut tasks = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let (target, book, stats) = (target.clone(), book.clone(), stats.clone());
+        tasks.push(tokio::spawn(async move {
+            worker(w, workers, &target, &book, &stats, run, start, deadline).await;
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn worker(
+    w: usize,
+    workers: usize,
+    target: &PubTarget,
+    book: &Book,
+    stats: &PubStats,
+    run: PubRun,
+    start: Instant,
+    deadline: Instant,
+) {
+    let k = book.names.len() as u64;
+    let owned: Vec<usize> = (w..book.names.len()).step_by(workers).collect();
+    let mut client = match Client::new(target, book, &owned).await {
+        Ok(c) => c,
+        Err(reason) => {
+            // Without a connection nothing can be published by this worker.
+            *lock(&stats.failures).entry(reason).or_default() += 1;
+            return;
+        }
+    };
+    let mut hist = new_histogram();
+    let mut payload = Vec::with_capacity(run.size + 64);
+    let mut j = 0u64;
+    'run: loop {
+        for &c in &owned {
+            let i = j * k + c as u64;
+            if i >= run.count {
+                break 'run;
+            }
+            if let Some(rate) = run.rate {
+                let at = start + Duration::from_secs_f64(i as f64 / rate);
+                if at >= deadline {
+                    break 'run;
+                }
+                tokio::time::sleep_until(at).await;
+            } else if Instant::now() >= deadline {
+                break 'run;
+            }
+            let seq = book.attempted[c].load(Ordering::Relaxed);
+            book.attempted[c].store(seq + 1, Ordering::Relaxed);
+            payload.clear();
+            write_payload(&mut payload, seq, unix_micros(), run.size);
+            let t0 = Instant::now();
+            let result = tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(c, &payload))
+                .await
+                .unwrap_or_else(|_| {
+                    client.reset();
+                    Err("timeout".into())
+                });
+            hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+            match result {
+                Ok(()) => {
+                    stats.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(reason) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    lock(&book.failed).push((c, seq));
+                    *lock(&stats.failures).entry(reason).or_default() += 1;
+                }
+            }
+        }
+        j += 1;
+        if owned.is_empty() {
+            break;
+        }
+    }
+    let _ = lock(&stats.latency).add(&hist);
+}
+
+/// A worker's connection.
+enum Client {
+    Http {
+        conn: HttpConn,
+        /// Per owned channel (indexed by channel): request path, and body before/after the
+        /// payload.
+        requests: BTreeMap<usize, (String, Vec<u8>, Vec<u8>)>,
+        host: String,
+    },
+    Redis {
+        con: redis::aio::MultiplexedConnection,
+        keys: BTreeMap<usize, (String, String)>,
+    },
+}
+
+impl Client {
+    async fn new(target: &PubTarget, book: &Book, owned: &[usize]) -> Result<Self, String> {
+        match target {
+            PubTarget::Gateway { url } => Ok(Self::Http {
+                conn: HttpConn::new(url.addr),
+                requests: owned
+                    .iter()
+                    .map(|&c| {
+                        let before = format!(r#"{{"channel":"{}","data":"#, book.names[c]);
+                        (
+                            c,
+                            ("/publish".to_owned(), before.into_bytes(), b"}".to_vec()),
+                        )
+                    })
+                    .collect(),
+                host: url.host.clone(),
+            }),
+            PubTarget::Template { url, body } => Ok(Self::Http {
+                conn: HttpConn::new(url.addr),
+                requests: owned
+                    .iter()
+                    .map(|&c| {
+                        let name = &book.names[c];
+                        let body = fill(body, name);
+                        let (before, after) =
+                            body.split_once("{payload}").unwrap_or((body.as_str(), ""));
+                        (
+                            c,
+                            (
+                                fill(&url.path, name),
+                                before.as_bytes().to_vec(),
+                                after.as_bytes().to_vec(),
+                            ),
+                        )
+                    })
+                    .collect(),
+                host: url.host.clone(),
+            }),
+            PubTarget::Redis { url, prefix } => {
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|e| format!("redis: {e}"))?;
+                let con = tokio::time::timeout(
+                    PUBLISH_TIMEOUT,
+                    client.get_multiplexed_async_connection(),
+                )
+                .await
+                .map_err(|_| "redis_connect_timeout".to_owned())?
+                .map_err(|e| format!("redis_connect: {}", e.kind_str()))?;
+                Ok(Self::Redis {
+                    con,
+                    keys: owned
+                        .iter()
+                        .map(|&c| {
+                            let n = &book.names[c];
+                            (
+                                c,
+                                (
+                                    format!("{prefix}{{{n}}}:stream"),
+                                    format!("{prefix}{{{n}}}:meta"),
+                                ),
+                            )
+                        })
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Self::Http { conn, .. } = self {
+            conn.stream = None;
+        }
+    }
+
+    async fn publish(&mut self, channel: usize, payload: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Http {
+                conn,
+                requests,
+                host,
+            } => {
+                let Some((path, before, after)) = requests.get(&channel) else {
+                    return Err("unowned_channel".into());
+                };
+                let len = before.len() + payload.len() + after.len();
+                let req = &mut conn.req;
+                req.clear();
+                req.extend_from_slice(b"POST ");
+                req.extend_from_slice(path.as_bytes());
+                req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+                req.extend_from_slice(host.as_bytes());
+                req.extend_from_slice(
+                    b"\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: ",
+                );
+                req.extend_from_slice(len.to_string().as_bytes());
+                req.extend_from_slice(b"\r\n\r\n");
+                req.extend_from_slice(before);
+                req.extend_from_slice(payload);
+                req.extend_from_slice(after);
+                let status = conn.send().await?;
+                if (200..300).contains(&status) {
+                    Ok(())
+                } else {
+                    Err(format!("status_{status}"))
+                }
+            }
+            Self::Redis { con, keys } => {
+                let Some((stream, meta)) = keys.get(&channel) else {
+                    return Err("unowned_channel".into());
+                };
+                redis::cmd("FCALL")
+                    .arg("gw_publish")
+                    .arg(2)
+                    .arg(stream)
+                    .arg(meta)
+                    .arg(payload)
+                    .arg("")
+                    .arg("json")
+                    .query_async::<redis::Value>(con)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("redis_{}", e.kind_str()))
+            }
+        }
+    }
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl KindStr for redis::RedisError {
+    fn kind_str(&self) -> String {
+        format!("{:?}", self.kind())
+            .to_ascii_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(40)
+            .collect()
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection sending one request at a time.
+pub struct HttpConn {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    /// The request to send (built by the caller).
+    pub req: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl HttpConn {
+    /// A connection to `addr`, opened on first use.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stream: None,
+            req: Vec::new(),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Sends `self.req` and reads the response; returns its status. A reused connection that
+    /// the server closed before answering is retried once on a new one.
+    pub async fn send(&mut self) -> Result<u16, String> {
+        for attempt in 0..2 {
+            let reused = self.stream.is_some();
+            let stream = match &mut self.stream {
+                Some(s) => s,
+                None => {
+                    let s = TcpStream::connect(self.addr)
+                        .await
+                        .map_err(|e| format!("connect_{:?}", e.kind()).to_ascii_lowercase())?;
+                    let _ = s.set_nodelay(true);
+                    self.stream.insert(s)
+                }
+            };
+            if let Err(e) = stream.write_all(&self.req).await {
+                self.stream = None;
+                if reused && attempt == 0 {
+                    continue;
+                }
+                return Err(format!("io_{:?}", e.kind()).to_ascii_lowercase());
+            }
+            match read_response(stream, &mut self.buf).await {
+                Ok((status, close)) => {
+                    if close {
+                        self.stream = None;
+                    }
+                    return Ok(status);
+                }
+                Err(Fail::ClosedEarly) if reused && attempt == 0 => {
+                    self.stream = None;
+                }
+                Err(e) => {
+                    self.stream = None;
+                    return Err(e.reason());
+                }
+            }
+        }
+        Err("closed".into())
+    }
+}
+
+enum Fail {
+    /// The connection closed before any byte of the response.
+    ClosedEarly,
+    Closed,
+    Io(std::io::Error),
+    Protocol,
+}
+
+impl Fail {
+    fn reason(&self) -> String {
+        match self {
+            Self::ClosedEarly | Self::Closed => "closed".into(),
+            Self::Io(e) => format!("io_{:?}", e.kind()).to_ascii_lowercase(),
+            Self::Protocol => "protocol".into(),
+        }
+    }
+}
+
+/// Largest publish response body read; a server sending more is misbehaving.
+const MAX_RESPONSE_BODY: u64 = 1 << 20;
+
+/// Reads one response (the body is discarded as it arrives); returns its status and whether
+/// the connection must be closed.
+async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, bool), Fail> {
+    buf.clear();
+    let head = loop {
+        buf.reserve(2048);
+        let n = stream.read_buf(buf).await.map_err(Fail::Io)?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                Fail::ClosedEarly
+            } else {
+                Fail::Closed
+            });
+        }
+        if let Some(h) = parse_head(buf).map_err(|_| Fail::Protocol)? {
+            break h;
+        }
+    };
+    buf.drain(..head.len);
+    let mut body = 0u64;
+    match head.body {
+        BodyKind::Length(n) => {
+            if n > MAX_RESPONSE_BODY {
+                return Err(Fail::Protocol);
+            }
+            body += buf.len() as u64;
+            while body < n {
+                buf.clear();
+                buf.reserve(4096);
+                let got = stream.read_buf(buf).await.map_err(Fail::Io)?;
+                if got == 0 {
+                    return Err(Fail::Closed);
+                }
+                body += got as u64;
+            }
+        }
+        BodyKind::Chunked => {
+            let mut d = ChunkedDecoder::new();
+            loop {
+                body += buf.len() as u64;
+                if body > MAX_RESPONSE_BODY + 4096 {
+                    return Err(Fail::Protocol);
+                }
+                if d.feed(buf, |_| {}).map_err(|_| Fail::Protocol)? {
+                    break;
+                }
+                buf.clear();
+                buf.reserve(4096);
+                if stream.read_buf(buf).await.map_err(Fail::Io)? == 0 {
+                    return Err(Fail::Closed);
+                }
+            }
+        }
+        BodyKind::UntilClose => loop {
+            buf.clear();
+            buf.reserve(4096);
+            let got = stream.read_buf(buf).await.map_err(Fail::Io)?;
+            if got == 0 {
+                break;
+            }
+            body += got as u64;
+            if body > MAX_RESPONSE_BODY {
+                return Err(Fail::Protocol);
+            }
+        },
+    }
+    Ok((head.status, head.close))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn book_counts_owed_deliveries() {
+        let book = Book::new("c", 2);
+        book.attempted[0].store(10, Ordering::Relaxed);
+        book.attempted[1].store(5, Ordering::Relaxed);
+        book.subscribers[0].store(3, Ordering::Relaxed);
+        book.subscribers[1].store(2, Ordering::Relaxed);
+        lock(&book.failed).push((1, 4));
+        assert_eq!(book.owed(), 10 * 3 + 4 * 2);
+        assert_eq!(book.failed_of(1), vec![4]);
+        assert_eq!(book.total_attempted(), 15);
+    }
+
+    #[tokio::test]
+    async fn raw_client_reads_length_chunked_and_keeps_alive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let answers: [&[u8]; 3] = [
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"id\":\"a\"}\n",
+                b"HTTP/1.1 503 Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+            ];
+            for a in answers {
+                let mut got = Vec::new();
+                while !got.ends_with(b"}") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                }
+                s.write_all(a).await.unwrap();
+            }
+        });
+        let mut conn = HttpConn::new(addr);
+        conn.req = b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+        assert_eq!(conn.send().await, Ok(200));
+        assert_eq!(conn.send().await, Ok(503));
+        assert_eq!(conn.send().await, Err("protocol".into()));
+    }
+}
