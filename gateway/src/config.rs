@@ -66,6 +66,8 @@ pub struct ServerSettings {
     pub tcp_user_timeout_seconds: u64,
     /// Seconds a client has to send its request headers (slowloris defence).
     pub request_timeout_seconds: u64,
+    /// Pending-connection queue of the listening socket (capped by `net.core.somaxconn`).
+    pub backlog: u32,
 }
 
 impl Default for ServerSettings {
@@ -77,6 +79,7 @@ impl Default for ServerSettings {
             max_connections: 20_000,
             tcp_user_timeout_seconds: 60,
             request_timeout_seconds: 5,
+            backlog: 4096,
         }
     }
 }

@@ -73,7 +73,7 @@ fn serve(settings: Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match std::net::TcpListener::bind(addr) {
+    let listener = match gateway::server::bind(addr, settings.server.backlog) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("gateway: cannot listen on {addr}: {e}");

@@ -108,7 +108,6 @@ pub async fn run(
     // Events are small frames that must leave at once; Nagle would hold them back for an ACK.
     .tcp_nodelay(true)
     .max_connections(per_worker)
-    .backlog(4096)
     .client_request_timeout(Duration::from_secs(settings.server.request_timeout_seconds))
     .client_disconnect_timeout(Duration::from_secs(1))
     // A streaming client that closes its side is gone; don't keep writing until a write fails.
@@ -132,6 +131,21 @@ pub async fn run(
     engine.stop();
     tracing::info!("stopped");
     result
+}
+
+/// Binds the listening socket with a real backlog: `std::net::TcpListener::bind` listens with
+/// 128, which overflows when thousands of clients reconnect at once (an instance restart or a
+/// storm), and actix's own backlog setting does not apply to a listener it is handed.
+pub fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// Registers every route.

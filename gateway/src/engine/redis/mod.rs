@@ -10,6 +10,7 @@ pub mod wire;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, Value};
 use shared::{ChannelName, Position};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -19,6 +20,28 @@ use self::pubsub::{Command, Probe, PubsubTask};
 use super::{EngineError, HistoryPage, Listener, PublishRequest};
 use crate::config::Settings;
 use crate::metrics::Metrics;
+
+/// Command connections shared round-robin; cleared whenever the pub/sub connection had to be
+/// re-established, because whatever broke it (a Redis restart, a failover) broke these too.
+#[derive(Clone)]
+pub(crate) struct SharedConnections(Arc<[parking_lot::Mutex<Option<MultiplexedConnection>>]>);
+
+impl SharedConnections {
+    fn new(n: usize) -> Self {
+        Self(
+            (0..n.max(1))
+                .map(|_| parking_lot::Mutex::new(None))
+                .collect(),
+        )
+    }
+
+    /// Forgets every cached connection; the next commands take fresh ones from the pool.
+    pub(crate) fn forget(&self) {
+        for slot in self.0.iter() {
+            slot.lock().take();
+        }
+    }
+}
 
 /// Source of the Redis Functions library, with the defaults filled in by [`library_source`].
 const LIBRARY_TEMPLATE: &str = include_str!("gateway.lua");
@@ -40,6 +63,9 @@ pub struct RedisEngine {
 struct Inner {
     client: redis::Client,
     pool: deadpool_redis::Pool,
+    /// Shared clones of pooled connections, used round-robin (see `connection`).
+    shared: SharedConnections,
+    next_slot: std::sync::atomic::AtomicUsize,
     keys: Keys,
     maxlen: String,
     ttl_ms: String,
@@ -78,6 +104,8 @@ impl RedisEngine {
             inner: Arc::new(Inner {
                 client,
                 pool,
+                shared: SharedConnections::new(settings.redis.pool_size),
+                next_slot: std::sync::atomic::AtomicUsize::new(0),
                 keys: Keys::new(&settings.redis.key_prefix),
                 maxlen: settings.history.size.to_string(),
                 ttl_ms: settings.history_ttl().as_millis().to_string(),
@@ -115,6 +143,7 @@ impl RedisEngine {
                 interval: self.inner.probe_interval,
             },
             library: self.inner.library.clone(),
+            commands_cache: self.inner.shared.clone(),
             metrics: self.inner.metrics.clone(),
         };
         tokio::spawn(task.run());
@@ -172,7 +201,7 @@ impl RedisEngine {
             .arg(after)
             .arg(limit)
             .arg(&self.inner.ttl_ms);
-        let reply: Value = self.query(&cmd).await?;
+        let reply: Value = self.query_idempotent(&cmd).await?;
         self.inner.metrics.history_reads.inc();
         wire::parse_page(channel, reply)
     }
@@ -233,6 +262,17 @@ impl RedisEngine {
         Ok(())
     }
 
+    /// Runs an idempotent command, once more on a fresh connection if the first one was broken.
+    async fn query_idempotent<T: FromRedisValue + Send + 'static>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, EngineError> {
+        match self.query(cmd).await {
+            Err(EngineError::Unavailable(_)) => self.query(cmd).await,
+            other => other,
+        }
+    }
+
     /// Runs a command, reloading the function library once if Redis has lost it.
     async fn query<T: FromRedisValue + Send + 'static>(
         &self,
@@ -261,16 +301,13 @@ impl RedisEngine {
     /// failure to an [`EngineError`].
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, EngineError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        let mut slot = None;
         let work = async {
-            let conn = self
-                .inner
-                .pool
-                .get()
-                .await
-                .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+            let (index, conn) = self.connection().await?;
+            slot = Some(index);
             f(conn).await.map_err(classify)
         };
         let result = match tokio::time::timeout(self.inner.timeout, work).await {
@@ -290,8 +327,39 @@ impl RedisEngine {
                 .engine_errors
                 .with_label_values(&[kind])
                 .inc();
+            // A broken connection is forgotten; the next command gets a healthy one from the pool.
+            if let (EngineError::Unavailable(_), Some(index)) = (e, slot) {
+                self.inner.shared.0[index].lock().take();
+            }
         }
         result
+    }
+
+    /// A multiplexed connection for one command. Checking one out of the pool for every
+    /// command would cost deadpool-redis's recycle check (`UNWATCH` + `PING`, a round trip and
+    /// two extra commands) each time; since multiplexed connections pipeline concurrent
+    /// requests, the engine keeps a clone of a few pooled connections and spreads commands over
+    /// them, going back to the pool (which creates, checks and replaces connections) only when
+    /// a slot is empty or its connection failed.
+    async fn connection(&self) -> Result<(usize, MultiplexedConnection), EngineError> {
+        let slots = &self.inner.shared.0;
+        let index = self
+            .inner
+            .next_slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % slots.len();
+        if let Some(conn) = slots[index].lock().clone() {
+            return Ok((index, conn));
+        }
+        let pooled = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        let conn: MultiplexedConnection = (*pooled).clone();
+        *slots[index].lock() = Some(conn.clone());
+        Ok((index, conn))
     }
 }
 

@@ -45,6 +45,8 @@ pub(super) struct PubsubTask {
     /// The function library, loaded on every (re)connect so that a Redis restarted without
     /// persistence gets it back before the instance reports ready again.
     pub library: String,
+    /// The engine's cached command connections, forgotten on every reconnect.
+    pub commands_cache: super::SharedConnections,
     pub metrics: Metrics,
 }
 
@@ -102,6 +104,8 @@ impl PubsubTask {
                     continue;
                 }
             }
+            // Whatever broke this connection broke the cached command connections too.
+            self.commands_cache.forget();
             if let Err(e) = self.load_library().await {
                 tracing::warn!(error = %e, "loading the Redis function library failed; retrying");
                 if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
