@@ -14,6 +14,9 @@ use std::task::Waker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+/// Connections woken before the flusher lets other ready tasks run.
+const WAKE_CHUNK: usize = 128;
+
 /// The wake-up mailbox of one worker thread.
 pub struct WorkerWaker {
     pending: Mutex<Vec<Waker>>,
@@ -47,11 +50,16 @@ impl WorkerWaker {
                     notified.await;
                     continue;
                 }
-                for w in batch.drain(..) {
-                    w.wake();
+                // In chunks, yielding in between: everything else that became ready meanwhile
+                // (a publish request, a new subscriber, a WebSocket command) then waits for one
+                // chunk of deliveries, not for all of this worker's connections.
+                while !batch.is_empty() {
+                    let take = batch.len().min(WAKE_CHUNK);
+                    for w in batch.drain(..take) {
+                        w.wake();
+                    }
+                    tokio::task::yield_now().await;
                 }
-                // Let the woken tasks run before taking the next batch.
-                tokio::task::yield_now().await;
             }
         });
     }
