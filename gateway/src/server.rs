@@ -98,7 +98,7 @@ pub async fn run(
     let origins = settings.cors.allow_origins.clone();
     let server = HttpServer::new(move || {
         // Runs on each worker thread: fan-out wakes this worker's connections in batches.
-        crate::hub::wake::WorkerWaker::install();
+        crate::hub::worker::Worker::install();
         App::new()
             .app_data(web::Data::new(state.clone()))
             .wrap(Condition::new(!origins.is_empty(), cors(&origins)))

@@ -2,27 +2,28 @@
 //! subscribers receive. Pure and synchronous: callers hold the shard lock and do I/O elsewhere.
 //!
 //! Invariants (each guarded by a test below or in `tests/`):
-//! - `last` is the position of the newest event handed to `subs`; subscribers receive the
-//!   channel's events in offset order, each once, and a jump is announced with a gap first.
+//! - `last` is the position of the newest event handed to the subscribers (through their
+//!   delivery groups, see `group`); subscribers receive the channel's events in offset order,
+//!   each once, and a jump is announced with a gap first.
 //! - Live messages are hints, history is truth: in `Live` a message is fanned out only if it is
 //!   exactly `last + 1`; anything else (a jump, a new epoch) switches to `Syncing`, and the sync
 //!   task re-reads history from `last`.
 //! - While not `Live`, live messages wait in `pending` (bounded) with an arrival number, so after
 //!   a history read the channel can tell which of them the read already covered.
 //! - `ring` holds the newest events, contiguous and ending at `last`, so a resume that is only a
-//!   little behind is served from memory under the lock, atomically with joining `subs`.
+//!   little behind is served from memory under the lock, atomically with joining live delivery.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use indexmap::IndexMap;
 use shared::Position;
 use tokio::sync::watch;
 
+use super::group::{Followups, Group, Pending};
 use super::history::Page;
 use super::message::Message;
-use super::queue::{Item, PushError, Queue};
-use super::wake::WakeBatch;
+use super::queue::{CloseReason, Queue};
+use crate::metrics::Metrics;
 
 /// Identifies one connection's subscription to one channel.
 pub type SubId = u64;
@@ -49,19 +50,12 @@ pub enum Phase {
     Syncing,
 }
 
-/// Counters and wake-ups produced under the lock, applied after it is released.
+/// Work produced under the lock, carried out after it is released (deliveries scheduled on
+/// workers, readers woken).
 #[derive(Default, Debug)]
 pub struct Effects {
-    /// Readers to wake, grouped by worker; flushed when the effects are dropped.
-    pub wakes: WakeBatch,
-    /// Queue pushes that succeeded.
-    pub delivered: usize,
-    /// Subscribers closed because their queue overflowed.
-    pub slow: usize,
-    /// Subscribers removed (overflowed or already closed).
-    pub removed: usize,
-    /// Gap notices queued.
-    pub gaps: usize,
+    /// Scheduled deliveries and wake-ups; run when the effects are dropped.
+    pub followups: Followups,
 }
 
 /// The state of one channel.
@@ -70,9 +64,9 @@ pub struct ChannelState {
     pub generation: u64,
     /// Connections attached (subscribed or still resuming); the state is dropped at zero.
     pub refs: usize,
-    /// Connections receiving live fan-out.
-    pub subs: IndexMap<SubId, Sub>,
-    /// Newest event handed to `subs`.
+    /// Connections receiving live fan-out, grouped by the worker that owns them.
+    groups: Vec<Arc<Group>>,
+    /// Newest event handed to the subscribers.
     pub last: Option<Position>,
     /// Life-cycle phase.
     pub phase: Phase,
@@ -84,15 +78,21 @@ pub struct ChannelState {
     pending_capacity: usize,
     arrivals: u64,
     poked_at: u64,
+    metrics: Metrics,
 }
 
 impl ChannelState {
     /// A channel that is starting up.
-    pub fn new(generation: u64, ring_capacity: usize, pending_capacity: usize) -> Self {
+    pub fn new(
+        generation: u64,
+        ring_capacity: usize,
+        pending_capacity: usize,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             generation,
             refs: 0,
-            subs: IndexMap::new(),
+            groups: Vec::new(),
             last: None,
             phase: Phase::Starting,
             ready: watch::channel(false).0,
@@ -102,6 +102,42 @@ impl ChannelState {
             pending_capacity: pending_capacity.max(1),
             arrivals: 0,
             poked_at: 0,
+            metrics,
+        }
+    }
+
+    /// Adds a subscriber to live delivery: its worker's group first delivers what is pending,
+    /// so the new subscriber receives exactly the events after `last`.
+    pub fn add_sub(&mut self, id: SubId, sub: Sub, fx: &mut Effects) {
+        let owner = sub.queue.owner().cloned();
+        let group = match self.groups.iter().find(|g| g.is_for(owner.as_ref())) {
+            Some(g) => g.clone(),
+            None => {
+                let g = Group::new(owner, self.metrics.clone());
+                self.groups.push(g.clone());
+                g
+            }
+        };
+        group.add(id, sub, &mut fx.followups.wakers);
+        self.metrics.subscriptions.inc();
+    }
+
+    /// Removes a subscriber; `true` if it was receiving live delivery.
+    pub fn remove_sub(&mut self, id: SubId) -> bool {
+        let Some(index) = self.groups.iter().position(|g| g.remove(id)) else {
+            return false;
+        };
+        if self.groups[index].is_empty() {
+            self.groups.swap_remove(index);
+        }
+        self.metrics.subscriptions.dec();
+        true
+    }
+
+    /// Closes every subscriber's queue (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for g in &self.groups {
+            g.close_all(reason);
         }
     }
 
@@ -215,27 +251,9 @@ impl ChannelState {
 
     /// Hands `msg` to every subscriber without waiting and makes it the new `last`.
     pub fn fan_out(&mut self, msg: Arc<Message>, fx: &mut Effects) {
-        let offset = msg.position().offset;
-        let mut dead = Vec::new();
-        for (id, sub) in &self.subs {
-            if offset <= sub.skip_until {
-                continue;
-            }
-            let item = Item::Event {
-                slot: sub.slot,
-                message: msg.clone(),
-                live: true,
-            };
-            match sub.queue.push_batched(item, &mut fx.wakes) {
-                Ok(()) => fx.delivered += 1,
-                Err(PushError::Overflowed) => {
-                    fx.slow += 1;
-                    dead.push(*id);
-                }
-                Err(PushError::Closed) => dead.push(*id),
-            }
+        for g in &self.groups {
+            g.enqueue(Pending::Event(msg.clone()), &mut fx.followups);
         }
-        self.remove_subs(dead, fx);
         self.last = Some(msg.position());
         if self.ring_capacity > 0 {
             if self.ring.len() >= self.ring_capacity {
@@ -247,36 +265,14 @@ impl ChannelState {
 
     /// Tells every subscriber that events before `first_available` are gone.
     fn gap_all(&mut self, first_available: Position, fx: &mut Effects) {
-        let mut dead = Vec::new();
-        for (id, sub) in &mut self.subs {
-            sub.skip_until = 0;
-            let item = Item::Gap {
-                slot: sub.slot,
-                first_available,
-            };
-            match sub.queue.push_batched(item, &mut fx.wakes) {
-                Ok(()) => fx.gaps += 1,
-                Err(PushError::Overflowed) => {
-                    fx.slow += 1;
-                    dead.push(*id);
-                }
-                Err(PushError::Closed) => dead.push(*id),
-            }
+        for g in &self.groups {
+            g.enqueue(Pending::Gap(first_available), &mut fx.followups);
         }
-        self.remove_subs(dead, fx);
         self.ring.clear();
         self.last = Some(Position::new(
             first_available.epoch,
             first_available.offset.saturating_sub(1),
         ));
-    }
-
-    fn remove_subs(&mut self, dead: Vec<SubId>, fx: &mut Effects) {
-        for id in dead {
-            if self.subs.swap_remove(&id).is_some() {
-                fx.removed += 1;
-            }
-        }
     }
 
     /// Extends the ring backwards with history a resume just read, so the next resumes from
@@ -328,7 +324,7 @@ impl ChannelState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::queue::Drained;
+    use crate::hub::queue::{Drained, Item};
     use bytes::Bytes;
     use shared::{ChannelName, Epoch, Event, PayloadKind};
     use std::task::{Context, Poll};
@@ -382,17 +378,22 @@ mod tests {
     }
 
     fn live_channel(last: u64) -> (ChannelState, Arc<Queue>) {
-        let mut ch = ChannelState::new(1, 4, 16);
+        live_channel_skipping(last, 0)
+    }
+
+    fn live_channel_skipping(last: u64, skip_until: u64) -> (ChannelState, Arc<Queue>) {
+        let mut ch = ChannelState::new(1, 4, 16, Metrics::new());
         let mut fx = Effects::default();
         assert!(ch.apply_page(&head(E, last), 0, &mut fx));
         let q = Queue::new(64);
-        ch.subs.insert(
+        ch.add_sub(
             1,
             Sub {
                 queue: q.clone(),
                 slot: 0,
-                skip_until: 0,
+                skip_until,
             },
+            &mut fx,
         );
         (ch, q)
     }
@@ -443,7 +444,7 @@ mod tests {
         ch.poke();
         assert!(ch.apply_page(&page(E, 30, 25..=30), ch.arrivals(), &mut fx));
         assert_eq!(seen(&q), [-25, 25, 26, 27, 28, 29, 30]);
-        assert_eq!(fx.gaps, 1);
+        assert_eq!(ch.metrics.gaps.get(), 1);
     }
 
     #[test]
@@ -470,20 +471,28 @@ mod tests {
 
     #[test]
     fn overflowing_subscribers_are_removed_and_counted() {
-        let (mut ch, _q) = live_channel(0);
+        let (mut ch, q) = live_channel(0);
         let tiny = Queue::new(1);
-        ch.subs.insert(
+        let mut fx = Effects::default();
+        ch.add_sub(
             2,
             Sub {
-                queue: tiny,
+                queue: tiny.clone(),
                 slot: 0,
                 skip_until: 0,
             },
+            &mut fx,
         );
-        let mut fx = Effects::default();
         ch.on_live(msg(E, 1), &mut fx);
         ch.on_live(msg(E, 2), &mut fx);
-        assert_eq!((fx.slow, fx.removed, ch.subs.len()), (1, 1, 1));
+        assert_eq!(tiny.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(ch.metrics.slow_consumers.get(), 1);
+        assert_eq!(
+            ch.metrics.subscriptions.get(),
+            1,
+            "the slow one was removed"
+        );
+        assert_eq!(seen(&q), [1, 2], "the healthy one got everything");
     }
 
     #[test]
@@ -540,9 +549,63 @@ mod tests {
     }
 
     #[test]
+    fn a_subscriber_joining_while_its_worker_has_undelivered_events_gets_each_once() {
+        use crate::hub::message::Delivery;
+        use crate::hub::worker::Worker;
+        // The worker's delivery loop is not running: what fan-out enqueues stays pending.
+        let worker = Worker::detached();
+        let mut ch = ChannelState::new(1, 8, 16, Metrics::new());
+        let mut fx = Effects::default();
+        assert!(ch.apply_page(&head(E, 10), 0, &mut fx));
+        let early = Queue::owned_by(64, worker.clone());
+        ch.add_sub(
+            1,
+            Sub {
+                queue: early.clone(),
+                slot: 0,
+                skip_until: 10,
+            },
+            &mut fx,
+        );
+        // History was recreated: a gap and the new epoch's first events are pending.
+        let other = Epoch(9);
+        assert!(ch.poke());
+        assert!(ch.apply_page(&page(other, 2, 1..=2), ch.arrivals(), &mut fx));
+        drop(fx);
+        assert_eq!(seen(&early), Vec::<i64>::new(), "not delivered yet");
+
+        // A client that already follows the new epoch resumes now, as `Hub::join` does under
+        // the lock: the ring first, then live delivery.
+        let from = Position::new(other, 0);
+        let late = Queue::owned_by(64, worker.clone());
+        let mut fx = Effects::default();
+        for m in ch.ring_after(from).unwrap() {
+            let item = Item::Event {
+                slot: 0,
+                message: Arc::new(Delivery(m)),
+                live: false,
+            };
+            late.push(item).unwrap();
+        }
+        ch.add_sub(
+            2,
+            Sub {
+                queue: late.clone(),
+                slot: 0,
+                skip_until: 2,
+            },
+            &mut fx,
+        );
+        ch.on_live(msg(other, 3), &mut fx);
+        drop(fx);
+        worker.deliver_now();
+        assert_eq!(seen(&early), [-1, 1, 2, 3]);
+        assert_eq!(seen(&late), [1, 2, 3], "no stale gap, nothing twice");
+    }
+
+    #[test]
     fn skip_until_protects_clients_that_resumed_ahead() {
-        let (mut ch, q) = live_channel(10);
-        ch.subs.get_mut(&1).unwrap().skip_until = 12;
+        let (mut ch, q) = live_channel_skipping(10, 12);
         let mut fx = Effects::default();
         for o in 11..=13 {
             ch.on_live(msg(E, o), &mut fx);

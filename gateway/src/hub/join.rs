@@ -19,7 +19,7 @@ use shared::{Epoch, Position};
 use tokio::time::Instant;
 
 use super::channel::Sub;
-use super::message::Message;
+use super::message::{Delivery, Message};
 use super::queue::{Item, PushError};
 use super::{HookPoint, Hub, HubError, Membership};
 
@@ -119,7 +119,7 @@ impl Hub {
                 .with_state(
                     &m.channel,
                     m.generation,
-                    |state, _| -> Result<Step, HubError> {
+                    |state, fx| -> Result<Step, HubError> {
                         if m.queue.is_closed() {
                             return Err(HubError::Closed);
                         }
@@ -153,17 +153,18 @@ impl Hub {
                         for message in missing {
                             m.queue.push(Item::Event {
                                 slot: m.slot,
-                                message,
+                                message: Arc::new(Delivery(message)),
                                 live: false,
                             })?;
                         }
-                        state.subs.insert(
+                        state.add_sub(
                             m.id,
                             Sub {
                                 queue: m.queue.clone(),
                                 slot: m.slot,
                                 skip_until: from.offset.max(last.offset),
                             },
+                            fx,
                         );
                         from = Position::new(last.epoch, from.offset.max(last.offset));
                         Ok(Step::Done)
@@ -173,7 +174,6 @@ impl Hub {
 
             match step {
                 Step::Done => {
-                    self.inner.metrics.subscriptions.inc();
                     return Ok(JoinOutcome {
                         recovered,
                         position: from,
@@ -187,7 +187,7 @@ impl Hub {
                         m.queue
                             .push_wait(Item::Event {
                                 slot: m.slot,
-                                message,
+                                message: Arc::new(Delivery(message)),
                                 live: false,
                             })
                             .await?;
@@ -233,7 +233,7 @@ impl Hub {
                         m.queue
                             .push_wait(Item::Event {
                                 slot: m.slot,
-                                message: message.clone(),
+                                message: Arc::new(Delivery(message.clone())),
                                 live: false,
                             })
                             .await?;

@@ -7,12 +7,13 @@
 //! whose drop detaches them.
 
 mod channel;
+mod group;
 pub mod history;
 mod join;
 pub mod message;
 pub mod queue;
 mod tasks;
-pub mod wake;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -214,6 +215,7 @@ impl Hub {
                         .config
                         .queue_size
                         .max(self.inner.config.channel_cache),
+                    self.inner.metrics.clone(),
                 )
             });
             state.refs += 1;
@@ -262,9 +264,7 @@ impl Hub {
         for shard in self.inner.shards.iter() {
             let shard = shard.lock();
             for state in shard.channels.values() {
-                for sub in state.subs.values() {
-                    sub.queue.close(CloseReason::Shutdown);
-                }
+                state.close_all(CloseReason::Shutdown);
             }
         }
     }
@@ -292,29 +292,13 @@ impl Hub {
                 .filter(|s| s.generation == generation)?;
             f(state, &mut fx)
         };
-        self.record(&fx);
+        // Scheduled deliveries and wake-ups run now, with the lock released.
+        drop(fx);
         Some(result)
-    }
-
-    fn record(&self, fx: &Effects) {
-        let m = &self.inner.metrics;
-        if fx.slow > 0 {
-            m.slow_consumers.inc_by(fx.slow as u64);
-            m.disconnects
-                .with_label_values(&[CloseReason::SlowConsumer.as_str()])
-                .inc_by(fx.slow as u64);
-        }
-        if fx.removed > 0 {
-            m.subscriptions.sub(fx.removed as i64);
-        }
-        if fx.gaps > 0 {
-            m.gaps.inc_by(fx.gaps as u64);
-        }
     }
 
     fn leave(&self, m: &Membership) {
         let mut unsubscribe = false;
-        let mut removed = false;
         {
             let mut shard = self.shard(&m.channel).lock();
             if let Some(state) = shard
@@ -322,16 +306,13 @@ impl Hub {
                 .get_mut(&m.channel)
                 .filter(|s| s.generation == m.generation)
             {
-                removed = state.subs.swap_remove(&m.id).is_some();
+                state.remove_sub(m.id);
                 state.refs -= 1;
                 if state.refs == 0 {
                     shard.channels.remove(&m.channel);
                     unsubscribe = true;
                 }
             }
-        }
-        if removed {
-            self.inner.metrics.subscriptions.dec();
         }
         if unsubscribe {
             self.inner.metrics.channels.dec();
@@ -365,7 +346,7 @@ impl Hub {
         };
         // Counted after the fan-out, so an observer of the metric knows the hub has applied it.
         self.inner.metrics.received.inc();
-        self.record(&fx);
+        drop(fx);
         if let Some(generation) = sync {
             self.spawn_sync(channel, generation, "jump");
         }

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use shared::Position;
 use tokio::sync::Notify;
 
-use super::message::Message;
-use super::wake::{WakeBatch, WorkerWaker};
+use super::message::Delivery;
+use super::worker::Worker;
 
 /// One thing for a connection to write; `slot` identifies the channel within the connection.
 #[derive(Clone, Debug)]
@@ -25,7 +25,7 @@ pub enum Item {
         /// Channel slot within the connection.
         slot: u32,
         /// The event and its cached frames.
-        message: Arc<Message>,
+        message: Arc<Delivery>,
         /// `true` for live fan-out, `false` for history replayed on resume (which is old by
         /// design and must not count as delivery latency).
         live: bool,
@@ -96,8 +96,8 @@ pub struct Queue {
     state: Mutex<State>,
     room: Notify,
     capacity: usize,
-    /// The worker thread whose task reads this queue; fan-out wakes it through that worker.
-    owner: Option<Arc<WorkerWaker>>,
+    /// The worker thread whose task reads this queue; fan-out delivers to it on that worker.
+    owner: Option<Arc<Worker>>,
 }
 
 struct State {
@@ -117,29 +117,51 @@ impl Queue {
             }),
             room: Notify::new(),
             capacity,
-            owner: WorkerWaker::current(),
+            owner: Worker::current(),
         })
     }
 
-    /// Like [`Queue::push`], but the reader's wake-up is collected in `wakes` (delivered to its
-    /// worker in one batch) instead of happening here: the path for fan-out.
-    pub fn push_batched(&self, item: Item, wakes: &mut WakeBatch) -> Result<(), PushError> {
+    /// A queue read on `owner` (tests; real queues take the creating thread's worker).
+    #[cfg(test)]
+    pub fn owned_by(capacity: usize, owner: Arc<Worker>) -> Arc<Self> {
+        let mut queue = Self::new(capacity);
+        if let Some(q) = Arc::get_mut(&mut queue) {
+            q.owner = Some(owner);
+        }
+        queue
+    }
+
+    /// The worker whose task reads this queue, if any.
+    pub fn owner(&self) -> Option<&Arc<Worker>> {
+        self.owner.as_ref()
+    }
+
+    /// Appends several items under one lock without waiting, and hands back the reader's waker
+    /// (if it was waiting) for the caller to wake after its own locks are released. A queue that
+    /// overflows is closed as a slow consumer, as with [`Queue::push`].
+    pub fn push_batch(
+        &self,
+        items: impl Iterator<Item = Item>,
+    ) -> Result<Option<Waker>, PushError> {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Err(PushError::Closed);
         }
-        if state.items.len() >= self.capacity {
-            drop(state);
-            // Rare; the direct path also frees the memory and wakes any waiting resume.
-            return self.push(item);
+        for item in items {
+            if state.items.len() >= self.capacity {
+                state.closed = Some(CloseReason::SlowConsumer);
+                state.items = VecDeque::new();
+                let reader = state.reader.take();
+                drop(state);
+                self.room.notify_waiters();
+                if let Some(w) = reader {
+                    w.wake();
+                }
+                return Err(PushError::Overflowed);
+            }
+            state.items.push_back(item);
         }
-        state.items.push_back(item);
-        let reader = state.reader.take();
-        drop(state);
-        if let Some(w) = reader {
-            wakes.add(self.owner.as_ref(), w);
-        }
-        Ok(())
+        Ok(state.reader.take())
     }
 
     /// Appends without waiting; a full queue is closed as a slow consumer.

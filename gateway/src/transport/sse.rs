@@ -288,49 +288,40 @@ impl SseStream {
     }
 
     /// Turns the drained batch into one chunk, updating the cursor as it goes.
-    fn encode_batch(&mut self) -> Bytes {
-        let multi = self.positions.len() > 1;
+    /// Counts a freshly drained batch (stored newest first) for the metrics.
+    fn count_batch(&self) {
         let mut events = 0u64;
         let mut oldest_live_ms = None;
-        if let [
-            Item::Event {
-                slot,
-                message,
-                live,
-            },
-        ] = &self.batch[..]
-            && !multi
-        {
-            self.positions[*slot as usize] = message.position();
-            let frame = message.sse_frame().clone();
-            if *live {
-                oldest_live_ms = Some(message.event.published_ms);
+        for item in self.batch.iter().rev() {
+            if let Item::Event { message, live, .. } = item {
+                events += 1;
+                if *live && oldest_live_ms.is_none() {
+                    oldest_live_ms = Some(message.event.published_ms);
+                }
             }
-            self.batch.clear();
-            self.count(1, oldest_live_ms);
-            return frame;
         }
-        let mut out = Vec::new();
-        for item in self.batch.drain(..) {
+        self.count(events, oldest_live_ms);
+    }
+
+    /// The next chunk of the drained batch. A single-channel event is its shared, already
+    /// encoded frame (no copy here; actix copies it once into its write buffer, and drains
+    /// every ready chunk into one write).
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let multi = self.positions.len() > 1;
+        while let Some(item) = self.batch.pop() {
             match item {
-                Item::Event {
-                    slot,
-                    message,
-                    live,
-                } => {
+                Item::Event { slot, message, .. } => {
                     self.positions[slot as usize] = message.position();
-                    if live && oldest_live_ms.is_none() {
-                        oldest_live_ms = Some(message.event.published_ms);
+                    if !multi {
+                        return Some(message.sse_frame().clone());
                     }
-                    events += 1;
-                    if multi {
-                        out.extend_from_slice(b"id: ");
-                        Cursor::write_to(&self.positions, &mut out);
-                        out.push(b'\n');
-                        out.extend_from_slice(&message.sse_body());
-                    } else {
-                        out.extend_from_slice(message.sse_frame());
-                    }
+                    let body = message.sse_body();
+                    let mut out = Vec::with_capacity(body.len() + 16 * self.positions.len());
+                    out.extend_from_slice(b"id: ");
+                    Cursor::write_to(&self.positions, &mut out);
+                    out.push(b'\n');
+                    out.extend_from_slice(&body);
+                    return Some(Bytes::from(out));
                 }
                 Item::Gap {
                     slot,
@@ -352,18 +343,19 @@ impl SseStream {
                     let mut id = Vec::new();
                     Cursor::write_to(&self.positions, &mut id);
                     let id = String::from_utf8_lossy(&id);
+                    let mut out = Vec::new();
                     shared::sse::write_event(
                         &mut out,
                         Some(&id),
                         Some("gap"),
                         data.to_string().as_bytes(),
                     );
+                    return Some(Bytes::from(out));
                 }
                 Item::Subscribed { .. } => {}
             }
         }
-        self.count(events, oldest_live_ms);
-        Bytes::from(out)
+        None
     }
 
     fn count(&self, events: u64, oldest_live_ms: Option<u64>) {
@@ -403,16 +395,15 @@ impl Stream for SseStream {
             return Poll::Ready(None);
         }
         loop {
+            if let Some(chunk) = this.next_chunk() {
+                this.last_write = Instant::now();
+                return Poll::Ready(Some(Ok(chunk)));
+            }
             match this.queue.poll_drain(cx, &mut this.batch) {
                 Poll::Ready(Drained::Items) => {
-                    let chunk = this.encode_batch();
-                    if chunk.is_empty() {
-                        // Nothing to write (e.g. acknowledgements SSE does not use): poll again
-                        // so the queue registers this task's waker before we return Pending.
-                        continue;
-                    }
-                    this.last_write = Instant::now();
-                    return Poll::Ready(Some(Ok(chunk)));
+                    // Served from the end, oldest first.
+                    this.batch.reverse();
+                    this.count_batch();
                 }
                 Poll::Ready(Drained::Closed(reason)) => {
                     this.finished = true;
