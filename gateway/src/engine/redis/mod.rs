@@ -3,6 +3,7 @@
 //! history and live push can never disagree. Commands use a deadpool-redis pool; pub/sub uses one
 //! dedicated connection per instance (see [`pubsub`]).
 
+mod conns;
 pub mod keys;
 mod pubsub;
 pub mod wire;
@@ -15,33 +16,12 @@ use redis::{FromRedisValue, Value};
 use shared::{ChannelName, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::conns::Connections;
 use self::keys::Keys;
 use self::pubsub::{Command, Probe, PubsubTask};
 use super::{EngineError, HistoryPage, Listener, PublishRequest};
 use crate::config::Settings;
 use crate::metrics::Metrics;
-
-/// Command connections shared round-robin; cleared whenever the pub/sub connection had to be
-/// re-established, because whatever broke it (a Redis restart, a failover) broke these too.
-#[derive(Clone)]
-pub(crate) struct SharedConnections(Arc<[parking_lot::Mutex<Option<MultiplexedConnection>>]>);
-
-impl SharedConnections {
-    fn new(n: usize) -> Self {
-        Self(
-            (0..n.max(1))
-                .map(|_| parking_lot::Mutex::new(None))
-                .collect(),
-        )
-    }
-
-    /// Forgets every cached connection; the next commands take fresh ones from the pool.
-    pub(crate) fn forget(&self) {
-        for slot in self.0.iter() {
-            slot.lock().take();
-        }
-    }
-}
 
 /// Source of the Redis Functions library, with the defaults filled in by [`library_source`].
 const LIBRARY_TEMPLATE: &str = include_str!("gateway.lua");
@@ -63,9 +43,8 @@ pub struct RedisEngine {
 struct Inner {
     client: redis::Client,
     pool: deadpool_redis::Pool,
-    /// Shared clones of pooled connections, used round-robin (see `connection`).
-    shared: SharedConnections,
-    next_slot: std::sync::atomic::AtomicUsize,
+    /// Command connections: per worker thread, else shared (see `conns`).
+    conns: Connections,
     keys: Keys,
     maxlen: String,
     ttl_ms: String,
@@ -102,10 +81,9 @@ impl RedisEngine {
         let (commands, pending) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
+                conns: Connections::new(client.clone(), pool.clone(), settings.redis.pool_size),
                 client,
                 pool,
-                shared: SharedConnections::new(settings.redis.pool_size),
-                next_slot: std::sync::atomic::AtomicUsize::new(0),
                 keys: Keys::new(&settings.redis.key_prefix),
                 maxlen: settings.history.size.to_string(),
                 ttl_ms: settings.history_ttl().as_millis().to_string(),
@@ -143,7 +121,7 @@ impl RedisEngine {
                 interval: self.inner.probe_interval,
             },
             library: self.inner.library.clone(),
-            commands_cache: self.inner.shared.clone(),
+            commands_cache: self.inner.conns.clone(),
             metrics: self.inner.metrics.clone(),
         };
         tokio::spawn(task.run());
@@ -306,8 +284,8 @@ impl RedisEngine {
     {
         let mut slot = None;
         let work = async {
-            let (index, conn) = self.connection().await?;
-            slot = Some(index);
+            let (used, conn) = self.inner.conns.get().await?;
+            slot = Some(used);
             f(conn).await.map_err(classify)
         };
         let result = match tokio::time::timeout(self.inner.timeout, work).await {
@@ -328,38 +306,11 @@ impl RedisEngine {
                 .with_label_values(&[kind])
                 .inc();
             // A broken connection is forgotten; the next command gets a healthy one from the pool.
-            if let (EngineError::Unavailable(_), Some(index)) = (e, slot) {
-                self.inner.shared.0[index].lock().take();
+            if let (EngineError::Unavailable(_), Some(used)) = (e, slot) {
+                self.inner.conns.drop_broken(used);
             }
         }
         result
-    }
-
-    /// A multiplexed connection for one command. Checking one out of the pool for every
-    /// command would cost deadpool-redis's recycle check (`UNWATCH` + `PING`, a round trip and
-    /// two extra commands) each time; since multiplexed connections pipeline concurrent
-    /// requests, the engine keeps a clone of a few pooled connections and spreads commands over
-    /// them, going back to the pool (which creates, checks and replaces connections) only when
-    /// a slot is empty or its connection failed.
-    async fn connection(&self) -> Result<(usize, MultiplexedConnection), EngineError> {
-        let slots = &self.inner.shared.0;
-        let index = self
-            .inner
-            .next_slot
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            % slots.len();
-        if let Some(conn) = slots[index].lock().clone() {
-            return Ok((index, conn));
-        }
-        let pooled = self
-            .inner
-            .pool
-            .get()
-            .await
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let conn: MultiplexedConnection = (*pooled).clone();
-        *slots[index].lock() = Some(conn.clone());
-        Ok((index, conn))
     }
 }
 

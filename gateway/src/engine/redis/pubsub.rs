@@ -46,7 +46,7 @@ pub(super) struct PubsubTask {
     /// persistence gets it back before the instance reports ready again.
     pub library: String,
     /// The engine's cached command connections, forgotten on every reconnect.
-    pub commands_cache: super::SharedConnections,
+    pub commands_cache: super::conns::Connections,
     pub metrics: Metrics,
 }
 
