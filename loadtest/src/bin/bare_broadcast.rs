@@ -30,8 +30,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::broadcast::{self, Receiver, error::TryRecvError};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, coding::CloseCode};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 #[derive(Parser)]
@@ -484,7 +484,11 @@ async fn websocket(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
     stream.write_all(response.as_bytes()).await?;
-    let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
+    // tungstenite reads into a 128 KiB buffer per connection by default, which would make this
+    // "bare" peer look ten times heavier than a server needs to be; 4 KiB is plenty for commands.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let mut ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     let mut names: Vec<String> = Vec::new();
     let mut rxs: Vec<Receiver<Arc<Event>>> = Vec::new();
     let mut batch = Vec::new();
