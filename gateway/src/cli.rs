@@ -11,7 +11,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::publish::{self, PublishBody};
 
-/// Real-time push gateway: SSE fan-out over Redis with exact resume on any instance.
+/// Real-time push gateway: SSE and WebSocket fan-out over Redis with exact resume on any instance.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 pub struct Cli {

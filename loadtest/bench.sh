@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Runs the benchmarks behind BENCHMARKS.md on this machine, one figure at a time, each against
+# freshly started servers on free loopback ports (redis-server, gateway instances,
+# bare_broadcast, Nchan), and appends one JSON line per run to $OUT/<figure>.jsonl.
+#
+#   loadtest/bench.sh [FIGURE...]        default: all of them, in the order below
+#
+# Figures: idle idle-nchan conns19k conns90k fanout fanout-bare fanout-nchan latency
+#          latency-nchan channels channels-nchan storm publish publish-nchan
+#
+# Environment: OUT (results directory, default target/bench/<date>), STEP (seconds per saturate
+# step, default 10). Needs the release binaries (built here) and, for the Nchan figures, what
+# loadtest/peers/nchan.sh installs. Load goes to 127.0.0.1 only; every loadtest run is bounded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-target/bench/$(date +%Y%m%d-%H%M%S)}"
+STEP="${STEP:-10}"
+mkdir -p "$OUT"
+BIN="${CARGO_TARGET_DIR:-$PWD/target}/release"
+LT="$BIN/loadtest"
+PIDS=()
+
+log() { echo "bench: $*" >&2; }
+
+# A free port on 127.0.0.1 below the ephemeral range (racy, like every such check).
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 12000))
+    [ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ] && { echo "$p"; return; }
+  done
+}
+
+wait_http() {
+  local url=$1 i
+  for i in $(seq 1 100); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "no answer from $url"; return 1
+}
+
+stop_all() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+trap stop_all EXIT
+
+# Starts a redis-server without persistence; sets REDIS_PORT and REDIS_PID.
+start_redis() {
+  REDIS_PORT=$(free_port)
+  local dir; dir=$(mktemp -d)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+    --maxclients 60000 --loglevel warning >"$dir/log" 2>&1 &
+  REDIS_PID=$!; PIDS+=("$REDIS_PID")
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return; sleep 0.1; done
+  log "redis did not start"; return 1
+}
+
+# Starts a gateway on Redis; sets GW_URL and GW_PID. Extra env may be given as arguments.
+start_gateway() {
+  local port; port=$(free_port)
+  env GATEWAY__SERVER__LISTEN="127.0.0.1:$port" GATEWAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/" \
+    GATEWAY__LOG__FILTER=warn "$@" "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  GW_URL="http://127.0.0.1:$port"
+  wait_http "$GW_URL/readyz"
+}
+
+start_bare() {
+  local port; port=$(free_port)
+  "$BIN/bare_broadcast" --listen "127.0.0.1:$port" >>"$OUT/bare.log" 2>&1 &
+  BARE_PID=$!; PIDS+=("$BARE_PID")
+  BARE_URL="http://127.0.0.1:$port"
+  wait_http "$BARE_URL/healthz"
+}
+
+# Nchan with Redis storage (loadtest/peers/nchan.sh); sets SUB, PUB, NGINX_*_PID(S), REDIS_PID.
+start_nchan() {
+  eval "$(loadtest/peers/nchan.sh start)"
+  NCHAN_WORKERS=()
+  for p in $NGINX_WORKER_PIDS; do NCHAN_WORKERS+=(--server-pid "$p"); done
+  NCHAN_SERVER_PIDS=("${NCHAN_WORKERS[@]}" --server-pid "$REDIS_PID")
+}
+stop_nchan() { loadtest/peers/nchan.sh stop "$PREFIX" >/dev/null 2>&1 || true; }
+
+# Runs loadtest with a label; its JSON line goes to $OUT/$figure.jsonl with the label added.
+run() {
+  local figure=$1 label=$2; shift 2
+  log "$figure / $label: loadtest $*"
+  local line
+  line=$("$LT" "$@" --quiet 2> >(tee -a "$OUT/$figure.md" >&2)) || true
+  echo "${line%\}},\"label\":\"$label\",\"command\":\"loadtest $*\"}" >>"$OUT/$figure.jsonl"
+}
+
+fig_idle() {
+  local t
+  for t in sse ws; do
+    start_redis; start_gateway
+    run idle "gateway-$t" idle --conns 10000 --hold 10 --transport "$t" --url "$GW_URL" --server-pid "$GW_PID"
+    stop_all
+  done
+  # A fresh process per transport: a second run in the same one reuses memory the first freed.
+  for t in sse ws; do
+    start_bare
+    run idle "bare-$t" idle --conns 10000 --hold 10 --transport "$t" --url "$BARE_URL" --server-pid "$BARE_PID"
+    stop_all
+  done
+}
+
+fig_idle_nchan() {
+  start_nchan
+  run idle "nchan-sse" idle --conns 10000 --hold 10 --sub-url "$SUB" --publish-url "$PUB" "${NCHAN_WORKERS[@]}"
+  stop_nchan
+}
+
+fig_conns19k() {
+  local t
+  for t in sse ws; do
+    start_redis; start_gateway
+    run conns "gateway-19k-$t" idle --conns 19000 --hold 30 --transport "$t" --url "$GW_URL" --server-pid "$GW_PID"
+    stop_all
+  done
+}
+
+# 5 instances on one Redis, 5 generator processes of 18,000 connections each (fd limit 20,000).
+fig_conns90k() {
+  start_redis
+  local urls=() gwpids=() i
+  for i in 1 2 3 4 5; do start_gateway; urls+=("$GW_URL"); gwpids+=(--server-pid "$GW_PID"); done
+  local tmp lts=(); tmp=$(mktemp -d)
+  for i in 0 1 2 3 4; do
+    local first=$((1 + i * 10)) last=$((10 + i * 10))
+    "$LT" idle --conns 18000 --hold 60 --url "${urls[$i]}" --source-ips "127.0.0.$first-127.0.0.$last" \
+      --ramp 1000 --quiet $([ "$i" = 0 ] && echo "${gwpids[@]}") >"$tmp/$i.json" 2>"$tmp/$i.err" &
+    lts+=($!)
+  done
+  for i in "${lts[@]}"; do wait "$i" || true; done
+  local line; line=$(cat "$tmp"/*.json | "$LT" combine)
+  echo "${line%\}},\"label\":\"gateway-90k-5-instances\",\"command\":\"5 x loadtest idle --conns 18000 --hold 60 (one per instance)\"}" >>"$OUT/conns.jsonl"
+  cat "$tmp"/*.err >>"$OUT/conns.md"
+  stop_all
+}
+
+fig_fanout() {
+  local t
+  for t in sse ws; do
+    start_redis; start_gateway
+    run fanout "gateway-$t" saturate --conns 10000 --start-rate 50 --step-seconds "$STEP" --max-rate 600 \
+      --transport "$t" --url "$GW_URL" --server-pid "$GW_PID" --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/"
+    stop_all
+  done
+}
+
+fig_fanout_bare() {
+  local t
+  for t in sse ws; do
+    start_bare
+    run fanout "bare-$t" saturate --conns 10000 --start-rate 50 --step-seconds "$STEP" --max-rate 600 \
+      --transport "$t" --url "$BARE_URL" --server-pid "$BARE_PID"
+    stop_all
+  done
+}
+
+fig_fanout_nchan() {
+  start_nchan
+  run fanout "nchan-sse" saturate --conns 10000 --start-rate 2 --step-seconds "$STEP" --max-rate 200 \
+    --sub-url "$SUB" --publish-url "$PUB" "${NCHAN_SERVER_PIDS[@]}"
+  stop_nchan
+}
+
+fig_latency() {
+  local t
+  for t in sse ws; do
+    start_redis; start_gateway
+    run latency "gateway-$t" fanout --conns 10000 --rate 5 --duration 30 --transport "$t" \
+      --url "$GW_URL" --server-pid "$GW_PID" --server-pid "$REDIS_PID"
+    stop_all
+  done
+}
+
+fig_latency_nchan() {
+  start_nchan
+  run latency "nchan-sse" fanout --conns 10000 --rate 5 --duration 30 --sub-url "$SUB" --publish-url "$PUB" "${NCHAN_SERVER_PIDS[@]}"
+  stop_nchan
+}
+
+fig_channels() {
+  local t
+  for t in sse ws; do
+    start_redis; start_gateway
+    run channels "gateway-$t" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
+      --transport "$t" --url "$GW_URL" --server-pid "$GW_PID"
+    stop_all
+  done
+  # The gateway's delivery cost alone: events written straight into Redis, as backends do.
+  start_redis; start_gateway
+  run channels "gateway-sse-redis-publish" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
+    --url "$GW_URL" --server-pid "$GW_PID" --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/"
+  stop_all
+  start_bare
+  run channels "bare-sse" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
+    --url "$BARE_URL" --server-pid "$BARE_PID"
+  stop_all
+}
+
+fig_channels_nchan() {
+  start_nchan
+  run channels "nchan-sse" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
+    --sub-url "$SUB" --publish-url "$PUB" "${NCHAN_SERVER_PIDS[@]}"
+  stop_nchan
+}
+
+fig_storm() {
+  local t
+  for t in sse ws; do
+    start_redis; start_gateway; local a=$GW_URL; start_gateway
+    run storm "gateway-$t" storm --conns 10000 --count 10 --behind 10 --transport "$t" --url "$a" \
+      --storm-url "$GW_URL" --server-pid "$GW_PID" --redis-url "redis://127.0.0.1:$REDIS_PORT/"
+    stop_all
+  done
+}
+
+fig_publish() {
+  start_redis; start_gateway
+  run publish "gateway-http" publish --duration 10 --concurrency 64 --channels 1000 --url "$GW_URL" --server-pid "$GW_PID"
+  run publish "redis-direct" publish --duration 10 --concurrency 64 --channels 1000 --publish redis \
+    --redis-url "redis://127.0.0.1:$REDIS_PORT/" --server-pid "$REDIS_PID"
+  stop_all
+}
+
+fig_publish_nchan() {
+  start_nchan
+  run publish "nchan-http" publish --duration 10 --concurrency 64 --channels 1000 --publish-url "$PUB" "${NCHAN_SERVER_PIDS[@]}"
+  stop_nchan
+}
+
+all=(idle idle-nchan conns19k conns90k fanout fanout-bare fanout-nchan latency latency-nchan
+     channels channels-nchan storm publish publish-nchan)
+[ $# -gt 0 ] || set -- "${all[@]}"
+log "building release binaries"
+cargo build --release --locked -q -p gateway -p loadtest
+log "results in $OUT"
+for f in "$@"; do
+  sleep 5 # let sockets and processes of the previous figure settle
+  "fig_${f//-/_}"
+done
