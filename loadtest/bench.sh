@@ -96,13 +96,24 @@ run() {
   echo "${line%\}},\"label\":\"$label\",\"command\":\"loadtest $*\"}" >>"$OUT/$figure.jsonl"
 }
 
-fig_idle() {
-  local t
+# Runs loadtest once per transport (sse, ws), each time against a fresh Redis and gateway:
+# `per_transport FIGURE LABEL ARGS...`; in ARGS, @REDIS_URL@ and @REDIS_PID@ stand for that Redis.
+per_transport() {
+  local figure=$1 label=$2 t a args; shift 2
   for t in sse ws; do
     start_redis; start_gateway
-    run idle "gateway-$t" idle --conns 10000 --hold 10 --transport "$t" --url "$GW_URL" --server-pid "$GW_PID"
+    args=()
+    for a in "$@"; do
+      a=${a//@REDIS_URL@/redis://127.0.0.1:$REDIS_PORT/}
+      args+=("${a//@REDIS_PID@/$REDIS_PID}")
+    done
+    run "$figure" "$label-$t" "${args[@]}" --transport "$t" --url "$GW_URL" --server-pid "$GW_PID"
     stop_all
   done
+}
+
+fig_idle() {
+  per_transport idle gateway idle --conns 10000 --hold 10
   # A fresh process per transport: a second run in the same one reuses memory the first freed.
   for t in sse ws; do
     start_bare
@@ -118,12 +129,7 @@ fig_idle_nchan() {
 }
 
 fig_conns19k() {
-  local t
-  for t in sse ws; do
-    start_redis; start_gateway
-    run conns "gateway-19k-$t" idle --conns 19000 --hold 30 --transport "$t" --url "$GW_URL" --server-pid "$GW_PID"
-    stop_all
-  done
+  per_transport conns gateway-19k idle --conns 19000 --hold 30
 }
 
 # 5 instances on one Redis, 5 generator processes of 18,000 connections each (fd limit 20,000).
@@ -146,13 +152,8 @@ fig_conns90k() {
 }
 
 fig_fanout() {
-  local t
-  for t in sse ws; do
-    start_redis; start_gateway
-    run fanout "gateway-$t" saturate --conns 10000 --start-rate 50 --step-seconds "$STEP" --max-rate 600 \
-      --transport "$t" --url "$GW_URL" --server-pid "$GW_PID" --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/"
-    stop_all
-  done
+  per_transport fanout gateway saturate --conns 10000 --start-rate 50 --step-seconds "$STEP" --max-rate 600 \
+    --publish redis --redis-url @REDIS_URL@
 }
 
 fig_fanout_bare() {
@@ -173,13 +174,7 @@ fig_fanout_nchan() {
 }
 
 fig_latency() {
-  local t
-  for t in sse ws; do
-    start_redis; start_gateway
-    run latency "gateway-$t" fanout --conns 10000 --rate 5 --duration 30 --transport "$t" \
-      --url "$GW_URL" --server-pid "$GW_PID" --server-pid "$REDIS_PID"
-    stop_all
-  done
+  per_transport latency gateway fanout --conns 10000 --rate 5 --duration 30 --server-pid @REDIS_PID@
 }
 
 fig_latency_nchan() {
@@ -189,13 +184,7 @@ fig_latency_nchan() {
 }
 
 fig_channels() {
-  local t
-  for t in sse ws; do
-    start_redis; start_gateway
-    run channels "gateway-$t" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
-      --transport "$t" --url "$GW_URL" --server-pid "$GW_PID"
-    stop_all
-  done
+  per_transport channels gateway channels --conns 10000 --channels 1000 --rate 2000 --duration 30
   # The gateway's delivery cost alone: events written straight into Redis, as backends do.
   start_redis; start_gateway
   run channels "gateway-sse-redis-publish" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
