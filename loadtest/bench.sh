@@ -47,7 +47,7 @@ stop_all() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
-trap stop_all EXIT
+trap 'stop_all; stop_nchan' EXIT
 
 # Starts a redis-server without persistence; sets REDIS_PORT and REDIS_PID.
 start_redis() {
@@ -85,7 +85,11 @@ start_nchan() {
   for p in $NGINX_WORKER_PIDS; do NCHAN_WORKERS+=(--server-pid "$p"); done
   NCHAN_SERVER_PIDS=("${NCHAN_WORKERS[@]}" --server-pid "$REDIS_PID")
 }
-stop_nchan() { loadtest/peers/nchan.sh stop "$PREFIX" >/dev/null 2>&1 || true; }
+stop_nchan() {
+  [ -n "${PREFIX:-}" ] || return 0
+  loadtest/peers/nchan.sh stop "$PREFIX" >/dev/null 2>&1 || true
+  PREFIX=""
+}
 
 # Runs loadtest with a label; its JSON line goes to $OUT/$figure.jsonl with the label added.
 run() {
