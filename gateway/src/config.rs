@@ -92,7 +92,7 @@ pub struct RedisSettings {
     pub url: Option<String>,
     /// Prefix of every key and pub/sub channel the gateway touches.
     pub key_prefix: String,
-    /// Command connections in the pool (each is multiplexed).
+    /// Command connections shared by background tasks (each worker thread also has its own).
     pub pool_size: usize,
     /// Seconds to wait for Redis before a request fails with 503.
     pub timeout_seconds: u64,
