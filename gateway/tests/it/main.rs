@@ -4,6 +4,7 @@
 mod cli;
 mod cluster;
 mod common;
+mod connections;
 mod engine;
 mod fanout;
 mod faults;
