@@ -68,6 +68,11 @@ impl Worker {
         CURRENT.with(|c| c.borrow().clone())
     }
 
+    /// Whether the calling thread is a worker, without taking a reference to it (hot paths).
+    pub fn is_current() -> bool {
+        CURRENT.with(|c| c.borrow().is_some())
+    }
+
     /// A worker whose delivery loop does not run: tests decide when it delivers.
     #[cfg(test)]
     pub fn detached() -> Arc<Self> {

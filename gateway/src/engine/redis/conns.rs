@@ -95,7 +95,7 @@ impl Connections {
 
     /// A connection for one command (see the module doc for which).
     pub(crate) async fn get(&self) -> Result<(Slot, MultiplexedConnection), EngineError> {
-        if Worker::current().is_some() {
+        if Worker::is_current() {
             return self.local().await.map(|c| (Slot::Local, c));
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();

@@ -1,7 +1,8 @@
 //! The Redis engine: history in one capped, expiring Stream per channel, offsets and epochs in a
 //! small hash, live delivery over pub/sub, and all writes through one server-side function so
-//! history and live push can never disagree. Commands use a deadpool-redis pool; pub/sub uses one
-//! dedicated connection per instance (see [`pubsub`]).
+//! history and live push can never disagree. Commands run on multiplexed connections, one per
+//! worker thread plus a few shared ones from a deadpool-redis pool (see `conns`); pub/sub uses
+//! one dedicated connection per instance (see `pubsub`).
 
 mod conns;
 pub mod keys;
@@ -305,7 +306,7 @@ impl RedisEngine {
                 .engine_errors
                 .with_label_values(&[kind])
                 .inc();
-            // A broken connection is forgotten; the next command gets a healthy one from the pool.
+            // A broken connection is forgotten; the next command opens or takes a healthy one.
             if let (EngineError::Unavailable(_), Some(used)) = (e, slot) {
                 self.inner.conns.drop_broken(used);
             }
