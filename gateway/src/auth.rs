@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use actix_web::HttpRequest;
+use actix_web::http::header::HeaderMap;
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -91,12 +91,13 @@ impl Authenticator {
         Self { verifier }
     }
 
-    /// Checks the request's token, if authentication is on.
-    pub fn authenticate(&self, req: &HttpRequest) -> Result<Grant, ApiError> {
+    /// Checks the request's token, if authentication is on. Takes the head's parts rather than
+    /// an actix request because streaming requests are also served outside actix (`front`).
+    pub fn authenticate(&self, headers: &HeaderMap, query: &str) -> Result<Grant, ApiError> {
         let Some((key, validation)) = &self.verifier else {
             return Ok(Grant::Anyone);
         };
-        let token = token_of(req).ok_or_else(|| {
+        let token = token_of(headers, query).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -115,16 +116,15 @@ impl Authenticator {
     }
 }
 
-fn token_of(req: &HttpRequest) -> Option<String> {
-    let header = req
-        .headers()
+fn token_of(headers: &HeaderMap, query: &str) -> Option<String> {
+    let header = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim().to_owned());
     header.or_else(|| {
-        form_urlencoded::parse(req.query_string().as_bytes())
+        form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "token")
             .map(|(_, v)| v.into_owned())
     })
@@ -145,6 +145,17 @@ mod tests {
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap()
+    }
+
+    /// The actix request's parts, as the handlers pass them.
+    trait FromRequest {
+        fn authenticate_req(&self, req: &actix_web::HttpRequest) -> Result<Grant, ApiError>;
+    }
+
+    impl FromRequest for Authenticator {
+        fn authenticate_req(&self, req: &actix_web::HttpRequest) -> Result<Grant, ApiError> {
+            self.authenticate(req.headers(), req.query_string())
+        }
     }
 
     fn auth() -> Authenticator {
@@ -181,7 +192,7 @@ mod tests {
                 .to_http_request(),
             TestRequest::with_uri(&format!("/ws?token={t}")).to_http_request(),
         ] {
-            let grant = auth().authenticate(&req).unwrap();
+            let grant = auth().authenticate_req(&req).unwrap();
             assert!(grant.may_subscribe(&ChannelName::new("news").unwrap()));
             assert!(grant.may_subscribe(&ChannelName::new("chat:1").unwrap()));
             assert!(!grant.may_subscribe(&ChannelName::new("admin").unwrap()));
@@ -195,14 +206,14 @@ mod tests {
         let req = |t: &str| TestRequest::with_uri(&format!("/ws?token={t}")).to_http_request();
         assert!(
             auth()
-                .authenticate(&TestRequest::default().to_http_request())
+                .authenticate_req(&TestRequest::default().to_http_request())
                 .is_err()
         );
         let expired = token(&Claims {
             exp: 1,
             ..Default::default()
         });
-        assert!(auth().authenticate(&req(&expired)).is_err());
+        assert!(auth().authenticate_req(&req(&expired)).is_err());
         let forged = jsonwebtoken::encode(
             &Header::default(),
             &Claims {
@@ -213,18 +224,18 @@ mod tests {
             &EncodingKey::from_secret(b"another secret of 20b"),
         )
         .unwrap();
-        assert!(auth().authenticate(&req(&forged)).is_err());
+        assert!(auth().authenticate_req(&req(&forged)).is_err());
         // alg "none" with the claims a forger would want.
         let none =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJleHAiOjQwMDAwMDAwMDAsImNoYW5uZWxzIjpbIioiXX0.";
-        assert!(auth().authenticate(&req(none)).is_err());
-        assert!(auth().authenticate(&req("garbage")).is_err());
+        assert!(auth().authenticate_req(&req(none)).is_err());
+        assert!(auth().authenticate_req(&req("garbage")).is_err());
     }
 
     #[test]
     fn without_a_secret_everyone_may_do_everything() {
         let grant = Authenticator::new(&AuthSettings::default())
-            .authenticate(&TestRequest::default().to_http_request())
+            .authenticate_req(&TestRequest::default().to_http_request())
             .unwrap();
         assert!(grant.may_subscribe(&ChannelName::new("x").unwrap()));
     }

@@ -52,6 +52,33 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The whole HTTP/1.1 response, for requests served outside actix (`front`): the same
+    /// status, headers and body as [`ResponseError::error_response`], plus `extra` header lines
+    /// (each ending in CRLF), and `Connection: close`.
+    pub fn to_http1(&self, extra: &str) -> Vec<u8> {
+        use std::fmt::Write as _;
+        let body = serde_json::json!({ "error": self.code, "detail": self.detail }).to_string();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(secs) = self.retry_after {
+            let _ = write!(head, "retry-after: {secs}\r\n");
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            head.push_str("www-authenticate: Bearer\r\n");
+        }
+        head.push_str(extra);
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

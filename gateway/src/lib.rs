@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod front;
 pub mod hub;
 pub mod metrics;
 pub mod ops;

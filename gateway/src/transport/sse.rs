@@ -113,7 +113,7 @@ pub async fn handler(
         }
         metrics.rejected.with_label_values(&[e.code()]).inc();
     })?;
-    let grant = state.auth.authenticate(&req)?;
+    let grant = state.auth.authenticate(req.headers(), req.query_string())?;
     if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
         return Err(ApiError::new(
             actix_web::http::StatusCode::FORBIDDEN,

@@ -55,7 +55,7 @@ pub async fn handler(
             ),
         ));
     }
-    let grant = match state.auth.authenticate(&req) {
+    let grant = match state.auth.authenticate(req.headers(), req.query_string()) {
         Ok(grant) => grant,
         // Browsers cannot read the status of a refused upgrade (they only see 1006 and would
         // retry forever), so an auth failure is told with close code 4500 after the upgrade.
@@ -1009,4 +1009,20 @@ mod tests {
             &["*".to_owned()]
         ));
     }
+}
+
+/// Serves a WebSocket whose upgrade request the front door read from the raw socket.
+pub async fn serve_raw(
+    state: &AppState,
+    head: crate::front::head::RequestHead,
+    stream: tokio::net::TcpStream,
+) {
+    // Placeholder until the raw WebSocket I/O lands: refuse clearly.
+    let _ = (state, head);
+    let e = ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "raw WebSocket serving is not built yet",
+    );
+    let _ = crate::front::write_all(&stream, &e.to_http1("")).await;
 }
