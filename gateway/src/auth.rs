@@ -14,9 +14,9 @@
 
 use std::sync::Arc;
 
-use actix_web::http::header::HeaderMap;
 use actix_web::http::StatusCode;
 use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::header::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use shared::ChannelName;

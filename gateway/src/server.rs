@@ -1,16 +1,22 @@
 //! Wiring: builds the engine, hub and HTTP server from validated settings and runs them until the
 //! shutdown future resolves, then drains.
 
-use std::any::Any;
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_cors::Cors;
+use actix_http::{HttpService, Protocol};
+use actix_service::{Service, ServiceFactory, fn_factory, fn_service, map_config};
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Condition;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, HttpResponse, web};
+use futures_util::FutureExt;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
@@ -18,6 +24,7 @@ use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::error::ApiError;
+use crate::front::{self, Front, Prefixed};
 use crate::hub::{Hook, Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::state::{AppState, ConnectionLimiter};
@@ -95,28 +102,63 @@ pub async fn run(
         0 => None,
         s => Some(Duration::from_secs(s)),
     };
-    let origins = settings.cors.allow_origins.clone();
-    let server = HttpServer::new(move || {
-        // Runs on each worker thread: fan-out wakes this worker's connections in batches.
-        crate::hub::worker::Worker::install();
-        App::new()
-            .app_data(web::Data::new(state.clone()))
-            .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
-            .configure(routes)
-    })
-    .workers(workers)
-    // Events are small frames that must leave at once; Nagle would hold them back for an ACK.
-    .tcp_nodelay(true)
-    .max_connections(per_worker)
-    .client_request_timeout(Duration::from_secs(settings.server.request_timeout_seconds))
-    .client_disconnect_timeout(Duration::from_secs(1))
-    // A streaming client that closes its side is gone; don't keep writing until a write fails.
-    .h1_allow_half_closed(false)
-    .shutdown_timeout(settings.server.shutdown_timeout_seconds)
-    .disable_signals()
-    .on_connect(move |conn, _| tune_socket(conn, user_timeout))
-    .listen(listener)?
-    .run();
+    let request_timeout = Duration::from_secs(settings.server.request_timeout_seconds);
+    let addr = listener.local_addr()?;
+    let mut builder = actix_server::Server::build();
+    let graceful = builder.graceful_shutdown_signal();
+    builder = builder
+        .workers(workers)
+        .max_concurrent_connections(per_worker)
+        .shutdown_timeout(settings.server.shutdown_timeout_seconds)
+        .disable_signals();
+    let server = builder
+        .listen("gateway", listener, move || {
+            // Runs on each worker thread: fan-out wakes this worker's connections in batches.
+            crate::hub::worker::Worker::install();
+            let graceful = graceful.clone();
+            let http = HttpService::<Prefixed, _, _>::build()
+                .client_request_timeout(request_timeout)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // A streaming client that closes its side is gone; don't keep writing to it.
+                .h1_allow_half_closed(false)
+                .local_addr(addr)
+                .graceful_shutdown_signal(move || {
+                    let signal = graceful.clone();
+                    async move { signal.notified().await }
+                })
+                .finish(map_config(app(state.clone()), |_| AppConfig::default()));
+            let state = state.clone();
+            fn_factory(move || {
+                let init = ServiceFactory::<(Prefixed, Protocol, Option<SocketAddr>)>::new_service(
+                    &http,
+                    (),
+                );
+                let state = state.clone();
+                async move {
+                    let handler = Rc::new(init.await.map_err(|e| {
+                        tracing::error!(error = ?e, "cannot start the HTTP service");
+                    })?);
+                    let legacy: front::Legacy = Rc::new(move |io, peer| {
+                        let handler = handler.clone();
+                        Box::pin(async move {
+                            if let Err(e) = handler.call((io, Protocol::Http1, peer)).await {
+                                tracing::debug!(error = %e, "HTTP connection ended with an error");
+                            }
+                        })
+                    });
+                    let front = Rc::new(Front {
+                        state,
+                        legacy,
+                        request_timeout,
+                        user_timeout,
+                    });
+                    Ok::<_, ()>(fn_service(move |stream: TcpStream| {
+                        front::serve(front.clone(), stream).map(Ok::<_, ()>)
+                    }))
+                }
+            })
+        })?
+        .run();
     let handle = server.handle();
     actix_web::rt::spawn(async move {
         shutdown.await;
@@ -131,6 +173,25 @@ pub async fn run(
     engine.stop();
     tracing::info!("stopped");
     result
+}
+
+/// The actix-web app: every route, with CORS where configured.
+fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let origins = state.settings.cors.allow_origins.clone();
+    App::new()
+        .app_data(web::Data::new(state))
+        .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
+        .configure(routes)
 }
 
 /// Binds the listening socket with a real backlog: `std::net::TcpListener::bind` listens with
@@ -223,15 +284,4 @@ fn cors(origins: &[String]) -> Cors {
         }
     }
     cors
-}
-
-/// Lets the kernel drop peers that stop acknowledging our writes: actix stops polling a body
-/// whose write buffer is full, so a stalled client would otherwise hold its socket forever.
-fn tune_socket(conn: &dyn Any, user_timeout: Option<Duration>) {
-    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        let sock = socket2::SockRef::from(stream);
-        if let Err(e) = sock.set_tcp_user_timeout(user_timeout) {
-            tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
-        }
-    }
 }

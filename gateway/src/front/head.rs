@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Largest head served natively; a longer one is refused with 431.
+/// Largest head served natively; a longer one is handed to actix, which applies its own limits.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header lines served natively (browsers send about 15).
 const MAX_HEADERS: usize = 64;
@@ -44,8 +44,6 @@ pub enum Sniffed {
     Streaming(RequestHead),
     /// Anything else: these bytes were read and must be replayed to actix.
     Other(Bytes),
-    /// A streaming request line whose head did not end within [`MAX_HEAD`] bytes.
-    TooLarge,
     /// The head did not arrive before the deadline (slowloris).
     TimedOut,
     /// The peer closed or the socket failed before a decision.
@@ -62,7 +60,9 @@ pub async fn sniff(stream: &TcpStream, peer: Option<SocketAddr>, deadline: Insta
             match classify(&buf, peer) {
                 Decision::Other => return Sniffed::Other(Bytes::from(buf)),
                 Decision::Streaming(head) => return Sniffed::Streaming(head),
-                Decision::NeedMore if buf.len() >= MAX_HEAD => return Sniffed::TooLarge,
+                Decision::NeedMore if buf.len() >= MAX_HEAD => {
+                    return Sniffed::Other(Bytes::from(buf));
+                }
                 Decision::NeedMore => {}
             }
         }
@@ -179,7 +179,10 @@ mod tests {
         assert_eq!(decide("GET /s"), "more");
         assert_eq!(decide("GET /sse"), "more");
         assert_eq!(decide("GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n"), "more");
-        assert_eq!(decide("GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n\r\n"), "sse");
+        assert_eq!(
+            decide("GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "sse"
+        );
         assert_eq!(decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"), "ws");
         assert_eq!(decide("GET /ws?token=t HTTP/1.0\r\n\r\n"), "ws");
     }
@@ -191,8 +194,14 @@ mod tests {
         assert_eq!(decide("GET /ssex HTTP/1.1\r\n\r\n"), "other");
         assert_eq!(decide("GET /wsx"), "other");
         assert_eq!(decide("GET /metrics HTTP/1.1\r\n\r\n"), "other");
-        assert_eq!(decide("GET /sse HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"), "other");
-        assert_eq!(decide("GET /sse HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"), "other");
+        assert_eq!(
+            decide("GET /sse HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+            "other"
+        );
+        assert_eq!(
+            decide("GET /sse HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n"),
+            "other"
+        );
         assert_eq!(decide("GET /sse HTTP/1.1\r\nbad header\r\n\r\n"), "other");
     }
 

@@ -7,10 +7,23 @@
 //! replayed in front of the socket, so those routes behave exactly as before.
 
 pub mod head;
+mod prefixed;
+pub mod pump;
 
 use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
 
+use actix_web::http::header::{HeaderMap, ORIGIN};
+use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::state::AppState;
+use crate::transport;
+use head::{Route, Sniffed};
+pub use prefixed::Prefixed;
 
 /// Writes all of `bytes` to a raw socket (responses that are not part of a stream's hot path).
 pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
@@ -24,4 +37,78 @@ pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The CORS header lines (each ending in CRLF) for a natively served response, matching what
+/// the actix-cors middleware adds to the same response on the actix path.
+pub fn cors_headers(headers: &HeaderMap, allowed: &[String]) -> String {
+    if allowed.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    if let Some(origin) = origin {
+        if allowed.iter().any(|a| a == "*") {
+            out.push_str("access-control-allow-origin: *\r\n");
+        } else if let Some(listed) = allowed.iter().find(|a| *a == origin) {
+            out.push_str("access-control-allow-origin: ");
+            out.push_str(listed);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\r\n");
+    out
+}
+
+/// Type-erased actix HTTP service for one worker: serves a whole connection.
+pub type Legacy = Rc<dyn Fn(Prefixed, Option<SocketAddr>) -> LocalBoxFuture<'static, ()>>;
+
+/// What every connection on one worker needs.
+pub struct Front {
+    /// Handlers' state.
+    pub state: AppState,
+    /// The actix app, for every connection not served natively.
+    pub legacy: Legacy,
+    /// How long a client has to send its request head.
+    pub request_timeout: Duration,
+    /// `TCP_USER_TIMEOUT` for accepted sockets.
+    pub user_timeout: Option<Duration>,
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(front: Rc<Front>, stream: TcpStream) {
+    tune_socket(&stream, front.user_timeout);
+    let peer = stream.peer_addr().ok();
+    let deadline = Instant::now() + front.request_timeout;
+    // Boxed, like every step below but the stream itself: the connection's future is sized for
+    // its largest state and lives as long as the connection, so a large step that finishes
+    // early (reading the head, attaching channels) must not be stored inline.
+    let sniffed = Box::pin(head::sniff(&stream, peer, deadline)).await;
+    match sniffed {
+        Sniffed::Other(prefix) => (front.legacy)(Prefixed::new(prefix, stream), peer).await,
+        Sniffed::Streaming(head) => match head.route {
+            Route::Sse => transport::sse::serve_raw(&front.state, head, stream).await,
+            Route::Ws => transport::ws::serve_raw(&front.state, head, stream).await,
+        },
+        Sniffed::TimedOut => {
+            let _ = write_all(
+                &stream,
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+        }
+        Sniffed::Closed => {}
+    }
+}
+
+/// Events are small frames that must leave at once (no Nagle), and the kernel drops peers that
+/// stop acknowledging our writes: a stalled client would otherwise hold its socket forever.
+fn tune_socket(stream: &TcpStream, user_timeout: Option<Duration>) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    let sock = socket2::SockRef::from(stream);
+    if let Err(e) = sock.set_tcp_user_timeout(user_timeout) {
+        tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
 }

@@ -25,6 +25,7 @@ use shared::{ChannelName, Cursor, Position};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
+use crate::front::head::RequestHead;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, StartError};
 use crate::metrics::Metrics;
@@ -96,24 +97,52 @@ pub fn parse_request(
     Ok(SseRequest { channels, cursor })
 }
 
-/// The `GET /sse` handler.
+/// The `GET /sse` handler, for a stream requested on a connection actix already serves (a
+/// keep-alive connection's later request); first requests are served by [`serve_raw`].
 pub async fn handler(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let metrics = &state.metrics;
-    let request = parse_request(
-        req.query_string(),
-        req.headers(),
-        state.settings.limits.max_channels,
-    )
-    .inspect_err(|e| {
-        if e.code() == "bad_cursor" {
-            metrics.resumes.with_label_values(&["bad_cursor"]).inc();
+    let body = open(&state, req.query_string(), req.headers()).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
+/// Serves a stream whose request the front door read from the raw socket. The body is
+/// delimited by closing the connection (an SSE stream has no natural end), so no chunked
+/// framing is written around each event.
+pub async fn serve_raw(state: &AppState, head: RequestHead, stream: tokio::net::TcpStream) {
+    let cors = crate::front::cors_headers(&head.headers, &state.settings.cors.allow_origins);
+    // Boxed: attaching is a large future that must not stay inside the connection's.
+    let body = match Box::pin(open(state, &head.query, &head.headers)).await {
+        Ok(body) => body,
+        Err(e) => {
+            let _ = crate::front::write_all(&stream, &e.to_http1(&cors)).await;
+            return;
         }
-        metrics.rejected.with_label_values(&[e.code()]).inc();
-    })?;
-    let grant = state.auth.authenticate(req.headers(), req.query_string())?;
+    };
+    drop(head);
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n{cors}\r\n"
+    );
+    crate::front::pump::pump(stream, Bytes::from(response), body).await;
+}
+
+/// Validates, authorizes and admits a stream, attaches its channels and starts their resume:
+/// everything before the first byte of the response, so each failure is a proper HTTP error.
+async fn open(state: &AppState, query: &str, headers: &HeaderMap) -> Result<SseStream, ApiError> {
+    let metrics = &state.metrics;
+    let request =
+        parse_request(query, headers, state.settings.limits.max_channels).inspect_err(|e| {
+            if e.code() == "bad_cursor" {
+                metrics.resumes.with_label_values(&["bad_cursor"]).inc();
+            }
+            metrics.rejected.with_label_values(&[e.code()]).inc();
+        })?;
+    let grant = state.auth.authenticate(headers, query)?;
     if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
         return Err(ApiError::new(
             actix_web::http::StatusCode::FORBIDDEN,
@@ -166,7 +195,7 @@ pub async fn handler(
     }
     let members: Arc<[Membership]> = members.into();
     spawn_resume(
-        &state,
+        state,
         members.clone(),
         starts.clone(),
         request.cursor.is_some(),
@@ -184,7 +213,7 @@ pub async fn handler(
     Cursor::write_to(&starts, &mut prelude);
     prelude.extend_from_slice(b"\n\n");
 
-    let body = SseStream::new(SseParts {
+    Ok(SseStream::new(SseParts {
         queue,
         members,
         positions: starts,
@@ -193,12 +222,7 @@ pub async fn handler(
         retry_ms: settings.sse.retry_ms,
         metrics: metrics.clone(),
         guard,
-    });
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    }))
 }
 
 /// Runs every channel's resume concurrently; a failure ends the connection so the client
