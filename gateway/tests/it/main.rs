@@ -8,6 +8,7 @@ mod connections;
 mod engine;
 mod fanout;
 mod faults;
+mod front;
 mod gap;
 mod hostile;
 mod http_api;
