@@ -3,3 +3,4 @@
 
 pub mod sse;
 pub mod ws;
+pub mod ws_io;
