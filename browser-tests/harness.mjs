@@ -300,6 +300,11 @@ ${upstreams.map((u) => `        server ${u} max_fails=1 fail_timeout=5s;`).join(
         keepalive_timeout 4s;
     }
 
+    # Streams get fresh upstream connections (served on the gateway's native path).
+    upstream gateway_streams {
+${upstreams.map((u) => `        server ${u} max_fails=1 fail_timeout=5s;`).join("\n")}
+    }
+
     server {
         listen 127.0.0.1:${port};
         server_name _;
@@ -323,12 +328,12 @@ ${upstreams.map((u) => `        server ${u} max_fails=1 fail_timeout=5s;`).join(
         proxy_send_timeout 1h;
 
         location /sse {
-            proxy_pass http://gateway;
+            proxy_pass http://gateway_streams;
             gzip off;
         }
 
         location /ws {
-            proxy_pass http://gateway;
+            proxy_pass http://gateway_streams;
         }
 
         location = /publish {
