@@ -164,6 +164,25 @@ fn classify(buf: &[u8], peer: Option<SocketAddr>) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a client sends first, the sniffer decides without panicking, and never
+        /// claims a request that is not a complete streaming head.
+        #[test]
+        fn any_bytes_get_a_decision(
+            prefix in prop::sample::select(vec!["", "GET /sse", "GET /ws", "GET /sse?channel=a HTTP/1.1\r\n"]),
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut buf = prefix.as_bytes().to_vec();
+            buf.extend_from_slice(&bytes);
+            if let Decision::Streaming(head) = classify(&buf, None) {
+                prop_assert!(buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n"));
+                prop_assert!(buf.starts_with(b"GET /sse") || buf.starts_with(b"GET /ws"));
+                prop_assert!(head.query.len() < buf.len());
+            }
+        }
+    }
 
     fn decide(text: &str) -> &'static str {
         match classify(text.as_bytes(), None) {
