@@ -80,24 +80,35 @@ pub async fn serve(front: Rc<Front>, stream: TcpStream) {
     tune_socket(&stream, front.user_timeout);
     let peer = stream.peer_addr().ok();
     let deadline = Instant::now() + front.request_timeout;
-    // Boxed, like every step below but the stream itself: the connection's future is sized for
-    // its largest state and lives as long as the connection, so a large step that finishes
-    // early (reading the head, attaching channels) must not be stored inline.
+    // Boxed, like every step after it: the connection's future is sized for its largest state
+    // and lives as long as the connection, so a large step that finishes early (reading the
+    // head, attaching channels) must not be stored inline.
     let sniffed = Box::pin(head::sniff(&stream, peer, deadline)).await;
+    route(&front, stream, peer, sniffed).await;
+}
+
+/// The rest of a connection's life, boxed to its own size: an idle SSE connection must not pay
+/// for the larger WebSocket state, nor any connection for the steps it has finished.
+fn route(
+    front: &Front,
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    sniffed: Sniffed,
+) -> LocalBoxFuture<'static, ()> {
     match sniffed {
-        Sniffed::Other(prefix) => (front.legacy)(Prefixed::new(prefix, stream), peer).await,
+        Sniffed::Other(prefix) => (front.legacy)(Prefixed::new(prefix, stream), peer),
         Sniffed::Streaming(head) => match head.route {
-            Route::Sse => transport::sse::serve_raw(&front.state, head, stream).await,
-            Route::Ws => transport::ws::serve_raw(&front.state, head, stream).await,
+            Route::Sse => Box::pin(transport::sse::serve_raw(front.state.clone(), head, stream)),
+            Route::Ws => Box::pin(transport::ws::serve_raw(front.state.clone(), head, stream)),
         },
-        Sniffed::TimedOut => {
+        Sniffed::TimedOut => Box::pin(async move {
             let _ = write_all(
                 &stream,
                 b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
             )
             .await;
-        }
-        Sniffed::Closed => {}
+        }),
+        Sniffed::Closed => Box::pin(std::future::ready(())),
     }
 }
 
@@ -110,5 +121,26 @@ fn tune_socket(stream: &TcpStream, user_timeout: Option<Duration>) {
     let sock = socket2::SockRef::from(stream);
     if let Err(e) = sock.set_tcp_user_timeout(user_timeout) {
         tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tripwire for per-connection memory: an idle stream's task is these futures (plus the
+    /// heap state they point to). Raise the bounds only knowingly.
+    #[test]
+    fn connection_futures_stay_small() {
+        fn size2<A, B, F>(_: fn(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn size3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let front = size2::<Rc<Front>, TcpStream, _>(serve);
+        assert!(front <= 192, "the front door's future is {front} bytes");
+        let sse = size3::<AppState, head::RequestHead, TcpStream, _>(transport::sse::serve_raw);
+        assert!(sse <= 320, "a raw SSE stream's future is {sse} bytes");
     }
 }

@@ -20,12 +20,14 @@ use std::time::Duration;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::future::OptionFuture;
+use futures_util::{FutureExt, Stream};
 use shared::{ChannelName, Cursor, Position};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::front::head::RequestHead;
+use crate::front::pump::{Pump, pump};
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, StartError};
 use crate::metrics::Metrics;
@@ -114,21 +116,36 @@ pub async fn handler(
 /// Serves a stream whose request the front door read from the raw socket. The body is
 /// delimited by closing the connection (an SSE stream has no natural end), so no chunked
 /// framing is written around each event.
-pub async fn serve_raw(state: &AppState, head: RequestHead, stream: tokio::net::TcpStream) {
+pub fn serve_raw(
+    state: AppState,
+    head: RequestHead,
+    stream: tokio::net::TcpStream,
+) -> impl Future<Output = ()> {
+    // The setup is a large future, boxed and freed once done; after it, the connection's state
+    // is the pump alone (an async fn would keep room for both side by side).
+    Box::pin(start_raw(state, head, stream))
+        .then(OptionFuture::from)
+        .map(drop)
+}
+
+/// Everything before streaming: the response head and the body, or the error already written.
+async fn start_raw(
+    state: AppState,
+    head: RequestHead,
+    stream: tokio::net::TcpStream,
+) -> Option<Pump<SseStream>> {
     let cors = crate::front::cors_headers(&head.headers, &state.settings.cors.allow_origins);
-    // Boxed: attaching is a large future that must not stay inside the connection's.
-    let body = match Box::pin(open(state, &head.query, &head.headers)).await {
+    let body = match open(&state, &head.query, &head.headers).await {
         Ok(body) => body,
         Err(e) => {
             let _ = crate::front::write_all(&stream, &e.to_http1(&cors)).await;
-            return;
+            return None;
         }
     };
-    drop(head);
     let response = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n{cors}\r\n"
     );
-    crate::front::pump::pump(stream, Bytes::from(response), body).await;
+    Some(pump(stream, Bytes::from(response), body))
 }
 
 /// Validates, authorizes and admits a stream, attaches its channels and starts their resume:
