@@ -130,13 +130,9 @@ async fn a_head_arriving_in_pieces_is_still_served() {
     .await;
 }
 
-/// Behind a proxy with upstream keep-alive (nginx `keepalive`), a stream can be the second
-/// request of a connection; actix serves it then, and it must work the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_on_a_reused_keep_alive_connection_are_served_by_actix() {
-    let gw = Gateway::spawn(&[]);
-
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+/// A keep-alive connection that has served one request (`GET /healthz`) and is idle again.
+async fn after_one_request(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -150,10 +146,20 @@ async fn streams_on_a_reused_keep_alive_connection_are_served_by_actix() {
         "{}",
         head_of(&buf)
     );
-    // The health answer is short; wait until its body is in too, then reuse the connection.
+    // The answer is short; let its body arrive too, then the connection is idle for reuse.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut rest = [0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
+    s
+}
+
+/// Behind a proxy with upstream keep-alive (nginx `keepalive`), a stream can be the second
+/// request of a connection; actix serves it then, and it must work the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_a_reused_keep_alive_connection_are_served_by_actix() {
+    let gw = Gateway::spawn(&[]);
+
+    let mut s = after_one_request(gw.addr).await;
     s.write_all(b"GET /sse?channel=reused HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -174,17 +180,7 @@ async fn streams_on_a_reused_keep_alive_connection_are_served_by_actix() {
     })
     .await;
 
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    read_until(&mut s, &mut buf, "the health answer", |t| {
-        t.contains("\r\n\r\n")
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
+    let s = after_one_request(gw.addr).await;
     let (mut ws, _) = tokio_tungstenite::client_async(ws_url(gw.addr), s)
         .await
         .unwrap();
