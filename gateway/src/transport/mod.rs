@@ -3,4 +3,3 @@
 
 pub mod sse;
 pub mod ws;
-pub mod ws_io;
