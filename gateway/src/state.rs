@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -38,12 +39,13 @@ impl ConnectionLimiter {
         })
     }
 
-    /// A slot for one more connection, released when the guard drops; `None` at the limit.
-    pub fn try_acquire(
+    /// A slot for one more connection, released when the guard drops; at the limit, the 503
+    /// the client gets (counted as a rejection).
+    pub fn admit(
         self: &Arc<Self>,
         metrics: &Metrics,
         transport: &'static str,
-    ) -> Option<ConnectionGuard> {
+    ) -> Result<ConnectionGuard, ApiError> {
         let admitted = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -51,14 +53,22 @@ impl ConnectionLimiter {
             })
             .is_ok();
         if !admitted {
-            return None;
+            metrics
+                .rejected
+                .with_label_values(&["connection_limit"])
+                .inc();
+            return Err(ApiError::unavailable(
+                "connection_limit",
+                "this instance is at its connection limit",
+                1,
+            ));
         }
         metrics.connections.with_label_values(&[transport]).inc();
         metrics
             .connections_total
             .with_label_values(&[transport])
             .inc();
-        Some(ConnectionGuard {
+        Ok(ConnectionGuard {
             limiter: self.clone(),
             metrics: metrics.clone(),
             transport,

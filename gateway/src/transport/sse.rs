@@ -167,17 +167,7 @@ async fn open(state: &AppState, query: &str, headers: &HeaderMap) -> Result<SseS
             format!("the token does not allow channel {denied}"),
         ));
     }
-    let Some(guard) = state.limiter.try_acquire(metrics, "sse") else {
-        metrics
-            .rejected
-            .with_label_values(&["connection_limit"])
-            .inc();
-        return Err(ApiError::unavailable(
-            "connection_limit",
-            "this instance is at its connection limit",
-            1,
-        ));
-    };
+    let guard = state.limiter.admit(metrics, "sse")?;
     let hub = &state.hub;
     let queue = hub.new_queue();
     let attached = futures_util::future::join_all(

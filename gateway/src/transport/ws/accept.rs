@@ -44,17 +44,7 @@ pub async fn handler(
             return Ok(response);
         }
     };
-    let Some(guard) = state.limiter.try_acquire(metrics, "ws") else {
-        metrics
-            .rejected
-            .with_label_values(&["connection_limit"])
-            .inc();
-        return Err(ApiError::unavailable(
-            "connection_limit",
-            "this instance is at its connection limit",
-            1,
-        ));
-    };
+    let guard = state.limiter.admit(metrics, "ws")?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("not_websocket", e.to_string()))?;
     let limit = state.settings.ws.max_message_bytes;
@@ -119,18 +109,12 @@ async fn admit(
             return None;
         }
     };
-    let Some(guard) = state.limiter.try_acquire(metrics, "ws") else {
-        metrics
-            .rejected
-            .with_label_values(&["connection_limit"])
-            .inc();
-        let e = ApiError::unavailable(
-            "connection_limit",
-            "this instance is at its connection limit",
-            1,
-        );
-        let _ = crate::front::write_all(&stream, &e.to_http1("")).await;
-        return None;
+    let guard = match state.limiter.admit(metrics, "ws") {
+        Ok(guard) => guard,
+        Err(e) => {
+            let _ = crate::front::write_all(&stream, &e.to_http1("")).await;
+            return None;
+        }
     };
     if !upgrade(&stream, headers).await {
         return None;
