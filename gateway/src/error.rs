@@ -53,27 +53,45 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// The headers both responses carry besides the content type: one list, so the actix and
+    /// the raw response cannot drift apart.
+    fn headers(&self) -> Vec<(header::HeaderName, HeaderValue)> {
+        let mut headers = Vec::with_capacity(3);
+        if let Some(secs) = self.retry_after {
+            headers.push((header::RETRY_AFTER, HeaderValue::from(secs)));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.push((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        headers.push((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        headers
+    }
+
+    /// The JSON body of both responses.
+    fn body(&self) -> String {
+        serde_json::json!({ "error": self.code, "detail": self.detail }).to_string()
+    }
+
     /// The whole HTTP/1.1 response, for requests served outside actix (`front`): the same
     /// status, headers and body as [`ResponseError::error_response`], plus `extra` header lines
     /// (each ending in CRLF), and `Connection: close`.
     pub fn to_http1(&self, extra: &str) -> Vec<u8> {
-        use std::fmt::Write as _;
-        let body = serde_json::json!({ "error": self.code, "detail": self.detail }).to_string();
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: {}\r\nconnection: close\r\n",
+        let body = self.body();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
             self.status.as_u16(),
             self.status.canonical_reason().unwrap_or(""),
             body.len()
-        );
-        if let Some(secs) = self.retry_after {
-            let _ = write!(head, "retry-after: {secs}\r\n");
+        )
+        .into_bytes();
+        for (name, value) in self.headers() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        if self.status == StatusCode::UNAUTHORIZED {
-            head.push_str("www-authenticate: Bearer\r\n");
-        }
-        head.push_str(extra);
-        head.push_str("\r\n");
-        let mut out = head.into_bytes();
+        out.extend_from_slice(extra.as_bytes());
+        out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body.as_bytes());
         out
     }
@@ -98,14 +116,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status);
-        if let Some(secs) = self.retry_after {
-            res.insert_header((header::RETRY_AFTER, HeaderValue::from(secs)));
+        for header in self.headers() {
+            res.insert_header(header);
         }
-        if self.status == StatusCode::UNAUTHORIZED {
-            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-        }
-        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        res.json(serde_json::json!({ "error": self.code, "detail": self.detail }))
+        res.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ))
+        .body(self.body())
     }
 }
 
@@ -133,6 +151,40 @@ impl From<HubError> for ApiError {
             HubError::Closed => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "closed", e.to_string())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The raw response carries exactly the actix response's status, headers and body.
+    #[test]
+    fn both_responses_say_the_same() {
+        let mut unauthorized = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no token");
+        unauthorized.retry_after = Some(3);
+        for e in [
+            unauthorized,
+            ApiError::unavailable("connection_limit", "full", 1),
+            ApiError::bad_request("missing_channel", "name one"),
+        ] {
+            let raw = String::from_utf8(e.to_http1("x-extra: 1\r\n")).unwrap();
+            let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+            let actix = e.error_response();
+            assert!(
+                head.starts_with(&format!("HTTP/1.1 {}", actix.status())),
+                "{head}"
+            );
+            for (name, value) in actix.headers() {
+                let line = format!("{}: {}", name.as_str(), value.to_str().unwrap());
+                assert!(head.lines().any(|l| l == line), "{line} missing in {head}");
+            }
+            assert!(head.lines().any(|l| l == "x-extra: 1"), "{head}");
+            assert!(head.lines().any(|l| l == "connection: close"), "{head}");
+            assert_eq!(body, e.body());
+            let json: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(json["error"], e.code());
         }
     }
 }
