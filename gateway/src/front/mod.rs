@@ -20,6 +20,7 @@ use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 use crate::transport;
 use head::{Route, Sniffed};
@@ -37,6 +38,12 @@ pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Answers a raw request with `e` (plus `extra` header lines) before the connection closes. A
+/// client that is already gone has nothing left to be told, so a failed write is ignored.
+pub async fn refuse(stream: &TcpStream, e: &ApiError, extra: &str) {
+    let _ = write_all(stream, &e.to_http1(extra)).await;
 }
 
 /// The CORS header lines (each ending in CRLF) for a natively served response, matching what

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::header::HeaderMap;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use futures_util::future::OptionFuture;
@@ -99,6 +99,14 @@ pub fn parse_request(
     Ok(SseRequest { channels, cursor })
 }
 
+/// The headers of every SSE response, whichever path serves it: the type, no caching, and no
+/// buffering by nginx (which would hold events back).
+const STREAM_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+];
+
 /// The `GET /sse` handler, for a stream requested on a connection actix already serves (a
 /// keep-alive connection's later request); first requests are served by [`serve_raw`].
 pub async fn handler(
@@ -106,11 +114,11 @@ pub async fn handler(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = open(&state, req.query_string(), req.headers()).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    let mut response = HttpResponse::Ok();
+    for header in STREAM_HEADERS {
+        response.insert_header(header);
+    }
+    Ok(response.streaming(body))
 }
 
 /// Serves a stream whose request the front door read from the raw socket. The body is
@@ -138,13 +146,19 @@ async fn start_raw(
     let body = match open(&state, &head.query, &head.headers).await {
         Ok(body) => body,
         Err(e) => {
-            let _ = crate::front::write_all(&stream, &e.to_http1(&cors)).await;
+            crate::front::refuse(&stream, &e, &cors).await;
             return None;
         }
     };
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n{cors}\r\n"
-    );
+    let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
+    for (name, value) in STREAM_HEADERS {
+        response.push_str(name);
+        response.push_str(": ");
+        response.push_str(value);
+        response.push_str("\r\n");
+    }
+    response.push_str(&cors);
+    response.push_str("\r\n");
     Some(pump(stream, Bytes::from(response), body))
 }
 

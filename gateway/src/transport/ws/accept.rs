@@ -33,11 +33,11 @@ pub async fn handler(
             metrics.rejected.with_label_values(&["unauthorized"]).inc();
             let (response, session, _stream) = actix_ws::handle(&req, body)
                 .map_err(|e| ApiError::bad_request("not_websocket", e.to_string()))?;
-            let reason = format!("unauthorized: {}", e.detail());
+            let reason = unauthorized_reason(&e);
             actix_web::rt::spawn(async move {
                 let close = WsClose {
                     code: CloseCode::from(close::UNAUTHORIZED),
-                    description: Some(reason.chars().take(120).collect()),
+                    description: Some(reason),
                 };
                 let _ = session.close(Some(close)).await;
             });
@@ -88,7 +88,7 @@ async fn admit(
     let metrics = &state.metrics;
     let RequestHead { query, headers, .. } = head;
     if let Err(e) = check_origin(&headers, &state) {
-        let _ = crate::front::write_all(&stream, &e.to_http1("")).await;
+        crate::front::refuse(&stream, &e, "").await;
         return None;
     }
     let limit = state.settings.ws.max_message_bytes;
@@ -100,19 +100,23 @@ async fn admit(
             if !upgrade(&stream, headers).await {
                 return None;
             }
-            let reason = format!("unauthorized: {}", e.detail());
             let (read, write) = stream.into_split();
             let mut reader = MessageStream::Raw(RawReader::new(read, limit));
             let session = Session::Raw(RawWriter::new(write));
-            let reason = reason.chars().take(120).collect();
-            close_with(session, &mut reader, close::UNAUTHORIZED, reason).await;
+            close_with(
+                session,
+                &mut reader,
+                close::UNAUTHORIZED,
+                unauthorized_reason(&e),
+            )
+            .await;
             return None;
         }
     };
     let guard = match state.limiter.admit(metrics, "ws") {
         Ok(guard) => guard,
         Err(e) => {
-            let _ = crate::front::write_all(&stream, &e.to_http1("")).await;
+            crate::front::refuse(&stream, &e, "").await;
             return None;
         }
     };
@@ -152,6 +156,15 @@ async fn upgrade(stream: &TcpStream, headers: HeaderMap) -> bool {
         Err(e) => ApiError::bad_request("not_websocket", e.to_string()).to_http1(""),
     };
     crate::front::write_all(stream, &response).await.is_ok() && accept.is_ok()
+}
+
+/// The reason of the 4500 close both paths send after upgrading a request with a bad token,
+/// short enough for a close frame.
+fn unauthorized_reason(e: &ApiError) -> String {
+    format!("unauthorized: {}", e.detail())
+        .chars()
+        .take(120)
+        .collect()
 }
 
 /// The origin check both paths make first, counted when it refuses.
