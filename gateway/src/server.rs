@@ -7,8 +7,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_codec::Framed;
 use actix_cors::Cors;
-use actix_http::{HttpService, Protocol};
+use actix_http::{HttpService, Protocol, h1};
 use actix_service::{Service, ServiceFactory, fn_factory, fn_service, map_config};
 use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
@@ -116,6 +117,7 @@ pub async fn run(
             // Runs on each worker thread: fan-out wakes this worker's connections in batches.
             crate::hub::worker::Worker::install();
             let graceful = graceful.clone();
+            let upgrade_state = state.clone();
             let http = HttpService::<Prefixed, _, _>::build()
                 .client_request_timeout(request_timeout)
                 .client_disconnect_timeout(Duration::from_secs(1))
@@ -126,6 +128,14 @@ pub async fn run(
                     let signal = graceful.clone();
                     async move { signal.notified().await }
                 })
+                // Every request that takes over its connection (WebSocket upgrades) is served on
+                // the raw socket, as a first request is; see `front::upgrade`.
+                .upgrade(fn_service(
+                    move |(req, framed): (actix_http::Request, Framed<Prefixed, h1::Codec>)| {
+                        front::upgrade::serve(upgrade_state.clone(), req, framed)
+                            .map(Ok::<_, std::convert::Infallible>)
+                    },
+                ))
                 .finish(map_config(app(state.clone()), |_| AppConfig::default()));
             let state = state.clone();
             fn_factory(move || {
@@ -251,19 +261,29 @@ async fn client_js() -> HttpResponse {
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint",
-    ))
+    Err(not_found_error())
 }
 
 async fn not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
+    Err(method_not_allowed())
+}
+
+/// The answer to a request for a path the gateway does not serve.
+pub(crate) fn not_found_error() -> ApiError {
+    ApiError::new(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    )
+}
+
+/// The answer to a known path asked with the wrong method.
+pub(crate) fn method_not_allowed() -> ApiError {
+    ApiError::new(
         actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this endpoint does not accept that method",
-    ))
+    )
 }
 
 fn cors(origins: &[String]) -> Cors {

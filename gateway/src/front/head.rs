@@ -35,6 +35,8 @@ pub struct RequestHead {
     pub headers: HeaderMap,
     /// The client's address.
     pub peer: Option<SocketAddr>,
+    /// Bytes the client sent after the head (frames sent with a WebSocket upgrade).
+    pub rest: Bytes,
 }
 
 /// What the first bytes of a connection turned out to be.
@@ -158,6 +160,7 @@ fn classify(buf: &[u8], peer: Option<SocketAddr>) -> Decision {
         query: query.to_owned(),
         headers: map,
         peer,
+        rest: Bytes::new(),
     })
 }
 

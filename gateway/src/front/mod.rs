@@ -9,6 +9,7 @@
 pub mod head;
 mod prefixed;
 pub mod pump;
+pub mod upgrade;
 
 use std::io;
 use std::net::SocketAddr;

@@ -20,6 +20,11 @@ impl Prefixed {
     pub fn new(prefix: Bytes, io: TcpStream) -> Self {
         Self { prefix, io }
     }
+
+    /// The bytes not replayed yet, and the socket.
+    pub fn into_parts(self) -> (Bytes, TcpStream) {
+        (self.prefix, self.io)
+    }
 }
 
 impl AsyncRead for Prefixed {

@@ -10,37 +10,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::*;
 
-/// Reads from `s` into `buf` until `done(buf)` holds; panics after [`WAIT`].
-async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !done(&String::from_utf8_lossy(buf)) {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no {what} within {WAIT:?}: {:?}",
-                    String::from_utf8_lossy(buf)
-                )
-            })
-            .unwrap();
-        assert!(
-            n > 0,
-            "closed before {what}: {:?}",
-            String::from_utf8_lossy(buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn head_of(buf: &[u8]) -> String {
-    let text = String::from_utf8_lossy(buf);
-    text.split("\r\n\r\n")
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_sse_request_is_served_raw_close_delimited_with_cors() {
     let gw = Gateway::spawn(&[("GATEWAY__CORS__ALLOW_ORIGINS", "https://app.example")]);
@@ -128,29 +97,6 @@ async fn a_head_arriving_in_pieces_is_still_served() {
         t.contains("data: made it\n\n")
     })
     .await;
-}
-
-/// A keep-alive connection that has served one request (`GET /healthz`) and is idle again.
-async fn after_one_request(addr: std::net::SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    read_until(&mut s, &mut buf, "the health answer", |t| {
-        t.contains("\r\n\r\n")
-    })
-    .await;
-    assert!(
-        head_of(&buf).starts_with("http/1.1 200"),
-        "{}",
-        head_of(&buf)
-    );
-    // The answer is short; let its body arrive too, then the connection is idle for reuse.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut rest = [0u8; 4096];
-    let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut rest)).await;
-    s
 }
 
 /// Behind a proxy with upstream keep-alive (nginx `keepalive`), a stream can be the second

@@ -86,7 +86,13 @@ async fn admit(
     stream: TcpStream,
 ) -> Option<(Running, Session, MessageStream)> {
     let metrics = &state.metrics;
-    let RequestHead { query, headers, .. } = head;
+    let RequestHead {
+        query,
+        headers,
+        rest,
+        ..
+    } = head;
+    let pending = bytes::BytesMut::from(rest);
     if let Err(e) = check_origin(&headers, &state) {
         crate::front::refuse(&stream, &e, "").await;
         return None;
@@ -101,7 +107,7 @@ async fn admit(
                 return None;
             }
             let (read, write) = stream.into_split();
-            let mut reader = MessageStream::Raw(RawReader::new(read, limit));
+            let mut reader = MessageStream::Raw(RawReader::with_pending(read, limit, pending));
             let session = Session::Raw(RawWriter::new(write));
             close_with(
                 session,
@@ -127,7 +133,7 @@ async fn admit(
     Some((
         Running::new(state, grant, guard),
         Session::Raw(RawWriter::new(write)),
-        MessageStream::Raw(RawReader::new(read, limit)),
+        MessageStream::Raw(RawReader::with_pending(read, limit, pending)),
     ))
 }
 

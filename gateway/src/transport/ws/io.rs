@@ -275,9 +275,15 @@ impl RawReader {
     /// Wraps the read half of an upgraded socket; `max` bounds frames and messages (bigger
     /// ones are [`ProtocolError::Overflow`]).
     pub fn new(io: OwnedReadHalf, max: usize) -> Self {
+        Self::with_pending(io, max, BytesMut::new())
+    }
+
+    /// Like [`RawReader::new`], for a socket whose first bytes were already read with the
+    /// upgrade request (a client may send frames in the same packet): they are decoded first.
+    pub fn with_pending(io: OwnedReadHalf, max: usize, pending: BytesMut) -> Self {
         Self {
             io,
-            buf: BytesMut::new(),
+            buf: pending,
             max,
             partial: BytesMut::new(),
             partial_kind: None,

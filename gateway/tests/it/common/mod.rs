@@ -9,6 +9,9 @@
 pub mod follow;
 pub mod nginx;
 pub mod proxy;
+pub mod raw;
+
+pub use raw::{after_one_request, head_of, read_until};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
