@@ -4,14 +4,19 @@
 //   Chromium ──► nginx (round robin, no stickiness) ──► gateway A ─┐
 //                                                   └─► gateway B ─┴─► redis-server
 //
+// or (`withGateway`) Chromium straight to ONE gateway on its in-memory engine, optionally over
+// TLS with a certificate made for the run (`openssl`), with or without HTTP/2.
+//
 // Child processes are started in their own process groups and killed by group; a process-exit
 // hook kills whatever a crashed test run left behind.
 import { spawn, execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
+import https from "node:https";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import tls from "node:tls";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
 import { chromium } from "playwright-core";
@@ -204,8 +209,27 @@ async function startRedis() {
   return proc;
 }
 
-/** One gateway instance; `base` is `http://127.0.0.1:PORT`. */
-async function startGateway(name, redis, prefix, extraEnv) {
+/** One gateway instance of the nginx topology (engine redis, plain HTTP). */
+function startGateway(name, redis, prefix, extraEnv) {
+  return spawnGateway(
+    name,
+    {
+      GATEWAY__REDIS__URL: redis.url,
+      GATEWAY__REDIS__KEY_PREFIX: prefix,
+      ...extraEnv,
+    },
+    { engine: "redis", scheme: "http" },
+  );
+}
+
+/**
+ * Starts `GATEWAY_BIN` with the test defaults plus `extraEnv` (nothing is inherited from this
+ * process's environment but PATH), waits for its first stdout line
+ * `listening on <scheme>://ADDR (engine: <engine>)` and then for `/readyz`. The returned process
+ * has `addr` (`127.0.0.1:PORT`), `base` (`<scheme>://127.0.0.1:PORT`), `scheme` and, for https,
+ * `ca` (the PEM the gateway's certificate verifies against, for `request`).
+ */
+async function spawnGateway(name, extraEnv, { engine = "redis", scheme = "http", ca } = {}) {
   if (!fs.existsSync(GATEWAY_BIN)) {
     throw new Error(`no gateway binary at ${GATEWAY_BIN}: run \`cargo build -p gateway\` (or set GATEWAY_BIN)`);
   }
@@ -215,8 +239,6 @@ async function startGateway(name, redis, prefix, extraEnv) {
     GATEWAY__SERVER__LISTEN: "127.0.0.1:0",
     GATEWAY__SERVER__WORKERS: "2",
     GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS: "3",
-    GATEWAY__REDIS__URL: redis.url,
-    GATEWAY__REDIS__KEY_PREFIX: prefix,
     GATEWAY__SSE__RETRY_MS: "250",
     ...extraEnv,
   };
@@ -245,17 +267,22 @@ async function startGateway(name, redis, prefix, extraEnv) {
       throw new Error(`gateway ${name} printed no "listening" line within ${WAIT_MS} ms:\n${proc.tail()}`);
     }),
   ]));
-  const match = /^listening on http:\/\/(\S+) \(engine: (\w+)\)$/.exec(line);
-  if (!match || match[2] !== "redis") {
+  const match = /^listening on (https?):\/\/(\S+) \(engine: (\w+)\)$/.exec(line);
+  if (!match || match[1] !== scheme || match[3] !== engine) {
     await proc.kill("SIGKILL");
-    throw new Error(`unexpected first line from gateway ${name} (want engine redis): ${JSON.stringify(line)}`);
+    throw new Error(
+      `unexpected first line from gateway ${name} (want "listening on ${scheme}://ADDR (engine: ${engine})"): ` +
+        `${JSON.stringify(line)}\n${proc.tail()}`,
+    );
   }
-  proc.addr = match[1];
-  proc.base = `http://${match[1]}`;
-  // Ready = Redis answers and the pub/sub connection is up.
+  proc.scheme = scheme;
+  proc.addr = match[2];
+  proc.base = `${scheme}://${match[2]}`;
+  proc.ca = ca;
+  // Ready = the engine is up (with Redis: it answers and the pub/sub connection is up).
   await killOnError(
     proc,
-    waitFor(`${name} /readyz`, async () => (await fetch(`${proc.base}/readyz`)).status === 200),
+    waitFor(`${name} /readyz`, async () => (await request(`${proc.base}/readyz`, { ca })).status === 200),
   );
   return proc;
 }
@@ -362,7 +389,7 @@ ${upstreams.map((u) => `        server ${u} max_fails=1 fail_timeout=5s;`).join(
 function run(cmd, args) {
   return new Promise((resolve) => {
     execFile(cmd, args, { timeout: 10_000 }, (error, stdout, stderr) =>
-      resolve({ ok: !error, output: `${stdout}${stderr}`.trim() }),
+      resolve({ ok: !error, missing: error?.code === "ENOENT", output: `${stdout}${stderr}`.trim() }),
     );
   });
 }
@@ -414,23 +441,114 @@ export const BROWSER_ARGS = [
   "--disable-sync",
 ];
 
-export function launchBrowser() {
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSER_ARGS });
+/** Debian's Chromium, headless, with `BROWSER_ARGS` and then `extraArgs`. */
+export function launchBrowser(extraArgs = []) {
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: [...BROWSER_ARGS, ...extraArgs] });
 }
 
 // ---------------------------------------------------------------------------------------------
 // HTTP helpers
 
-/** `POST /publish` on `base` (an instance or nginx); returns the event id. Never retries. */
-export async function publish(base, channel, data, { event, apiKey } = {}) {
+/**
+ * One HTTP request from Node; resolves to `{ status, headers, text }`. `http:` goes through
+ * `fetch`; `https:` through `node:https` (HTTP/1.1), verifying the server's certificate against
+ * `ca` (a PEM) when given, else not verifying at all (self-signed test certificates). Bounded by
+ * `timeoutMs`.
+ */
+export async function request(url, { method = "GET", headers = {}, body, ca, timeoutMs = 5_000 } = {}) {
+  if (!url.startsWith("https:")) {
+    const res = await fetch(url, { method, headers, body, signal: AbortSignal.timeout(timeoutMs) });
+    return { status: res.status, headers: res.headers, text: await res.text() };
+  }
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      url,
+      {
+        method,
+        headers: body === undefined ? headers : { ...headers, "content-length": Buffer.byteLength(body) },
+        agent: false, // a fresh connection, closed afterwards: nothing outlives the test
+        ...(ca ? { ca } : { rejectUnauthorized: false }),
+        timeout: timeoutMs,
+      },
+      (res) => {
+        res.setEncoding("utf8");
+        let text = "";
+        res.on("data", (chunk) => (text += chunk));
+        res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, text }));
+        res.on("error", reject);
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)));
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+/**
+ * `POST /publish` on `base` (an instance or nginx); returns the event id. Never retries. For an
+ * `https:` base, `ca` is the PEM to verify the certificate with (see `request`).
+ */
+export async function publish(base, channel, data, { event, apiKey, ca } = {}) {
   const body = { channel, data };
   if (event !== undefined) body.event = event;
   const headers = { "content-type": "application/json" };
   if (apiKey) headers.authorization = `Bearer ${apiKey}`;
-  const res = await fetch(`${base}/publish`, { method: "POST", headers, body: JSON.stringify(body) });
-  const text = await res.text();
-  if (res.status !== 200) throw new Error(`publish to ${base} failed: ${res.status} ${text}`);
-  return JSON.parse(text).id;
+  const res = await request(`${base}/publish`, {
+    method: "POST",
+    headers,
+    body: JSON.stringify(body),
+    ca,
+    timeoutMs: WAIT_MS,
+  });
+  if (res.status !== 200) throw new Error(`publish to ${base} failed: ${res.status} ${res.text}`);
+  return JSON.parse(res.text).id;
+}
+
+/**
+ * The application protocol a TLS server at `addr` (`host:port`) picks by ALPN from `offer`:
+ * `"h2"`, `"http/1.1"`, or `false` when it selected none. The certificate is verified against
+ * `ca` when given.
+ */
+export function negotiatedAlpn(addr, { offer = ["h2", "http/1.1"], ca, timeoutMs = 5_000 } = {}) {
+  const { hostname: host, port } = new URL(`https://${addr}`);
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host,
+      port: Number(port),
+      ALPNProtocols: offer,
+      ...(ca ? { ca } : { rejectUnauthorized: false }),
+    });
+    socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`TLS handshake with ${addr} took over ${timeoutMs} ms`)));
+    socket.once("secureConnect", () => {
+      const protocol = socket.alpnProtocol;
+      socket.destroy();
+      resolve(protocol);
+    });
+    socket.once("error", reject);
+  });
+}
+
+/**
+ * A self-signed certificate for `localhost` and 127.0.0.1 (P-256, one day), made with the
+ * `openssl` CLI (Debian package `openssl`) in `dir`; returns `{ cert, key, pem }` (two paths and
+ * the certificate's text).
+ */
+export async function makeTestCert(dir) {
+  const cert = path.join(dir, "cert.pem");
+  const key = path.join(dir, "key.pem");
+  const { ok, output, missing } = await run("openssl", [
+    "req", "-x509",
+    "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+    "-nodes", "-days", "1",
+    "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+    "-keyout", key, "-out", cert,
+  ]);
+  if (missing) throw new Error("no `openssl` on PATH: the TLS tests need it (Debian: apt-get install openssl)");
+  if (!ok || !fs.existsSync(cert) || !fs.existsSync(key)) {
+    throw new Error(`openssl could not make a test certificate:\n${output}`);
+  }
+  return { cert, key, pem: fs.readFileSync(cert, "utf8") };
 }
 
 /** Parses Prometheus text into a Map of `name{labels}` (labels as written) → number. */
@@ -447,9 +565,9 @@ export function parseMetrics(text) {
 /** A gateway's metrics, or null when it does not answer (e.g. killed). */
 export async function metrics(instance) {
   try {
-    const res = await fetch(`${instance.base}/metrics`, { signal: AbortSignal.timeout(2_000) });
-    if (!res.ok) return null;
-    return parseMetrics(await res.text());
+    const res = await request(`${instance.base}/metrics`, { ca: instance.ca, timeoutMs: 2_000 });
+    if (res.status !== 200) return null;
+    return parseMetrics(res.text);
   } catch {
     return null;
   }
@@ -498,6 +616,20 @@ export async function withTopology(t, options, fn) {
   }
 }
 
+/** A fresh page in its own context of `browser`; console output and errors go to `pageLog`. */
+async function newLoggedPage(browser, pageLog) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  const page = await context.newPage();
+  page.errors = [];
+  page.on("console", (msg) => pageLog.push(`[console.${msg.type()}] ${msg.text()}`));
+  page.on("pageerror", (err) => {
+    page.errors.push(err);
+    pageLog.push(`[pageerror] ${err.stack ?? err}`);
+  });
+  page.setDefaultTimeout(WAIT_MS);
+  return page;
+}
+
 class Topology {
   constructor() {
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-browser-"));
@@ -540,17 +672,8 @@ class Topology {
   }
 
   /** A fresh page (own browser context) whose console output and errors are kept. */
-  async newPage() {
-    const context = await this.browser.newContext({ viewport: { width: 1100, height: 800 } });
-    const page = await context.newPage();
-    page.errors = [];
-    page.on("console", (msg) => this.pageLog.push(`[console.${msg.type()}] ${msg.text()}`));
-    page.on("pageerror", (err) => {
-      page.errors.push(err);
-      this.pageLog.push(`[pageerror] ${err.stack ?? err}`);
-    });
-    page.setDefaultTimeout(WAIT_MS);
-    return page;
+  newPage() {
+    return newLoggedPage(this.browser, this.pageLog);
   }
 
   /** Publishes through nginx (default) or `via` (an instance). */
@@ -743,4 +866,121 @@ export async function publishSequence(topo, channels, { count, perSecond = 50, k
   }
   if (killing) await killing;
   return { ids, duringKill };
+}
+
+// ---------------------------------------------------------------------------------------------
+// One gateway, no nginx, no Redis
+
+/**
+ * Starts ONE gateway (in-memory engine: no Redis, no nginx) and Chromium, straight to each other
+ * on 127.0.0.1; registers cleanup with `t.after`. Options:
+ *
+ * - `tls`: serve HTTPS with a self-signed certificate made for this run (`makeTestCert`), passed
+ *   as `GATEWAY__SERVER__TLS_CERT` / `GATEWAY__SERVER__TLS_KEY`; the gateway must then print
+ *   `listening on https://…`, and Chromium runs with `--ignore-certificate-errors`.
+ * - `http2: false`: also set `GATEWAY__SERVER__HTTP2=false` (ALPN offers only `http/1.1`).
+ *   Left alone otherwise, so the gateway's default applies.
+ * - `gatewayEnv`: more `GATEWAY__…` settings.
+ *
+ * Tests use `withGateway`, which also prints the logs when the test fails.
+ */
+export async function startSingleGateway(t, { tls = false, http2, gatewayEnv = {}, name = "solo" } = {}) {
+  const fixture = new SingleGateway(name);
+  t.after(() => fixture.stop());
+  try {
+    await fixture.start({ tls, http2, gatewayEnv });
+  } catch (e) {
+    fixture.dumpLogs(t);
+    await fixture.stop();
+    throw e;
+  }
+  return fixture;
+}
+
+/** Runs `fn(fixture)` on a `startSingleGateway`; on failure prints the log tails, then rethrows. */
+export async function withGateway(t, options, fn) {
+  const fixture = await startSingleGateway(t, options);
+  try {
+    return await fn(fixture);
+  } catch (e) {
+    fixture.dumpLogs(t);
+    throw e;
+  } finally {
+    await fixture.stop();
+  }
+}
+
+class SingleGateway {
+  constructor(name) {
+    this.name = name;
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "gw-browser-"));
+    tempDirs.add(this.dir);
+    this.pageLog = [];
+    this.stopped = false;
+  }
+
+  async start({ tls, http2, gatewayEnv }) {
+    // Chromium starts meanwhile; it is awaited whatever happens, so stop() always sees it.
+    const browser = launchBrowser(tls ? ["--ignore-certificate-errors"] : []).then((b) => (this.browser = b));
+    browser.catch(() => {}); // observed below; never an unhandled rejection
+    try {
+      const env = { ...gatewayEnv };
+      if (tls) {
+        this.cert = await makeTestCert(this.dir);
+        env.GATEWAY__SERVER__TLS_CERT = this.cert.cert;
+        env.GATEWAY__SERVER__TLS_KEY = this.cert.key;
+      }
+      if (http2 === false) env.GATEWAY__SERVER__HTTP2 = "false";
+      if (this.stopped) throw new Error("stopped while starting");
+      this.gateway = await spawnGateway(this.name, env, {
+        engine: env.GATEWAY__REDIS__URL ? "redis" : "memory",
+        scheme: tls ? "https" : "http",
+        ca: this.cert?.pem,
+      });
+    } finally {
+      await browser.catch(() => {});
+      if (this.stopped) await this.stop(); // a stop() that ran meanwhile missed what started since
+    }
+    await browser;
+    if (this.stopped) throw new Error("stopped while starting");
+  }
+
+  /** URL on the gateway (its own origin). */
+  url(p = "/") {
+    return `${this.gateway.base}${p}`;
+  }
+
+  /** A fresh page (own browser context) whose console output and errors are kept. */
+  newPage() {
+    return newLoggedPage(this.browser, this.pageLog);
+  }
+
+  /** `POST /publish` on the gateway; returns the event id. */
+  publish(channel, data, options = {}) {
+    return publish(this.gateway.base, channel, data, { ca: this.gateway.ca, ...options });
+  }
+
+  /** What the gateway selects by ALPN when offered `offer` (see `negotiatedAlpn`). */
+  alpn(offer) {
+    return negotiatedAlpn(this.gateway.addr, { offer, ca: this.gateway.ca });
+  }
+
+  dumpLogs(t) {
+    const g = this.gateway;
+    const parts = [];
+    if (g) parts.push(`--- gateway ${g.name} (${g.base}) ${g.alive ? "running" : JSON.stringify(g.exitStatus)}\n${g.tail()}`);
+    parts.push(`--- browser console\n${this.pageLog.slice(-60).join("\n")}`);
+    process.stderr.write(`\n==== logs of failed test ${t?.name ?? ""}\n${parts.join("\n")}\n====\n`);
+  }
+
+  /** Stops everything started so far; safe to call again. */
+  async stop() {
+    this.stopped = true;
+    const browser = this.browser;
+    this.browser = undefined;
+    if (browser) await Promise.race([browser.close().catch(() => {}), sleep(5_000, null, { ref: false })]);
+    await this.gateway?.kill("SIGKILL");
+    fs.rmSync(this.dir, { recursive: true, force: true });
+    tempDirs.delete(this.dir);
+  }
 }

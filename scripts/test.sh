@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh machine: installs what the tests need (redis-server,
-# nginx, chromium, and node/npm if missing; the tests start their own instances on free loopback
+# nginx, chromium, openssl, curl, and node/npm if missing; the tests start their own instances on free loopback
 # ports), then checks formatting and lints, runs the real-browser tests (browser-tests/), fuzzes
 # the parsers for a bounded time (scripts/fuzz.sh), and runs every unit and integration test.
 set -euo pipefail
@@ -18,6 +18,9 @@ missing=()
 have redis-server || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 have nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# Test certificates are made at run time; curl checks HTTP/2 (h2 over TLS and h2c) by hand.
+have openssl || missing+=(openssl)
+have curl || missing+=(curl)
 if ! have node || ! have npm; then missing+=(nodejs npm); fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"

@@ -14,9 +14,8 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::AUTHORIZATION;
-use actix_web::http::header::HeaderMap;
+use http::StatusCode;
+use http::header::{AUTHORIZATION, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use shared::ChannelName;
@@ -91,8 +90,8 @@ impl Authenticator {
         Self { verifier }
     }
 
-    /// Checks the request's token, if authentication is on. Takes the head's parts rather than
-    /// an actix request because streaming requests are also served outside actix (`front`).
+    /// Checks the request's token, if authentication is on. Takes the head's parts, as every way
+    /// a request arrives (raw socket, HTTP/1.1, HTTP/2) has them.
     pub fn authenticate(&self, headers: &HeaderMap, query: &str) -> Result<Grant, ApiError> {
         let Some((key, validation)) = &self.verifier else {
             return Ok(Grant::Anyone);
@@ -133,7 +132,6 @@ fn token_of(headers: &HeaderMap, query: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::test::TestRequest;
     use jsonwebtoken::{EncodingKey, Header};
 
     const SECRET: &str = "0123456789abcdef0123";
@@ -147,14 +145,41 @@ mod tests {
         .unwrap()
     }
 
-    /// The actix request's parts, as the handlers pass them.
+    /// A request's parts, as the handlers pass them: headers and the query string.
+    struct TestRequest {
+        headers: HeaderMap,
+        query: String,
+    }
+
+    impl TestRequest {
+        fn default() -> Self {
+            Self {
+                headers: HeaderMap::new(),
+                query: String::new(),
+            }
+        }
+
+        fn with_query(query: &str) -> Self {
+            Self {
+                query: query.to_owned(),
+                ..Self::default()
+            }
+        }
+
+        fn with_authorization(value: &str) -> Self {
+            let mut req = Self::default();
+            req.headers.insert(AUTHORIZATION, value.parse().unwrap());
+            req
+        }
+    }
+
     trait FromRequest {
-        fn authenticate_req(&self, req: &actix_web::HttpRequest) -> Result<Grant, ApiError>;
+        fn authenticate_req(&self, req: &TestRequest) -> Result<Grant, ApiError>;
     }
 
     impl FromRequest for Authenticator {
-        fn authenticate_req(&self, req: &actix_web::HttpRequest) -> Result<Grant, ApiError> {
-            self.authenticate(req.headers(), req.query_string())
+        fn authenticate_req(&self, req: &TestRequest) -> Result<Grant, ApiError> {
+            self.authenticate(&req.headers, &req.query)
         }
     }
 
@@ -187,10 +212,8 @@ mod tests {
         };
         let t = token(&claims);
         for req in [
-            TestRequest::default()
-                .insert_header(("Authorization", format!("bearer {t}")))
-                .to_http_request(),
-            TestRequest::with_uri(&format!("/ws?token={t}")).to_http_request(),
+            TestRequest::with_authorization(&format!("bearer {t}")),
+            TestRequest::with_query(&format!("token={t}")),
         ] {
             let grant = auth().authenticate_req(&req).unwrap();
             assert!(grant.may_subscribe(&ChannelName::new("news").unwrap()));
@@ -203,12 +226,8 @@ mod tests {
 
     #[test]
     fn missing_expired_forged_and_unsigned_tokens_are_refused() {
-        let req = |t: &str| TestRequest::with_uri(&format!("/ws?token={t}")).to_http_request();
-        assert!(
-            auth()
-                .authenticate_req(&TestRequest::default().to_http_request())
-                .is_err()
-        );
+        let req = |t: &str| TestRequest::with_query(&format!("token={t}"));
+        assert!(auth().authenticate_req(&TestRequest::default()).is_err());
         let expired = token(&Claims {
             exp: 1,
             ..Default::default()
@@ -235,7 +254,7 @@ mod tests {
     #[test]
     fn without_a_secret_everyone_may_do_everything() {
         let grant = Authenticator::new(&AuthSettings::default())
-            .authenticate_req(&TestRequest::default().to_http_request())
+            .authenticate_req(&TestRequest::default())
             .unwrap();
         assert!(grant.may_subscribe(&ChannelName::new("x").unwrap()));
     }

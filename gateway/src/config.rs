@@ -68,6 +68,15 @@ pub struct ServerSettings {
     pub request_timeout_seconds: u64,
     /// Pending-connection queue of the listening socket (capped by `net.core.somaxconn`).
     pub backlog: u32,
+    /// PEM certificate chain: with `tls_key`, the gateway serves HTTPS and `wss://` itself
+    /// (re-read on SIGHUP).
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
+    /// Offer HTTP/2: ALPN `h2` over TLS, and cleartext h2c with prior knowledge.
+    pub http2: bool,
+    /// Most concurrent streams (e.g. SSE subscriptions) on one HTTP/2 connection.
+    pub http2_max_streams: u32,
 }
 
 impl Default for ServerSettings {
@@ -80,6 +89,10 @@ impl Default for ServerSettings {
             tcp_user_timeout_seconds: 60,
             request_timeout_seconds: 5,
             backlog: 4096,
+            tls_cert: None,
+            tls_key: None,
+            http2: true,
+            http2_max_streams: 256,
         }
     }
 }
@@ -407,6 +420,15 @@ impl Settings {
                 "server.request_timeout_seconds",
                 "must be at least 1",
             ));
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert",
+                "set both server.tls_cert and server.tls_key, or neither",
+            ));
+        }
+        if self.server.http2_max_streams == 0 {
+            return Err(invalid("server.http2_max_streams", "must be at least 1"));
         }
         if self.server.max_connections == 0 {
             return Err(invalid("server.max_connections", "must be at least 1"));

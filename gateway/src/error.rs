@@ -1,12 +1,12 @@
 //! The one error shape every HTTP endpoint returns: a status and `{"error": code, "detail": text}`.
 //! `error` is a stable machine-readable code; `detail` is for humans.
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError};
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 
 use crate::engine::EngineError;
 use crate::hub::HubError;
+use crate::response::{self, Body};
 
 /// An HTTP error with a JSON body.
 #[derive(Debug, Clone)]
@@ -109,21 +109,25 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        self.status
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut res = HttpResponse::build(self.status);
-        for header in self.headers() {
-            res.insert_header(header);
+impl ApiError {
+    /// The HTTP response: status, headers and JSON body.
+    pub fn into_response(&self) -> Response<Body> {
+        let mut res = Response::new(response::full(self.body()));
+        *res.status_mut() = self.status;
+        let headers = res.headers_mut();
+        for (name, value) in self.headers() {
+            headers.insert(name, value);
         }
-        res.insert_header((
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
-        ))
-        .body(self.body())
+        );
+        res
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
     }
 }
 
@@ -159,7 +163,7 @@ impl From<HubError> for ApiError {
 mod tests {
     use super::*;
 
-    /// The raw response carries exactly the actix response's status, headers and body.
+    /// The raw response carries exactly the hyper response's status, headers and body.
     #[test]
     fn both_responses_say_the_same() {
         let mut unauthorized = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no token");
@@ -171,12 +175,12 @@ mod tests {
         ] {
             let raw = String::from_utf8(e.to_http1("x-extra: 1\r\n")).unwrap();
             let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-            let actix = e.error_response();
+            let res = e.into_response();
             assert!(
-                head.starts_with(&format!("HTTP/1.1 {}", actix.status())),
+                head.starts_with(&format!("HTTP/1.1 {}", res.status())),
                 "{head}"
             );
-            for (name, value) in actix.headers() {
+            for (name, value) in res.headers() {
                 let line = format!("{}: {}", name.as_str(), value.to_str().unwrap());
                 assert!(head.lines().any(|l| l == line), "{line} missing in {head}");
             }

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod ops;
 pub mod publish;
+pub mod response;
 pub mod server;
 pub mod state;
 pub mod telemetry;

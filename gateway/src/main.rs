@@ -88,11 +88,21 @@ fn serve(settings: Settings) -> ExitCode {
     } else {
         "memory"
     };
+    // A bad certificate or key is a configuration error, told before anything listens.
+    if let Err(e) = gateway::server::load_tls(&settings) {
+        eprintln!("gateway: {e}");
+        return ExitCode::from(2);
+    }
+    let scheme = if settings.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     // Tests and scripts wait for this exact line on stdout.
-    println!("listening on http://{local} (engine: {engine})");
+    println!("listening on {scheme}://{local} (engine: {engine})");
     let _ = std::io::stdout().flush();
     tracing::info!(address = %local, engine, "gateway started");
-    let result = actix_web::rt::System::new().block_on(gateway::run(
+    let result = actix_rt::System::new().block_on(gateway::run(
         settings,
         listener,
         shutdown_signal(),
@@ -110,7 +120,7 @@ fn serve(settings: Settings) -> ExitCode {
 /// Resolves on SIGTERM or Ctrl-C; a second signal during the drain exits at once.
 async fn shutdown_signal() {
     wait_for_signal().await;
-    actix_web::rt::spawn(async {
+    actix_rt::spawn(async {
         wait_for_signal().await;
         eprintln!("gateway: second signal, exiting without draining");
         std::process::exit(130);

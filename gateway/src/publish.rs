@@ -2,17 +2,20 @@
 //! WebSocket clients), and the HTTP handler. Everything ends in [`Engine::publish`], the same
 //! atomic store-and-push that external publishers reach with `FCALL gw_publish`.
 
-use actix_web::http::StatusCode;
-use actix_web::http::header::AUTHORIZATION;
-use actix_web::{HttpRequest, HttpResponse, web};
+use std::time::Duration;
+
 use bytes::Bytes;
-use futures_util::StreamExt;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use shared::{ChannelName, EventName, PayloadKind, Position};
 use subtle::ConstantTimeEq;
 
 use crate::engine::{Engine, PublishRequest};
 use crate::error::ApiError;
+use crate::response::{self, Body};
 use crate::state::AppState;
 
 /// The `POST /publish` body.
@@ -56,23 +59,44 @@ pub async fn publish(engine: &Engine, body: PublishBody) -> Result<Position, Api
     Ok(engine.publish(request).await?)
 }
 
-/// `POST /publish`: `{"channel", "data", "event"?}` → `{"id": "<position>"}`; or a raw
-/// `application/octet-stream` (binary) or `text/plain` (text) body with `?channel=&event=`.
-pub async fn handler(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    check_api_key(&req, state.settings.publish.api_key.as_deref())?;
-    let raw = read_limited(payload, state.settings.publish.max_bytes).await?;
+/// The `POST /publish` handler: a JSON body `{"channel", "data", "event"?}`, or a raw
+/// `text/plain` / `application/octet-stream` body with `?channel=` (and `&event=`). The body is
+/// refused from its `Content-Length` before any of it is read when too large, and must arrive
+/// within `body_timeout` (a trickled body is a slowloris too).
+pub async fn respond(
+    state: &AppState,
+    req: Request<Incoming>,
+    body_timeout: Duration,
+) -> Response<Body> {
+    match handle(state, req, body_timeout).await {
+        Ok(position) => {
+            state.metrics.published.with_label_values(&["http"]).inc();
+            response::json(
+                StatusCode::OK,
+                &serde_json::json!({ "id": position.to_string() }),
+            )
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    body_timeout: Duration,
+) -> Result<Position, ApiError> {
+    check_api_key(req.headers(), state.settings.publish.api_key.as_deref())?;
+    let limit = state.settings.publish.max_bytes;
     let content_type = req
         .headers()
-        .get(actix_web::http::header::CONTENT_TYPE)
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let raw = read_limited(req, limit, body_timeout).await?;
     let request = if content_type.starts_with("application/octet-stream") {
-        raw_request(req.query_string(), PayloadKind::Binary, raw)?
+        raw_request(&query, PayloadKind::Binary, raw)?
     } else if content_type.starts_with("text/plain") {
         if std::str::from_utf8(&raw).is_err() {
             return Err(ApiError::bad_request(
@@ -80,13 +104,11 @@ pub async fn handler(
                 "a text/plain body must be UTF-8",
             ));
         }
-        raw_request(req.query_string(), PayloadKind::Text, raw)?
+        raw_request(&query, PayloadKind::Text, raw)?
     } else {
         validate(parse_body(&raw)?)?
     };
-    let position = state.hub.engine().publish(request).await?;
-    state.metrics.published.with_label_values(&["http"]).inc();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": position.to_string() })))
+    Ok(state.hub.engine().publish(request).await?)
 }
 
 /// Parses a publish body, which must be a JSON object (serde would also accept a positional
@@ -130,10 +152,9 @@ fn raw_request(query: &str, kind: PayloadKind, data: Bytes) -> Result<PublishReq
 }
 
 /// Requires `Authorization: Bearer <key>` when a key is configured (compared in constant time).
-fn check_api_key(req: &HttpRequest, key: Option<&str>) -> Result<(), ApiError> {
+fn check_api_key(headers: &HeaderMap, key: Option<&str>) -> Result<(), ApiError> {
     let Some(key) = key else { return Ok(()) };
-    let given = req
-        .headers()
+    let given = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
@@ -155,21 +176,39 @@ fn check_api_key(req: &HttpRequest, key: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-/// Reads a request body, refusing more than `limit` bytes with 413 before buffering it.
-pub async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body exceeds {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
+/// The request's body, at most `limit` bytes, arriving within `timeout`: 413 from the
+/// `Content-Length` header before reading, or as soon as more arrives; 408 when it trickles.
+pub async fn read_limited(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {limit} bytes"),
+        )
+    };
+    let announced = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
-    Ok(body.freeze())
+    let body = Limited::new(req.into_body(), limit);
+    match tokio::time::timeout(timeout, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::bad_request("invalid_body", e.to_string())),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the body did not arrive within {} s", timeout.as_secs()),
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -1,50 +1,41 @@
-//! Reading a connection's first request head, just far enough to tell a streaming request
-//! (served natively) from anything else (handed to actix with the bytes already read).
+//! Reading a connection's first bytes, just far enough to tell a first `GET /sse` (served on the
+//! raw socket) and the HTTP/2 preface from anything else (handed to hyper with the bytes already
+//! read).
 
 use std::io;
 use std::net::SocketAddr;
 
-use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
+use http::Version;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-/// Largest head served natively; a longer one is handed to actix, which applies its own limits.
-pub const MAX_HEAD: usize = 16 * 1024;
-/// Most header lines served natively (browsers send about 15).
-const MAX_HEADERS: usize = 64;
+use super::limits::{self, MAX_HEAD, MAX_HEADERS};
 
-/// The streaming endpoints served natively.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// `GET /sse`
-    Sse,
-    /// `GET /ws`
-    Ws,
-}
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a client speaking h2c with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A parsed streaming request head: what the transports need, owned, so the read buffer is
-/// freed before the stream starts.
+/// A parsed `GET /sse` head: what the transport needs, owned, so the read buffer is freed
+/// before the stream starts.
 #[derive(Debug)]
 pub struct RequestHead {
-    /// Which endpoint.
-    pub route: Route,
     /// The raw query string (no `?`), still percent-encoded.
     pub query: String,
-    /// Every header, as actix would have parsed them.
+    /// Every header, in order.
     pub headers: HeaderMap,
     /// The client's address.
     pub peer: Option<SocketAddr>,
-    /// Bytes the client sent after the head (frames sent with a WebSocket upgrade).
-    pub rest: Bytes,
 }
 
 /// What the first bytes of a connection turned out to be.
 #[derive(Debug)]
 pub enum Sniffed {
-    /// A complete `GET /sse` or `GET /ws` head with nothing after it.
-    Streaming(RequestHead),
-    /// Anything else: these bytes were read and must be replayed to actix.
+    /// A complete, valid `GET /sse` head with nothing after it.
+    Sse(RequestHead),
+    /// The HTTP/2 preface: these bytes were read and must be replayed to hyper's HTTP/2.
+    Http2(Bytes),
+    /// Anything else: these bytes were read and must be replayed to hyper's HTTP/1.1.
     Other(Bytes),
     /// The head did not arrive before the deadline (slowloris).
     TimedOut,
@@ -52,16 +43,17 @@ pub enum Sniffed {
     Closed,
 }
 
-/// Reads until the first request's kind is known. Only streaming heads are read whole; any
-/// other request is handed over as soon as its request line says so, so actix applies its own
-/// limits and errors to it exactly as before.
+/// Reads until the first request's kind is known. Only `GET /sse` heads are read whole; any
+/// other request is handed over as soon as its first bytes say so, so hyper applies the limits
+/// and errors it applies to every request.
 pub async fn sniff(stream: &TcpStream, peer: Option<SocketAddr>, deadline: Instant) -> Sniffed {
     let mut buf = Vec::new();
     loop {
         if !buf.is_empty() {
             match classify(&buf, peer) {
                 Decision::Other => return Sniffed::Other(Bytes::from(buf)),
-                Decision::Streaming(head) => return Sniffed::Streaming(head),
+                Decision::Http2 => return Sniffed::Http2(Bytes::from(buf)),
+                Decision::Sse(head) => return Sniffed::Sse(head),
                 Decision::NeedMore if buf.len() >= MAX_HEAD => {
                     return Sniffed::Other(Bytes::from(buf));
                 }
@@ -93,51 +85,54 @@ fn fill(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
 }
 
 enum Decision {
-    Streaming(RequestHead),
+    Sse(RequestHead),
+    Http2,
     Other,
     NeedMore,
 }
 
-/// The request lines served natively start with one of these, followed by `?` or a space.
-const PREFIXES: [(&[u8], Route); 2] = [(b"GET /sse", Route::Sse), (b"GET /ws", Route::Ws)];
+/// The request line served on the raw socket starts with this, followed by `?` or a space.
+const PREFIX: &[u8] = b"GET /sse";
 
 fn classify(buf: &[u8], peer: Option<SocketAddr>) -> Decision {
-    let mut candidate = None;
-    for (prefix, route) in PREFIXES {
-        let n = buf.len().min(prefix.len());
-        if buf[..n] != prefix[..n] {
-            continue;
-        }
-        match buf.get(prefix.len()) {
-            None => return Decision::NeedMore,
-            Some(b'?' | b' ') => candidate = Some(route),
-            Some(_) => {}
-        }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Decision::Http2
+        } else {
+            Decision::NeedMore
+        };
     }
-    let Some(route) = candidate else {
+    let n = buf.len().min(PREFIX.len());
+    if buf[..n] != PREFIX[..n] {
         return Decision::Other;
-    };
+    }
+    match buf.get(PREFIX.len()) {
+        None => return Decision::NeedMore,
+        Some(b'?' | b' ') => {}
+        Some(_) => return Decision::Other,
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Decision::NeedMore,
-        // Malformed or too many headers: actix answers those.
+        // Malformed or too many headers: hyper answers those.
         Err(_) => return Decision::Other,
     };
-    // Bytes after the head (a body, a pipelined request) are actix's business.
+    // Bytes after the head (a body, a pipelined request) are hyper's business.
     if len != buf.len() {
         return Decision::Other;
     }
     let target = req.path.unwrap_or("");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let expected = match route {
-        Route::Sse => "/sse",
-        Route::Ws => "/ws",
-    };
-    if path != expected {
+    if path != "/sse" {
         return Decision::Other;
     }
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
     let mut map = HeaderMap::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
@@ -152,15 +147,15 @@ fn classify(buf: &[u8], peer: Option<SocketAddr>) -> Decision {
         || map
             .get("content-length")
             .is_some_and(|v| v.as_bytes() != b"0");
-    if has_body {
+    // A head that breaks the rules (or has a body) is refused by the HTTP service, with the
+    // same check and answer as on any other request.
+    if has_body || limits::check_head(version, &map).is_err() {
         return Decision::Other;
     }
-    Decision::Streaming(RequestHead {
-        route,
+    Decision::Sse(RequestHead {
         query: query.to_owned(),
         headers: map,
         peer,
-        rest: Bytes::new(),
     })
 }
 
@@ -174,14 +169,14 @@ mod tests {
         /// claims a request that is not a complete streaming head.
         #[test]
         fn any_bytes_get_a_decision(
-            prefix in prop::sample::select(vec!["", "GET /sse", "GET /ws", "GET /sse?channel=a HTTP/1.1\r\n"]),
+            prefix in prop::sample::select(vec!["", "GET /sse", "PRI * HTTP/2.0", "GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n"]),
             bytes in proptest::collection::vec(any::<u8>(), 0..300),
         ) {
             let mut buf = prefix.as_bytes().to_vec();
             buf.extend_from_slice(&bytes);
-            if let Decision::Streaming(head) = classify(&buf, None) {
+            if let Decision::Sse(head) = classify(&buf, None) {
                 prop_assert!(buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n"));
-                prop_assert!(buf.starts_with(b"GET /sse") || buf.starts_with(b"GET /ws"));
+                prop_assert!(buf.starts_with(b"GET /sse"));
                 prop_assert!(head.query.len() < buf.len());
             }
         }
@@ -189,8 +184,8 @@ mod tests {
 
     fn decide(text: &str) -> &'static str {
         match classify(text.as_bytes(), None) {
-            Decision::Streaming(h) if h.route == Route::Sse => "sse",
-            Decision::Streaming(_) => "ws",
+            Decision::Sse(_) => "sse",
+            Decision::Http2 => "h2",
             Decision::Other => "other",
             Decision::NeedMore => "more",
         }
@@ -205,16 +200,25 @@ mod tests {
             decide("GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n\r\n"),
             "sse"
         );
-        assert_eq!(decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"), "ws");
-        assert_eq!(decide("GET /ws?token=t HTTP/1.0\r\n\r\n"), "ws");
+        assert_eq!(decide("GET /sse?channel=a HTTP/1.0\r\n\r\n"), "sse");
+        assert_eq!(decide("PRI * HTTP/2"), "more");
+        assert_eq!(decide("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), "h2");
     }
 
     #[test]
-    fn everything_else_goes_to_actix_at_once() {
-        assert_eq!(decide("P"), "other");
+    fn everything_else_goes_to_hyper_at_once() {
+        assert_eq!(decide("X"), "other");
+        assert_eq!(decide("P"), "more", "maybe the HTTP/2 preface");
         assert_eq!(decide("POST /publish HTTP/1.1\r\n"), "other");
         assert_eq!(decide("GET /ssex HTTP/1.1\r\n\r\n"), "other");
-        assert_eq!(decide("GET /wsx"), "other");
+        assert_eq!(decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"), "other");
+        assert_eq!(decide("PRX"), "other");
+        // Heads the rules refuse go to the HTTP service, which answers 400.
+        assert_eq!(decide("GET /sse HTTP/1.1\r\n\r\n"), "other");
+        assert_eq!(
+            decide("GET /sse HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            "other"
+        );
         assert_eq!(decide("GET /metrics HTTP/1.1\r\n\r\n"), "other");
         assert_eq!(
             decide("GET /sse HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
@@ -229,14 +233,14 @@ mod tests {
 
     #[test]
     fn the_head_is_parsed_into_owned_parts() {
-        let Decision::Streaming(head) = classify(
-            b"GET /sse?channel=a&channel=b HTTP/1.1\r\nLast-Event-ID: 1:2\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
+        let Decision::Sse(head) = classify(
+            b"GET /sse?channel=a&channel=b HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1:2\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
             None,
         ) else {
             panic!("not streaming");
         };
         assert_eq!(head.query, "channel=a&channel=b");
         assert_eq!(head.headers.get("last-event-id").unwrap(), "1:2");
-        assert_eq!(head.headers.get_all("x-a").count(), 2);
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
     }
 }

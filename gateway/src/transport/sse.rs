@@ -17,20 +17,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::http::header::HeaderMap;
-use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
-use futures_util::future::OptionFuture;
-use futures_util::{FutureExt, Stream};
+use futures_util::{Stream, StreamExt};
+use http::Response;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use shared::{ChannelName, Cursor, Position};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
-use crate::front::head::RequestHead;
-use crate::front::pump::{Pump, pump};
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, StartError};
 use crate::metrics::Metrics;
+use crate::response::Body;
 use crate::state::{AppState, ConnectionGuard};
 
 /// A validated SSE request.
@@ -101,70 +101,39 @@ pub fn parse_request(
 
 /// The headers of every SSE response, whichever path serves it: the type, no caching, and no
 /// buffering by nginx (which would hold events back).
-const STREAM_HEADERS: [(&str, &str); 3] = [
+pub const STREAM_HEADERS: [(&str, &str); 3] = [
     ("content-type", "text/event-stream"),
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
 ];
 
-/// The `GET /sse` handler, for a stream requested on a connection actix already serves (a
-/// keep-alive connection's later request); first requests are served by [`serve_raw`].
-pub async fn handler(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let body = open(&state, req.query_string(), req.headers()).await?;
-    let mut response = HttpResponse::Ok();
-    for header in STREAM_HEADERS {
-        response.insert_header(header);
-    }
-    Ok(response.streaming(body))
-}
-
-/// Serves a stream whose request the front door read from the raw socket. The body is
-/// delimited by closing the connection (an SSE stream has no natural end), so no chunked
-/// framing is written around each event.
-pub fn serve_raw(
-    state: AppState,
-    head: RequestHead,
-    stream: tokio::net::TcpStream,
-) -> impl Future<Output = ()> {
-    // The setup is a large future, boxed and freed once done; after it, the connection's state
-    // is the pump alone (an async fn would keep room for both side by side).
-    Box::pin(start_raw(state, head, stream))
-        .then(OptionFuture::from)
-        .map(drop)
-}
-
-/// Everything before streaming: the response head and the body, or the error already written.
-async fn start_raw(
-    state: AppState,
-    head: RequestHead,
-    stream: tokio::net::TcpStream,
-) -> Option<Pump<SseStream>> {
-    let cors = crate::front::cors_headers(&head.headers, &state.settings.cors.allow_origins);
-    let body = match open(&state, &head.query, &head.headers).await {
-        Ok(body) => body,
-        Err(e) => {
-            crate::front::refuse(&stream, &e, &cors).await;
-            return None;
+/// The `GET /sse` handler for requests hyper serves (HTTP/1.1 keep-alive, HTTP/2, TLS): the
+/// stream [`open`] starts, as a streaming body, or the refusal.
+pub async fn respond(state: &AppState, query: &str, headers: &HeaderMap) -> Response<Body> {
+    match open(state, query, headers).await {
+        Ok(stream) => {
+            let body = StreamBody::new(stream.map(|chunk| chunk.map(Frame::data)));
+            let mut res = Response::new(body.boxed_unsync());
+            let headers = res.headers_mut();
+            for (name, value) in STREAM_HEADERS {
+                headers.insert(
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                );
+            }
+            res
         }
-    };
-    let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
-    for (name, value) in STREAM_HEADERS {
-        response.push_str(name);
-        response.push_str(": ");
-        response.push_str(value);
-        response.push_str("\r\n");
+        Err(e) => e.into_response(),
     }
-    response.push_str(&cors);
-    response.push_str("\r\n");
-    Some(pump(stream, Bytes::from(response), body))
 }
 
 /// Validates, authorizes and admits a stream, attaches its channels and starts their resume:
 /// everything before the first byte of the response, so each failure is a proper HTTP error.
-async fn open(state: &AppState, query: &str, headers: &HeaderMap) -> Result<SseStream, ApiError> {
+pub async fn open(
+    state: &AppState,
+    query: &str,
+    headers: &HeaderMap,
+) -> Result<SseStream, ApiError> {
     let metrics = &state.metrics;
     let request =
         parse_request(query, headers, state.settings.limits.max_channels).inspect_err(|e| {
@@ -176,7 +145,7 @@ async fn open(state: &AppState, query: &str, headers: &HeaderMap) -> Result<SseS
     let grant = state.auth.authenticate(headers, query)?;
     if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
         return Err(ApiError::new(
-            actix_web::http::StatusCode::FORBIDDEN,
+            http::StatusCode::FORBIDDEN,
             "forbidden",
             format!("the token does not allow channel {denied}"),
         ));
@@ -257,7 +226,7 @@ fn spawn_resume(
 ) {
     let hub = state.hub.clone();
     let metrics = state.metrics.clone();
-    actix_web::rt::spawn(async move {
+    actix_rt::spawn(async move {
         let joins = members
             .iter()
             .zip(&starts)
@@ -295,7 +264,7 @@ struct SseParts {
 }
 
 /// The response body: drains the queue into SSE frames, with heartbeats when idle.
-struct SseStream {
+pub struct SseStream {
     queue: Arc<Queue>,
     members: Arc<[Membership]>,
     positions: Vec<Position>,
@@ -349,7 +318,7 @@ impl SseStream {
     }
 
     /// The next chunk of the drained batch. A single-channel event is its shared, already
-    /// encoded frame (no copy here; actix copies it once into its write buffer, and drains
+    /// encoded frame (no copy here; the raw pump writes it as is, and drains
     /// every ready chunk into one write).
     fn next_chunk(&mut self) -> Option<Bytes> {
         let multi = self.positions.len() > 1;
@@ -482,7 +451,6 @@ impl Drop for SseStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::{HeaderName, HeaderValue};
 
     fn parse(query: &str, last_event_id: Option<&str>) -> Result<SseRequest, ApiError> {
         let mut headers = HeaderMap::new();

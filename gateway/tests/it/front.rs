@@ -102,7 +102,7 @@ async fn a_head_arriving_in_pieces_is_still_served() {
 /// Behind a proxy with upstream keep-alive (nginx `keepalive`), a stream can be the second
 /// request of a connection; actix serves it then, and it must work the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_on_a_reused_keep_alive_connection_are_served_by_actix() {
+async fn streams_on_a_reused_keep_alive_connection_are_served_by_hyper() {
     let gw = Gateway::spawn(&[]);
 
     let mut s = after_one_request(gw.addr).await;
@@ -118,7 +118,7 @@ async fn streams_on_a_reused_keep_alive_connection_are_served_by_actix() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(
         head.contains("transfer-encoding: chunked"),
-        "served by actix: {head}"
+        "served by hyper, chunked: {head}"
     );
     publish(&gw.url(""), "reused", "via actix").await;
     read_until(&mut s, &mut buf, "the event", |t| {

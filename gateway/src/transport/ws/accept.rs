@@ -1,167 +1,135 @@
-//! Accepting a WebSocket: the origin, token and capacity checks and the RFC 6455 upgrade, on
-//! actix (a keep-alive connection's later request) or on the raw socket the front door hands
-//! over; both then run the same session.
+//! Accepting a WebSocket: the origin, handshake, token and capacity checks on the upgrade
+//! request, the 101 answer, and once hyper hands the socket back, the session (or the 4500
+//! close of a request whose token was refused).
 
-use actix_web::http::header::{HOST, HeaderMap, ORIGIN, SEC_WEBSOCKET_KEY};
-use actix_web::http::{Method, StatusCode};
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{CloseCode, CloseReason as WsClose};
-use futures_util::FutureExt;
-use futures_util::future::OptionFuture;
+use bytes::BytesMut;
+use http::header::{
+    CONNECTION, HOST, HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use shared::ws::close;
-use tokio::net::TcpStream;
 
-use super::io::{MessageStream, RawReader, RawWriter, Session};
+use super::io::{MessageStream, ReadIo, Session, WriteIo};
 use super::{Running, close_with};
+use crate::auth::Grant;
 use crate::error::ApiError;
-use crate::front::head::RequestHead;
-use crate::state::AppState;
+use crate::response::{self, Body};
+use crate::state::{AppState, ConnectionGuard};
 
-/// The `GET /ws` handler: checks origin, token and capacity before upgrading.
-pub async fn handler(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let metrics = &state.metrics;
-    check_origin(req.headers(), &state)?;
-    let grant = match state.auth.authenticate(req.headers(), req.query_string()) {
-        Ok(grant) => grant,
-        // Browsers cannot read the status of a refused upgrade (they only see 1006 and would
-        // retry forever), so an auth failure is told with close code 4500 after the upgrade.
-        Err(e) => {
-            metrics.rejected.with_label_values(&["unauthorized"]).inc();
-            let (response, session, _stream) = actix_ws::handle(&req, body)
-                .map_err(|e| ApiError::bad_request("not_websocket", e.to_string()))?;
-            let reason = unauthorized_reason(&e);
-            actix_web::rt::spawn(async move {
-                let close = WsClose {
-                    code: CloseCode::from(close::UNAUTHORIZED),
-                    description: Some(reason),
-                };
-                let _ = session.close(Some(close)).await;
-            });
-            return Ok(response);
-        }
-    };
-    let guard = state.limiter.admit(metrics, "ws")?;
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request("not_websocket", e.to_string()))?;
-    let limit = state.settings.ws.max_message_bytes;
-    let stream = stream
-        .max_frame_size(limit)
-        .aggregate_continuations()
-        .max_continuation_size(limit);
-    let connection = Running::new(state.get_ref().clone(), grant, guard);
-    actix_web::rt::spawn(connection.run(
-        Session::Actix(session),
-        MessageStream::Actix(Box::new(stream)),
-    ));
-    Ok(response)
+/// An accepted upgrade: the 101 is on its way, the socket comes when hyper hands it over.
+pub struct Upgrade {
+    /// Resolves to the upgraded connection.
+    pub on_upgrade: OnUpgrade,
+    /// What to run on it.
+    pub accepted: Accepted,
 }
 
-/// Serves a WebSocket whose upgrade request the front door read from the raw socket: the same
-/// checks and outcomes as [`handler`], then the session on the socket itself, so an idle
-/// connection holds no HTTP dispatcher or buffers. Completes when the connection ends.
-pub fn serve_raw(
+/// What runs on an upgraded socket.
+pub struct Accepted {
     state: AppState,
-    head: RequestHead,
-    stream: TcpStream,
-) -> impl Future<Output = ()> {
-    // The handshake runs boxed and is freed when done, and the session future then takes its
-    // place: written as an `async` block, the head, the socket and the admitted parts would
-    // each keep a slot in the task for the connection's whole life.
-    // The session is awaited, not spawned: the front door's task lives as long as the
-    // connection, so graceful shutdown waits for it.
-    Box::pin(admit(state, head, stream))
-        .then(|admitted| OptionFuture::from(admitted.map(|(c, s, m)| c.run(s, m))))
-        .map(|_: Option<()>| ())
+    admitted: Result<(Grant, ConnectionGuard), String>,
 }
 
-/// The checks of [`handler`] and the upgrade, on a raw socket; `None` when the connection was
-/// refused (and answered).
-async fn admit(
-    state: AppState,
-    head: RequestHead,
-    stream: TcpStream,
-) -> Option<(Running, Session, MessageStream)> {
-    let metrics = &state.metrics;
-    let RequestHead {
-        query,
-        headers,
-        rest,
-        ..
-    } = head;
-    let pending = bytes::BytesMut::from(rest);
-    if let Err(e) = check_origin(&headers, &state) {
-        crate::front::refuse(&stream, &e, "").await;
-        return None;
-    }
-    let limit = state.settings.ws.max_message_bytes;
-    let grant = match state.auth.authenticate(&headers, &query) {
-        Ok(grant) => grant,
-        // As in `handler`: upgrade, then tell with close code 4500.
-        Err(e) => {
-            metrics.rejected.with_label_values(&["unauthorized"]).inc();
-            if !upgrade(&stream, headers).await {
-                return None;
+impl Accepted {
+    /// Runs the session on the upgraded socket (`pending`: bytes the client sent after the
+    /// upgrade request, decoded first), or closes with 4500 when the token was refused.
+    pub async fn run(self, read: ReadIo, write: WriteIo, pending: BytesMut) {
+        let limit = self.state.settings.ws.max_message_bytes;
+        let mut stream = MessageStream::with_pending(read, limit, pending);
+        let session = Session::new(write);
+        match self.admitted {
+            Ok((grant, guard)) => {
+                Running::new(self.state, grant, guard)
+                    .run(session, stream)
+                    .await
             }
-            let (read, write) = stream.into_split();
-            let mut reader = MessageStream::Raw(RawReader::with_pending(read, limit, pending));
-            let session = Session::Raw(RawWriter::new(write));
-            close_with(
-                session,
-                &mut reader,
-                close::UNAUTHORIZED,
-                unauthorized_reason(&e),
-            )
-            .await;
-            return None;
+            Err(reason) => close_with(session, &mut stream, close::UNAUTHORIZED, reason).await,
         }
-    };
-    let guard = match state.limiter.admit(metrics, "ws") {
-        Ok(guard) => guard,
-        Err(e) => {
-            crate::front::refuse(&stream, &e, "").await;
-            return None;
-        }
-    };
-    if !upgrade(&stream, headers).await {
-        return None;
     }
-    let (read, write) = stream.into_split();
-    Some((
-        Running::new(state, grant, guard),
-        Session::Raw(RawWriter::new(write)),
-        MessageStream::Raw(RawReader::with_pending(read, limit, pending)),
-    ))
 }
 
-/// Validates an RFC 6455 upgrade as `actix_ws::handle` does and answers 101, or 400
-/// `not_websocket`; `false` when the connection is done.
-async fn upgrade(stream: &TcpStream, headers: HeaderMap) -> bool {
-    let mut req = actix_http::RequestHead::default();
-    req.method = Method::GET;
-    req.headers = headers;
-    let accept = actix_http::ws::verify_handshake(&req).and_then(|()| {
-        req.headers
-            .get(SEC_WEBSOCKET_KEY)
-            .map(|key| actix_http::ws::hash_key(key.as_bytes()))
-            .ok_or(actix_http::ws::HandshakeError::BadWebsocketKey)
-    });
-    drop(req);
-    let response = match &accept {
-        Ok(accept) => {
-            // Base64, so always ASCII.
-            let accept = std::str::from_utf8(accept).unwrap_or_default();
-            format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
-            )
-            .into_bytes()
+/// The `GET /ws` handler: origin, handshake, token and capacity, then 101 and the upgrade to
+/// run; or the refusal, as an HTTP error.
+pub fn respond(state: &AppState, req: &mut Request<Incoming>) -> (Response<Body>, Option<Upgrade>) {
+    match admit(state, req) {
+        Ok((accept, accepted)) => {
+            let upgrade = Upgrade {
+                on_upgrade: hyper::upgrade::on(req),
+                accepted,
+            };
+            let mut res = Response::new(response::full(""));
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = res.headers_mut();
+            headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+            (res, Some(upgrade))
         }
-        Err(e) => ApiError::bad_request("not_websocket", e.to_string()).to_http1(""),
+        Err(e) => (e.into_response(), None),
+    }
+}
+
+/// The checks, in order: the origin (403), the handshake (400), the token (refused after the
+/// upgrade with close code 4500: browsers cannot read the status of a refused upgrade, they only
+/// see 1006 and would retry forever), the connection limit (503).
+fn admit(state: &AppState, req: &Request<Incoming>) -> Result<(HeaderValue, Accepted), ApiError> {
+    let headers = req.headers();
+    check_origin(headers, state)?;
+    let accept = handshake(headers)?;
+    let query = req.uri().query().unwrap_or("");
+    let admitted = match state.auth.authenticate(headers, query) {
+        Ok(grant) => Ok((grant, state.limiter.admit(&state.metrics, "ws")?)),
+        Err(e) => {
+            state
+                .metrics
+                .rejected
+                .with_label_values(&["unauthorized"])
+                .inc();
+            Err(unauthorized_reason(&e))
+        }
     };
-    crate::front::write_all(stream, &response).await.is_ok() && accept.is_ok()
+    let accepted = Accepted {
+        state: state.clone(),
+        admitted,
+    };
+    Ok((accept, accepted))
+}
+
+/// Whether a header lists `token` among its comma-separated values (case-insensitively).
+fn lists(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Validates an RFC 6455 opening handshake (§4.2.1) and computes `Sec-WebSocket-Accept`.
+fn handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
+    let refuse = |what: &str| ApiError::bad_request("not_websocket", what.to_owned());
+    if !lists(headers, UPGRADE, "websocket") {
+        return Err(refuse("a WebSocket upgrade needs Upgrade: websocket"));
+    }
+    if !lists(headers, CONNECTION, "upgrade") || lists(headers, CONNECTION, "close") {
+        return Err(refuse("a WebSocket upgrade needs Connection: Upgrade"));
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(refuse("only WebSocket version 13 is supported"));
+    }
+    let key = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| refuse("Sec-WebSocket-Key is missing"))?;
+    let accept = actix_http::ws::hash_key(key.as_bytes());
+    // Base64, so always a valid header value.
+    HeaderValue::from_bytes(&accept).map_err(|_| refuse("Sec-WebSocket-Key is not valid"))
 }
 
 /// The reason of the 4500 close both paths send after upgrading a request with a bad token,
@@ -240,39 +208,19 @@ mod tests {
         ));
     }
 
-    /// What `upgrade` answers to these request headers.
-    async fn upgrade_reply(headers: &[(&str, &str)]) -> (bool, String) {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+    fn handshake_of(headers: &[(&str, &str)]) -> Result<String, ApiError> {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
-            map.append(name.parse().unwrap(), value.parse().unwrap());
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
         }
-        let upgraded = upgrade(&server, map).await;
-        drop(server);
-        let mut reply = String::new();
-        client.read_to_string(&mut reply).await.unwrap();
-        (upgraded, reply)
+        handshake(&map).map(|v| v.to_str().unwrap().to_owned())
     }
 
-    /// A tripwire for per-connection memory: the whole state of a raw WebSocket connection's
-    /// task, bar heap allocations, is this future (it was 1.8 KiB before the handshake moved out
-    /// of it). Raise the bound only knowingly.
     #[test]
-    fn the_raw_session_future_stays_small() {
-        fn size_of_output<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
-            std::mem::size_of::<F>()
-        }
-        let size = size_of_output::<AppState, RequestHead, TcpStream, _>(serve_raw);
-        assert!(size <= 1280, "serve_raw's future is {size} bytes");
-    }
-
-    #[tokio::test]
-    async fn raw_upgrades_are_checked_like_actix_ws() {
+    fn handshakes_are_checked_as_rfc_6455_says() {
         let valid = [
             ("upgrade", "WebSocket"),
             ("connection", "keep-alive, Upgrade"),
@@ -280,15 +228,10 @@ mod tests {
             // The example of RFC 6455 §1.3.
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ];
-        let (upgraded, reply) = upgrade_reply(&valid).await;
-        assert!(upgraded);
-        assert!(
-            reply.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
-            "{reply}"
+        assert_eq!(
+            handshake_of(&valid).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
-        assert!(reply.contains("\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
-        assert!(reply.ends_with("\r\n\r\n"));
-
         for broken in 0..valid.len() {
             let headers: Vec<_> = valid
                 .iter()
@@ -296,16 +239,13 @@ mod tests {
                 .filter(|(i, _)| *i != broken)
                 .map(|(_, h)| *h)
                 .collect();
-            let (upgraded, reply) = upgrade_reply(&headers).await;
-            assert!(!upgraded);
-            assert!(reply.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{reply}");
-            assert!(reply.contains(r#""error":"not_websocket""#), "{reply}");
+            assert_eq!(handshake_of(&headers).unwrap_err().code(), "not_websocket");
         }
         let mut old = valid;
         old[2].1 = "8";
-        assert!(!upgrade_reply(&old).await.0, "only version 13");
+        assert!(handshake_of(&old).is_err(), "only version 13");
         let mut closing = valid;
         closing[1].1 = "upgrade, close";
-        assert!(!upgrade_reply(&closing).await.0);
+        assert!(handshake_of(&closing).is_err());
     }
 }

@@ -1,23 +1,19 @@
-//! WebSocket I/O for the two ways a connection reaches the session loop in `ws`: through
-//! actix-ws (an upgrade on a keep-alive connection actix already serves) or on the raw socket
-//! the front door hands over.
+//! WebSocket I/O on a socket hyper handed back after the upgrade (plain TCP or TLS).
 //!
-//! The raw side is the one most connections use, so it is built to cost nothing while idle: the
-//! reader waits for readiness without a buffer and reads through a stack array, the writer keeps
-//! its output only until it is written, and both release their allocations as soon as they are
-//! empty. Frames are parsed and written with actix-http's [`Parser`], so both paths speak the
-//! same protocol with the same limits.
+//! Built to cost nothing while idle: the reader waits for bytes without a buffer and reads
+//! through a stack array, the writer keeps its output only until it is written, and both release
+//! their allocations as soon as they are empty. Frames are parsed and written with actix-http's
+//! [`Parser`]; a frame's length is checked from its header before any payload is kept.
 
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use actix_http::ws::{CloseReason, OpCode, Parser, ProtocolError};
-use actix_ws::{AggregatedMessage, Closed};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// RFC 6455 §5.5: control frame payloads are at most 125 bytes.
 const MAX_CONTROL_PAYLOAD: usize = 125;
@@ -29,108 +25,33 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Bytes read per read call, through a stack array.
 const READ_CHUNK: usize = 4096;
 
-/// The writing half of a WebSocket, whichever way it arrived.
-pub enum Session {
-    /// An upgrade actix served.
-    Actix(actix_ws::Session),
-    /// A socket the front door handed over.
-    Raw(RawWriter),
+/// The socket's reading half, whatever the transport underneath (TCP, TLS).
+pub type ReadIo = Box<dyn AsyncRead + Unpin>;
+/// The socket's writing half.
+pub type WriteIo = Box<dyn AsyncWrite + Unpin>;
+
+/// The connection is gone: nothing more can be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+/// One complete message from the client (fragments joined).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A text message (valid UTF-8).
+    Text(ByteString),
+    /// A binary message.
+    Binary(Bytes),
+    /// A ping, to be answered with its payload.
+    Ping(Bytes),
+    /// A pong.
+    Pong(Bytes),
+    /// The client's close frame.
+    Close(Option<CloseReason>),
 }
 
-impl Session {
-    /// Queues a text frame: buffered on a raw socket (written by [`Session::flush`], or once
-    /// enough is buffered), sent at once through actix.
-    pub async fn feed_text(&mut self, text: ByteString) -> Result<(), Closed> {
-        match self {
-            Self::Actix(s) => s.text(text).await,
-            Self::Raw(w) => w.feed(text.as_bytes(), OpCode::Text).await,
-        }
-    }
-
-    /// Queues a binary frame, like [`Session::feed_text`].
-    pub async fn feed_binary(&mut self, bytes: Bytes) -> Result<(), Closed> {
-        match self {
-            Self::Actix(s) => s.binary(bytes).await,
-            Self::Raw(w) => w.feed(&bytes, OpCode::Binary).await,
-        }
-    }
-
-    /// Writes whatever was fed, so a batch of frames becomes one write on a raw socket.
-    pub async fn flush(&mut self) -> Result<(), Closed> {
-        match self {
-            Self::Actix(_) => Ok(()),
-            Self::Raw(w) => w.flush().await.map_err(|_| Closed),
-        }
-    }
-
-    /// Sends one text frame now.
-    pub async fn text(&mut self, text: ByteString) -> Result<(), Closed> {
-        self.feed_text(text).await?;
-        self.flush().await
-    }
-
-    /// Sends one binary frame now.
-    pub async fn binary(&mut self, bytes: Bytes) -> Result<(), Closed> {
-        self.feed_binary(bytes).await?;
-        self.flush().await
-    }
-
-    /// Pings the client (heartbeat); payloads beyond 125 bytes are cut.
-    pub async fn ping(&mut self, payload: &[u8]) -> Result<(), Closed> {
-        match self {
-            Self::Actix(s) => s.ping(payload).await,
-            Self::Raw(w) => w.control(payload, OpCode::Ping).await,
-        }
-    }
-
-    /// Answers a client's ping; payloads beyond 125 bytes are cut.
-    pub async fn pong(&mut self, payload: &[u8]) -> Result<(), Closed> {
-        match self {
-            Self::Actix(s) => s.pong(payload).await,
-            Self::Raw(w) => w.control(payload, OpCode::Pong).await,
-        }
-    }
-
-    /// Sends a close frame and ends the writing side; reasons beyond 123 bytes are cut.
-    pub async fn close(self, reason: Option<CloseReason>) -> Result<(), Closed> {
-        match self {
-            Self::Actix(s) => s.close(reason).await,
-            Self::Raw(w) => w.close(reason).await.map_err(|_| Closed),
-        }
-    }
-}
-
-/// The reading half of a WebSocket, whichever way it arrived.
-pub enum MessageStream {
-    /// An upgrade actix served (boxed: the raw variant is the common one and must stay small).
-    Actix(Box<actix_ws::AggregatedMessageStream>),
-    /// A socket the front door handed over.
-    Raw(RawReader),
-}
-
-impl MessageStream {
-    /// The next complete message; `None` once the client is gone. Cancel-safe: dropping the
-    /// future loses nothing, so it can sit in a `select!`.
-    pub async fn recv(&mut self) -> Option<Result<AggregatedMessage, ProtocolError>> {
-        match self {
-            Self::Actix(s) => s.recv().await,
-            Self::Raw(r) => r.recv().await,
-        }
-    }
-
-    /// After our close frame: reads and drops whatever the client still sends until it closes,
-    /// so closing the socket with unread input does not reset the connection (which can destroy
-    /// the close frame before the client reads it). The caller bounds the wait.
-    pub async fn linger(&mut self) {
-        if let Self::Raw(r) = self {
-            r.linger().await;
-        }
-    }
-}
-
-/// Writes frames to a raw socket, buffering a batch into one write.
-pub struct RawWriter {
-    io: OwnedWriteHalf,
+/// The writing half of a WebSocket: frames buffered into one write per batch.
+pub struct Session {
+    io: WriteIo,
     /// Frames not yet completely written; starts at a frame boundary.
     out: BytesMut,
     /// How much of `out` is already written.
@@ -139,9 +60,9 @@ pub struct RawWriter {
     stalled: bool,
 }
 
-impl RawWriter {
+impl Session {
     /// Wraps the write half of an upgraded socket.
-    pub fn new(io: OwnedWriteHalf) -> Self {
+    pub fn new(io: WriteIo) -> Self {
         Self {
             io,
             out: BytesMut::new(),
@@ -150,10 +71,40 @@ impl RawWriter {
         }
     }
 
+    /// Queues a text frame, written by [`Session::flush`] (or once enough is buffered).
+    pub async fn feed_text(&mut self, text: ByteString) -> Result<(), Closed> {
+        self.feed(text.as_bytes(), OpCode::Text).await
+    }
+
+    /// Queues a binary frame, like [`Session::feed_text`].
+    pub async fn feed_binary(&mut self, bytes: Bytes) -> Result<(), Closed> {
+        self.feed(&bytes, OpCode::Binary).await
+    }
+
+    /// Writes whatever was fed, so a batch of frames becomes one write.
+    pub async fn flush(&mut self) -> Result<(), Closed> {
+        self.write_out().await.map_err(|_| Closed)
+    }
+
+    /// Pings the client (heartbeat); payloads beyond 125 bytes are cut.
+    pub async fn ping(&mut self, payload: &[u8]) -> Result<(), Closed> {
+        self.control(payload, OpCode::Ping).await
+    }
+
+    /// Answers a client's ping; payloads beyond 125 bytes are cut.
+    pub async fn pong(&mut self, payload: &[u8]) -> Result<(), Closed> {
+        self.control(payload, OpCode::Pong).await
+    }
+
+    /// Sends a close frame and ends the writing side; reasons beyond 123 bytes are cut.
+    pub async fn close(self, reason: Option<CloseReason>) -> Result<(), Closed> {
+        self.finish(reason).await.map_err(|_| Closed)
+    }
+
     async fn feed(&mut self, payload: &[u8], op: OpCode) -> Result<(), Closed> {
         Parser::write_message(&mut self.out, payload, op, true, false);
         if self.out.len() >= FLUSH_AT {
-            self.flush().await.map_err(|_| Closed)?;
+            self.write_out().await.map_err(|_| Closed)?;
         }
         Ok(())
     }
@@ -161,25 +112,24 @@ impl RawWriter {
     async fn control(&mut self, payload: &[u8], op: OpCode) -> Result<(), Closed> {
         let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
         Parser::write_message(&mut self.out, payload, op, true, false);
-        self.flush().await.map_err(|_| Closed)
+        self.write_out().await.map_err(|_| Closed)
     }
 
     /// Writes everything buffered, then frees the buffer: an idle connection holds none.
     /// Cancel-safe: progress is recorded after every write.
-    async fn flush(&mut self) -> io::Result<()> {
+    async fn write_out(&mut self) -> io::Result<()> {
         self.stalled = true;
-        poll_fn(|cx| self.poll_flush(cx)).await
+        poll_fn(|cx| self.poll_write_out(cx)).await?;
+        // A TLS stream holds written records until flushed; TCP has nothing to flush.
+        poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx)).await
     }
 
-    /// Readiness is polled rather than awaited through `writable()`, whose future would add
-    /// a few hundred bytes to the session task.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Polled, not awaited through a future that would add to the session task's size.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.out.len() {
-            ready!(self.io.as_ref().poll_write_ready(cx))?;
-            match self.io.try_write(&self.out[self.written..]) {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..])) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => self.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -205,7 +155,7 @@ impl RawWriter {
         self.out.truncate(boundary);
     }
 
-    async fn close(mut self, reason: Option<CloseReason>) -> io::Result<()> {
+    async fn finish(mut self, reason: Option<CloseReason>) -> io::Result<()> {
         self.discard_unsent();
         let reason = reason.map(|mut r| {
             if let Some(text) = r.description.as_mut() {
@@ -214,7 +164,7 @@ impl RawWriter {
             r
         });
         Parser::write_close(&mut self.out, reason, false);
-        self.flush().await?;
+        self.write_out().await?;
         self.io.shutdown().await
     }
 }
@@ -252,9 +202,9 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
     header.checked_add(usize::try_from(payload).ok()?)
 }
 
-/// Reads frames from a raw socket and aggregates fragmented messages.
-pub struct RawReader {
-    io: OwnedReadHalf,
+/// The reading half of a WebSocket: frames decoded and fragmented messages joined.
+pub struct MessageStream {
+    io: ReadIo,
     /// Bytes read but not yet decoded; unallocated while idle.
     buf: BytesMut,
     /// The largest frame, and the largest aggregated message.
@@ -271,16 +221,16 @@ enum Kind {
     Binary,
 }
 
-impl RawReader {
+impl MessageStream {
     /// Wraps the read half of an upgraded socket; `max` bounds frames and messages (bigger
     /// ones are [`ProtocolError::Overflow`]).
-    pub fn new(io: OwnedReadHalf, max: usize) -> Self {
+    pub fn new(io: ReadIo, max: usize) -> Self {
         Self::with_pending(io, max, BytesMut::new())
     }
 
-    /// Like [`RawReader::new`], for a socket whose first bytes were already read with the
+    /// Like [`MessageStream::new`], for a socket whose first bytes were already read with the
     /// upgrade request (a client may send frames in the same packet): they are decoded first.
-    pub fn with_pending(io: OwnedReadHalf, max: usize, pending: BytesMut) -> Self {
+    pub fn with_pending(io: ReadIo, max: usize, pending: BytesMut) -> Self {
         Self {
             io,
             buf: pending,
@@ -290,17 +240,15 @@ impl RawReader {
         }
     }
 
-    async fn recv(&mut self) -> Option<Result<AggregatedMessage, ProtocolError>> {
+    /// The next complete message; `None` once the client is gone. Cancel-safe: dropping the
+    /// future loses nothing, so it can sit in a `select!`.
+    pub async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Readiness is polled rather than awaited through `readable()`: that future would sit in
-    /// every idle connection's task (a few hundred bytes), this costs nothing while waiting. All
-    /// state is in `self`, so a cancelled wait loses nothing.
-    fn poll_recv(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<AggregatedMessage, ProtocolError>>> {
+    /// Polled, not awaited through a future that would sit in every idle connection's task.
+    /// All state is in `self`, so a cancelled wait loses nothing.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, ProtocolError>>> {
         loop {
             let decoded = self.decode();
             if self.buf.is_empty() {
@@ -311,21 +259,15 @@ impl RawReader {
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Some(Err(e))),
             }
-            if ready!(self.io.as_ref().poll_read_ready(cx)).is_err() {
-                return Poll::Ready(None);
-            }
-            match fill(&self.io, &mut self.buf) {
-                Ok(0) => return Poll::Ready(None),
+            match ready!(fill(&mut self.io, cx, &mut self.buf)) {
+                Ok(0) | Err(_) => return Poll::Ready(None),
                 Ok(_) => {}
-                // Readiness is cleared; the next poll registers for the next wake-up.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return Poll::Ready(None),
             }
         }
     }
 
     /// The next complete message among the bytes read so far.
-    fn decode(&mut self) -> Result<Option<AggregatedMessage>, ProtocolError> {
+    fn decode(&mut self) -> Result<Option<Message>, ProtocolError> {
         loop {
             let Some((fin, op, payload)) = Parser::parse(&mut self.buf, true, self.max)? else {
                 // Refuse an oversized frame by its header, before buffering its payload.
@@ -365,11 +307,11 @@ impl RawReader {
                 OpCode::Ping | OpCode::Pong | OpCode::Close if !fin => {
                     return Err(ProtocolError::ContinuationFragment(op));
                 }
-                OpCode::Ping => return Ok(Some(AggregatedMessage::Ping(payload))),
-                OpCode::Pong => return Ok(Some(AggregatedMessage::Pong(payload))),
+                OpCode::Ping => return Ok(Some(Message::Ping(payload))),
+                OpCode::Pong => return Ok(Some(Message::Pong(payload))),
                 OpCode::Close => {
                     let reason = Parser::try_parse_close_payload(&payload)?;
-                    return Ok(Some(AggregatedMessage::Close(reason)));
+                    return Ok(Some(Message::Close(reason)));
                 }
                 OpCode::Bad => return Err(ProtocolError::BadOpCode),
             }
@@ -386,45 +328,47 @@ impl RawReader {
         Ok(())
     }
 
-    async fn linger(&mut self) {
+    /// After our close frame: reads and drops whatever the client still sends until it closes,
+    /// so closing the socket with unread input does not reset the connection (which can destroy
+    /// the close frame before the client reads it). The caller bounds the wait.
+    pub async fn linger(&mut self) {
         self.buf = BytesMut::new();
         self.partial = BytesMut::new();
         loop {
-            if self.io.readable().await.is_err() {
-                return;
-            }
-            match discard(&self.io) {
-                Ok(0) => return,
+            match poll_fn(|cx| discard(&mut self.io, cx)).await {
+                Ok(0) | Err(_) => return,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
             }
         }
     }
 }
 
-fn message(kind: Kind, payload: Bytes) -> Result<AggregatedMessage, ProtocolError> {
+fn message(kind: Kind, payload: Bytes) -> Result<Message, ProtocolError> {
     match kind {
-        Kind::Binary => Ok(AggregatedMessage::Binary(payload)),
+        Kind::Binary => Ok(Message::Binary(payload)),
         Kind::Text => ByteString::try_from(payload)
-            .map(AggregatedMessage::Text)
+            .map(Message::Text)
             .map_err(|e| ProtocolError::Io(io::Error::new(io::ErrorKind::InvalidData, e))),
     }
 }
 
-/// One non-blocking read appended to `buf`, through a stack array so nothing is allocated
-/// unless bytes arrived.
-fn fill(io: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+/// One read appended to `buf`, through a stack array so nothing is allocated unless bytes
+/// arrived; `Ok(0)` at the end of the stream.
+fn fill(io: &mut ReadIo, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
     let mut chunk = [0u8; READ_CHUNK];
-    let n = io.try_read(&mut chunk)?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    let mut read = ReadBuf::new(&mut chunk);
+    ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(n))
 }
 
-/// One non-blocking read whose bytes are dropped.
-fn discard(io: &OwnedReadHalf) -> io::Result<usize> {
+/// One read whose bytes are dropped.
+fn discard(io: &mut ReadIo, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
     let mut chunk = [0u8; READ_CHUNK];
-    io.try_read(&mut chunk)
+    let mut read = ReadBuf::new(&mut chunk);
+    ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    Poll::Ready(Ok(read.filled().len()))
 }
 
 #[cfg(test)]
@@ -447,10 +391,14 @@ mod tests {
         (accepted.unwrap().0, client.unwrap())
     }
 
-    async fn raw() -> (RawReader, RawWriter, TcpStream) {
+    async fn raw() -> (MessageStream, Session, TcpStream) {
         let (server, client) = pair().await;
         let (r, w) = server.into_split();
-        (RawReader::new(r, MAX), RawWriter::new(w), client)
+        (
+            MessageStream::new(Box::new(r), MAX),
+            Session::new(Box::new(w)),
+            client,
+        )
     }
 
     /// A masked client frame.
@@ -460,7 +408,7 @@ mod tests {
         buf.to_vec()
     }
 
-    async fn recv(reader: &mut RawReader) -> Result<AggregatedMessage, ProtocolError> {
+    async fn recv(reader: &mut MessageStream) -> Result<Message, ProtocolError> {
         tokio::time::timeout(Duration::from_secs(5), reader.recv())
             .await
             .expect("recv timed out")
@@ -497,23 +445,23 @@ mod tests {
         client.write_all(&bytes).await.unwrap();
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Text("hello".into())
+            Message::Text("hello".into())
         );
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Binary(Bytes::from_static(&[0, 1, 2]))
+            Message::Binary(Bytes::from_static(&[0, 1, 2]))
         );
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Ping(Bytes::from_static(b"p"))
+            Message::Ping(Bytes::from_static(b"p"))
         );
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Pong(Bytes::from_static(b"q"))
+            Message::Pong(Bytes::from_static(b"q"))
         );
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Close(Some(CloseCode::Normal.into()))
+            Message::Close(Some(CloseCode::Normal.into()))
         );
         drop(client);
         assert!(reader.recv().await.is_none(), "EOF ends the stream");
@@ -537,15 +485,15 @@ mod tests {
         }
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Ping(Bytes::from_static(b"mid"))
+            Message::Ping(Bytes::from_static(b"mid"))
         );
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Text("héllo wörld".into())
+            Message::Text("héllo wörld".into())
         );
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Binary(Bytes::from_static(&[1, 2, 3]))
+            Message::Binary(Bytes::from_static(&[1, 2, 3]))
         );
     }
 
@@ -556,7 +504,7 @@ mod tests {
         let mut bytes = client_frame(OpCode::Text, false, &half);
         bytes.extend(client_frame(OpCode::Continue, true, &half));
         client.write_all(&bytes).await.unwrap();
-        let AggregatedMessage::Text(text) = recv(&mut reader).await.unwrap() else {
+        let Message::Text(text) = recv(&mut reader).await.unwrap() else {
             panic!("expected text");
         };
         assert_eq!(text.len(), MAX);
@@ -644,13 +592,13 @@ mod tests {
         client.write_all(&bytes).await.unwrap();
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Text("one".into())
+            Message::Text("one".into())
         );
         // The second frame arrived in the same read: still buffered.
         assert!(!reader.buf.is_empty());
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Text("two".into())
+            Message::Text("two".into())
         );
         assert_eq!(reader.buf.capacity(), 0);
         // A partial frame is kept; once completed, released again.
@@ -662,7 +610,7 @@ mod tests {
         client.write_all(&frame[4..]).await.unwrap();
         assert_eq!(
             recv(&mut reader).await.unwrap(),
-            AggregatedMessage::Text("three".into())
+            Message::Text("three".into())
         );
         assert_eq!(reader.buf.capacity(), 0);
         assert_eq!(reader.partial.capacity(), 0);
@@ -671,24 +619,20 @@ mod tests {
     #[tokio::test]
     async fn a_batch_is_one_write_and_the_buffer_is_released() {
         let (_reader, writer, mut client) = raw().await;
-        let mut session = Session::Raw(writer);
+        let mut session = writer;
         session.feed_text("a".into()).await.unwrap();
         session
             .feed_binary(Bytes::from_static(&[1, 2]))
             .await
             .unwrap();
         session.feed_text("c".into()).await.unwrap();
-        let Session::Raw(w) = &session else {
-            unreachable!()
-        };
+        let w = &session;
         assert!(
             !w.out.is_empty() && w.written == 0,
             "nothing written before flush"
         );
         session.flush().await.unwrap();
-        let Session::Raw(w) = &session else {
-            unreachable!()
-        };
+        let w = &session;
         assert_eq!(w.out.capacity(), 0);
         session.ping(&[7; 200]).await.unwrap();
         session.pong(b"pp").await.unwrap();
@@ -796,7 +740,7 @@ mod tests {
     #[tokio::test]
     async fn linger_reads_until_the_client_closes() {
         let (reader, _writer, mut client) = raw().await;
-        let mut stream = MessageStream::Raw(reader);
+        let mut stream = reader;
         client.write_all(&[0x81; 10_000]).await.unwrap();
         drop(client);
         tokio::time::timeout(Duration::from_secs(5), stream.linger())

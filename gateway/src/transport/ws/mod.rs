@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason as WsClose};
+use actix_http::ws::{CloseCode, CloseReason as WsClose, ProtocolError};
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde_json::Value;
@@ -32,8 +32,8 @@ use crate::state::{AppState, ConnectionGuard};
 mod accept;
 pub mod io;
 
-pub use accept::{handler, origin_allowed, serve_raw};
-use io::{MessageStream, Session};
+pub use accept::{Accepted, Upgrade, origin_allowed, respond};
+use io::{Closed, Message, MessageStream, Session};
 
 /// Error codes that count toward `ws.max_protocol_errors`.
 const COUNTED: &[&str] = &[
@@ -284,9 +284,9 @@ fn close_for(reason: CloseReason) -> End {
     }
 }
 
-fn protocol_error_close(e: &actix_ws::ProtocolError) -> (u16, &'static str) {
+fn protocol_error_close(e: &ProtocolError) -> (u16, &'static str) {
     match e {
-        actix_ws::ProtocolError::Overflow => (close::TOO_BIG, "message too big"),
+        ProtocolError::Overflow => (close::TOO_BIG, "message too big"),
         _ => (close::PROTOCOL, "protocol error"),
     }
 }
@@ -296,7 +296,7 @@ impl Connection {
     /// consumer.
     async fn timed(
         &self,
-        write: impl Future<Output = Result<(), actix_ws::Closed>>,
+        write: impl Future<Output = Result<(), Closed>>,
         timeout: Duration,
     ) -> Result<(), End> {
         match tokio::time::timeout(timeout, write).await {
@@ -478,12 +478,12 @@ impl Connection {
 
     async fn on_client(
         &mut self,
-        msg: AggregatedMessage,
+        msg: Message,
         session: &mut Session,
         timeout: Duration,
     ) -> Result<(), End> {
         match msg {
-            AggregatedMessage::Text(text) => {
+            Message::Text(text) => {
                 self.state.metrics.hot.ws_frames_in.inc();
                 let parsed = shared::ws::parse_client(&text);
                 if !self.take_token() {
@@ -504,7 +504,7 @@ impl Connection {
                     }
                 }
             }
-            AggregatedMessage::Binary(bytes) => {
+            Message::Binary(bytes) => {
                 self.state.metrics.hot.ws_frames_in.inc();
                 if !self.take_token() {
                     let req = match shared::ws::decode_binary(&bytes) {
@@ -520,9 +520,9 @@ impl Connection {
                 }
                 self.on_binary(&bytes, session, timeout).await
             }
-            AggregatedMessage::Ping(payload) => self.timed(session.pong(&payload), timeout).await,
-            AggregatedMessage::Pong(_) => Ok(()),
-            AggregatedMessage::Close(_) => Err(Some((close::NORMAL, "bye"))),
+            Message::Ping(payload) => self.timed(session.pong(&payload), timeout).await,
+            Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(Some((close::NORMAL, "bye"))),
         }
     }
 
@@ -731,7 +731,7 @@ impl Connection {
         };
         let slot = self.next_slot;
         self.next_slot += 1;
-        let task = actix_web::rt::spawn(resume(
+        let task = actix_rt::spawn(resume(
             self.state.clone(),
             self.queue.clone(),
             slot,
@@ -844,7 +844,7 @@ impl Connection {
         }
         let state = self.state.clone();
         let reports = self.reports.clone();
-        actix_web::rt::spawn(async move {
+        actix_rt::spawn(async move {
             let msg = match state.hub.engine().publish(request).await {
                 Ok(id) => {
                     state.metrics.published.with_label_values(&["ws"]).inc();

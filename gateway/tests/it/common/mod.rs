@@ -322,7 +322,7 @@ impl InProcess {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            actix_web::rt::System::new()
+            actix_rt::System::new()
                 .block_on(gateway::run(settings, listener, shutdown, options))
                 .expect("gateway run");
         });

@@ -1,0 +1,234 @@
+//! One accepted connection, from its first byte to its end: TLS if configured, then the raw SSE
+//! fast path or hyper (HTTP/1.1, HTTP/2), and after a WebSocket upgrade the session itself. The
+//! connection's task lives as long as the connection, so graceful shutdown waits for it.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::{LocalBoxFuture, OptionFuture};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::head::{self, Sniffed};
+use super::limits::{MAX_HEAD, MAX_HEADERS};
+use super::service::{Service, UpgradeSlot};
+use super::{Front, Prefixed, raw, write_all};
+
+/// Serves one accepted connection to its end.
+pub async fn serve(front: Rc<Front>, stream: TcpStream) {
+    tune_socket(&stream, front.user_timeout);
+    let peer = stream.peer_addr().ok();
+    if front.tls.is_some() {
+        return Box::pin(serve_tls(front, stream)).await;
+    }
+    let deadline = Instant::now() + front.request_timeout;
+    // Boxed, like every step after it: the connection's future is sized for its largest state
+    // and lives as long as the connection, so a large step that finishes early (reading the
+    // head, an HTTP connection before its upgrade) must not be stored inline.
+    let sniffed = Box::pin(head::sniff(&stream, peer, deadline)).await;
+    route(&front, stream, sniffed).await;
+}
+
+/// The rest of a plain connection's life, boxed to its own size: an idle SSE connection must not
+/// pay for the larger HTTP state, nor any connection for the steps it has finished.
+fn route(front: &Rc<Front>, stream: TcpStream, sniffed: Sniffed) -> LocalBoxFuture<'static, ()> {
+    match sniffed {
+        Sniffed::Sse(head) => Box::pin(raw::serve(front.state.clone(), head, stream)),
+        Sniffed::Http2(prefix) if front.http2 => http(
+            front.clone(),
+            Prefixed::new(prefix, stream),
+            Protocol::Http2,
+        ),
+        Sniffed::Http2(prefix) | Sniffed::Other(prefix) => http(
+            front.clone(),
+            Prefixed::new(prefix, stream),
+            Protocol::Http1,
+        ),
+        Sniffed::TimedOut => Box::pin(async move {
+            let _ = write_all(
+                &stream,
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+        }),
+        Sniffed::Closed => Box::pin(std::future::ready(())),
+    }
+}
+
+/// The TLS handshake (bounded by the request timeout), then HTTP/2 or HTTP/1.1 as ALPN agreed.
+async fn serve_tls(front: Rc<Front>, stream: TcpStream) {
+    let Some(tls) = &front.tls else { return };
+    let accept = tls.acceptor().accept(stream);
+    let stream = match tokio::time::timeout(front.request_timeout, accept).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = front.http2 && stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+    http(front.clone(), stream, protocol).await;
+}
+
+/// Which HTTP version a connection speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Serves HTTP on `io` until the connection ends; after a WebSocket upgrade, runs the session on
+/// the socket hyper hands back. The hyper connection is boxed and freed before the session
+/// starts, so an idle WebSocket holds only its session.
+fn http<I>(front: Rc<Front>, io: I, protocol: Protocol) -> LocalBoxFuture<'static, ()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let upgrade = UpgradeSlot::new();
+    let service = Service::new(front.state.clone(), upgrade.clone(), &front);
+    let shutdown = front.state.hub.shutdown_signal();
+    let io = TokioIo::new(io);
+    let served: LocalBoxFuture<'static, ()> = match protocol {
+        Protocol::Http1 => {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(front.request_timeout)
+                .max_buf_size(MAX_HEAD)
+                .max_headers(MAX_HEADERS)
+                // A client that closes its side is gone; don't keep writing to it.
+                .half_close(false)
+                .serve_connection(io, service)
+                .with_upgrades();
+            Box::pin(graceful(conn, shutdown))
+        }
+        Protocol::Http2 => {
+            let conn = http2::Builder::new(LocalExec)
+                .timer(TokioTimer::new())
+                .max_header_list_size(MAX_HEAD as u32)
+                .max_concurrent_streams(front.state.settings.server.http2_max_streams)
+                // Streams of idle SSE clients: pings find dead peers behind silent NATs.
+                .keep_alive_interval(Some(Duration::from_secs(
+                    front.state.settings.sse.heartbeat_seconds.max(1),
+                )))
+                .serve_connection(io, service);
+            Box::pin(graceful(conn, shutdown))
+        }
+    };
+    Box::pin(
+        served
+            .then(move |()| OptionFuture::from(upgrade.take()))
+            .map(drop),
+    )
+}
+
+/// hyper connections that can be asked to finish gracefully.
+trait Graceful: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, E> Graceful for http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Runs `conn`; once the instance shuts down, asks it to finish: an idle HTTP/1.1 connection
+/// closes, HTTP/2 sends GOAWAY, and streams in flight end as the hub closes them.
+async fn graceful<C, E>(conn: C, mut shutdown: watch::Receiver<bool>)
+where
+    C: Graceful<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.wait_for(|down| *down) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Runs HTTP/2 stream tasks on the worker's own thread, like everything of its connections.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// Events are small frames that must leave at once (no Nagle), and the kernel drops peers that
+/// stop acknowledging our writes: a stalled client would otherwise hold its socket forever.
+fn tune_socket(stream: &TcpStream, user_timeout: Option<Duration>) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    let sock = socket2::SockRef::from(stream);
+    if let Err(e) = sock.set_tcp_user_timeout(user_timeout) {
+        tracing::debug!(error = %e, "could not set TCP_USER_TIMEOUT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::front::head::RequestHead;
+    use crate::state::AppState;
+
+    /// A tripwire for per-connection memory: an idle stream's task is these futures (plus the
+    /// heap state they point to). Raise the bounds only knowingly.
+    #[test]
+    fn connection_futures_stay_small() {
+        fn size2<A, B, F>(_: fn(A, B) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn size3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let front = size2::<Rc<Front>, TcpStream, _>(serve);
+        assert!(front <= 192, "the front door's future is {front} bytes");
+        let sse = size3::<AppState, RequestHead, TcpStream, _>(raw::serve);
+        assert!(sse <= 320, "a raw SSE stream's future is {sse} bytes");
+    }
+}

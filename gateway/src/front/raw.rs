@@ -1,0 +1,48 @@
+//! A connection's first `GET /sse`, served on the raw socket: the same stream hyper would serve
+//! (`transport::sse::open`), with the response head written here and the body delimited by
+//! closing the connection (an SSE stream has no natural end), so no chunked framing is written
+//! around each event.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
+use tokio::net::TcpStream;
+
+use super::head::RequestHead;
+use super::pump::{Pump, pump};
+use super::{cors, refuse};
+use crate::state::AppState;
+use crate::transport::sse::{STREAM_HEADERS, SseStream, open};
+
+/// Serves the stream until the client leaves or the gateway ends it.
+pub fn serve(state: AppState, head: RequestHead, stream: TcpStream) -> impl Future<Output = ()> {
+    // The setup is a large future, boxed and freed once done; after it, the connection's state
+    // is the pump alone (an async fn would keep room for both side by side).
+    Box::pin(start(state, head, stream))
+        .then(OptionFuture::from)
+        .map(drop)
+}
+
+/// Everything before streaming: the response head and the body, or the error already written.
+async fn start(state: AppState, head: RequestHead, stream: TcpStream) -> Option<Pump<SseStream>> {
+    let cors = cors::lines(&state.settings.cors.allow_origins, &head.headers);
+    let body = match open(&state, &head.query, &head.headers).await {
+        Ok(body) => body,
+        Err(e) => {
+            refuse(&stream, &e, &cors).await;
+            return None;
+        }
+    };
+    let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
+    for (name, value) in STREAM_HEADERS {
+        response.push_str(name);
+        response.push_str(": ");
+        response.push_str(value);
+        response.push_str("\r\n");
+    }
+    response.push_str(&cors);
+    response.push_str("\r\n");
+    Some(pump(stream, Bytes::from(response), body))
+}

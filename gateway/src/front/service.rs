@@ -1,0 +1,143 @@
+//! The HTTP service hyper runs for every request it reads, on HTTP/1.1 and HTTP/2 alike: the
+//! head rules, routing, CORS, and the hand-off of WebSocket upgrades to the connection.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+
+use super::{Front, cors, limits, upgraded};
+use crate::error::ApiError;
+use crate::response::{self, Body};
+use crate::state::AppState;
+use crate::transport::ws::Upgrade;
+use crate::{ops, publish, transport};
+
+/// Where a WebSocket handler leaves its accepted upgrade for the connection to run once hyper
+/// has handed the socket back.
+#[derive(Clone, Default)]
+pub struct UpgradeSlot(Rc<Cell<Option<Upgrade>>>);
+
+impl UpgradeSlot {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The upgrade accepted on this connection, if any, as the session to run.
+    pub fn take(&self) -> Option<LocalBoxFuture<'static, ()>> {
+        self.0.take().map(upgraded::run)
+    }
+}
+
+/// hyper's service for one connection.
+pub struct Service {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    state: AppState,
+    upgrade: UpgradeSlot,
+    body_timeout: Duration,
+}
+
+impl Service {
+    /// The service for one connection.
+    pub fn new(state: AppState, upgrade: UpgradeSlot, front: &Front) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                state,
+                upgrade,
+                body_timeout: front.request_timeout,
+            }),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Service {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = LocalBoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(handle(&inner, req).await) })
+    }
+}
+
+/// Checks the head, routes, and adds CORS headers to whatever the answer is.
+async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
+    let state = &inner.state;
+    let allowed = &state.settings.cors.allow_origins;
+    let request_headers = req.headers().clone();
+    let mut res = match limits::check_head(req.version(), req.headers()) {
+        Ok(()) => route(inner, req).await,
+        Err(e) => {
+            state.metrics.rejected.with_label_values(&[e.code()]).inc();
+            e.into_response()
+        }
+    };
+    cors::apply(allowed, &request_headers, res.headers_mut());
+    res
+}
+
+async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
+    let state = &inner.state;
+    if let Some(res) = cors::preflight(
+        &state.settings.cors.allow_origins,
+        req.method(),
+        req.headers(),
+    ) {
+        return res;
+    }
+    let get = req.method() == Method::GET;
+    match req.uri().path() {
+        "/sse" if get => {
+            let query = req.uri().query().unwrap_or("");
+            transport::sse::respond(state, query, req.headers()).await
+        }
+        "/ws" if get => {
+            let (res, upgrade) = transport::ws::respond(state, &mut req);
+            if let Some(upgrade) = upgrade {
+                inner.upgrade.0.set(Some(upgrade));
+            }
+            res
+        }
+        "/publish" if req.method() == Method::POST => {
+            publish::respond(state, req, inner.body_timeout).await
+        }
+        "/healthz" if get => ops::healthz(),
+        "/readyz" if get => ops::readyz(state).await,
+        "/metrics" if get => ops::metrics(state),
+        "/" if get => response::page(
+            "text/html; charset=utf-8",
+            include_str!("../../static/index.html"),
+        ),
+        "/client.js" if get => response::page(
+            "text/javascript; charset=utf-8",
+            include_str!("../../static/client.js"),
+        ),
+        "/sse" | "/ws" | "/publish" | "/healthz" | "/readyz" | "/metrics" | "/" | "/client.js" => {
+            method_not_allowed().into_response()
+        }
+        _ => not_found().into_response(),
+    }
+}
+
+/// The answer to a request for a path the gateway does not serve.
+pub fn not_found() -> ApiError {
+    ApiError::new(http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The answer to a known path asked with the wrong method.
+pub fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method",
+    )
+}

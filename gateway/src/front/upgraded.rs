@@ -1,0 +1,49 @@
+//! After a WebSocket upgrade: takes the socket back from hyper and runs the session on it. On a
+//! plain connection the session gets the TCP socket itself (no HTTP layer left in between, so an
+//! idle WebSocket holds only its session); on TLS, the TLS stream.
+
+use bytes::BytesMut;
+use futures_util::future::LocalBoxFuture;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+
+use super::Prefixed;
+use crate::transport::ws::Upgrade;
+use crate::transport::ws::io::{ReadIo, WriteIo};
+
+/// The session of an accepted upgrade, once hyper has handed the socket over.
+pub fn run(upgrade: Upgrade) -> LocalBoxFuture<'static, ()> {
+    Box::pin(async move {
+        let Upgrade {
+            on_upgrade,
+            accepted,
+        } = upgrade;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "the WebSocket upgrade did not complete");
+                return;
+            }
+        };
+        let (read, write, pending) = split(upgraded);
+        accepted.run(read, write, pending).await;
+    })
+}
+
+/// The socket's halves, and the bytes already read past the upgrade request.
+fn split(upgraded: Upgraded) -> (ReadIo, WriteIo, BytesMut) {
+    match upgraded.downcast::<TokioIo<Prefixed>>() {
+        Ok(parts) => {
+            let (replay, stream) = parts.io.into_inner().into_parts();
+            // What hyper had read past the head, then what it never read.
+            let mut pending = BytesMut::from(parts.read_buf);
+            pending.extend_from_slice(&replay);
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write), pending)
+        }
+        Err(upgraded) => {
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(read), Box::new(write), BytesMut::new())
+        }
+    }
+}
