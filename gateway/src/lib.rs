@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ops;
 pub mod publish;
 pub mod response;
+pub mod rt;
 pub mod server;
 pub mod state;
 pub mod telemetry;

@@ -38,6 +38,7 @@ impl Worker {
             notify: Notify::new(),
         });
         CURRENT.with(|c| *c.borrow_mut() = Some(worker.clone()));
+        crate::rt::mark_worker_thread();
         // The task lives exactly as long as the worker's runtime, like the mailbox.
         tokio::task::spawn_local(async move {
             let mut jobs = Vec::new();
@@ -66,11 +67,6 @@ impl Worker {
     /// The calling thread's worker, if it is one.
     pub fn current() -> Option<Arc<Self>> {
         CURRENT.with(|c| c.borrow().clone())
-    }
-
-    /// Whether the calling thread is a worker, without taking a reference to it (hot paths).
-    pub fn is_current() -> bool {
-        CURRENT.with(|c| c.borrow().is_some())
     }
 
     /// A worker whose delivery loop does not run: tests decide when it delivers.

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use redis::aio::MultiplexedConnection;
 
 use super::EngineError;
-use crate::hub::worker::Worker;
 
 /// Identifies one engine's connections among several engines in one process (tests run many).
 static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
@@ -95,7 +94,7 @@ impl Connections {
 
     /// A connection for one command (see the module doc for which).
     pub(crate) async fn get(&self) -> Result<(Slot, MultiplexedConnection), EngineError> {
-        if Worker::is_current() {
+        if crate::rt::on_worker_thread() {
             return self.local().await.map(|c| (Slot::Local, c));
         }
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
