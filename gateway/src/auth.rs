@@ -12,6 +12,7 @@
 //! WebSocket; an entry is an exact name, a prefix ending in `*`, or `*` for everything. `exp`
 //! is required. Backends keep using the publish API key; tokens are for end users.
 
+use shared::ErrorCode;
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -99,7 +100,7 @@ impl Authenticator {
         let token = token_of(headers, query).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "a token is required: Authorization: Bearer <token> or ?token=<token>",
             )
         })?;
@@ -108,7 +109,7 @@ impl Authenticator {
             .map_err(|e| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthorized",
+                    ErrorCode::Unauthorized,
                     format!("the token is not valid: {e}"),
                 )
             })

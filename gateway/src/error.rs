@@ -3,6 +3,7 @@
 
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
+use shared::ErrorCode;
 
 use crate::engine::EngineError;
 use crate::hub::HubError;
@@ -12,14 +13,14 @@ use crate::response::{self, Body};
 #[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     detail: String,
     retry_after: Option<u32>,
 }
 
 impl ApiError {
     /// Any status with a code and a human explanation.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -29,12 +30,12 @@ impl ApiError {
     }
 
     /// 400: the request itself is wrong.
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
     /// 503 with `Retry-After`: try again (possibly on another instance).
-    pub fn unavailable(code: &'static str, detail: impl Into<String>, retry_after: u32) -> Self {
+    pub fn unavailable(code: ErrorCode, detail: impl Into<String>, retry_after: u32) -> Self {
         Self {
             retry_after: Some(retry_after),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
@@ -42,7 +43,7 @@ impl ApiError {
     }
 
     /// The stable code, for tests and logs.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 
@@ -69,7 +70,7 @@ impl ApiError {
 
     /// The JSON body of both responses.
     fn body(&self) -> String {
-        serde_json::json!({ "error": self.code, "detail": self.detail }).to_string()
+        serde_json::json!({ "error": self.code.as_str(), "detail": self.detail }).to_string()
     }
 
     /// The whole HTTP/1.1 response, for requests served outside actix (`front`): the same
@@ -135,11 +136,11 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Unavailable(_) => {
-                Self::unavailable("engine_unavailable", e.to_string(), 1)
+                Self::unavailable(ErrorCode::EngineUnavailable, e.to_string(), 1)
             }
             EngineError::Protocol(_) | EngineError::Refused(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "engine_error",
+                ErrorCode::EngineError,
                 e.to_string(),
             ),
         }
@@ -150,11 +151,13 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::Engine(e) => e.into(),
-            HubError::Timeout => Self::unavailable("engine_unavailable", e.to_string(), 1),
-            HubError::ShuttingDown => Self::unavailable("shutting_down", e.to_string(), 0),
-            HubError::Closed => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "closed", e.to_string())
-            }
+            HubError::Timeout => Self::unavailable(ErrorCode::EngineUnavailable, e.to_string(), 1),
+            HubError::ShuttingDown => Self::unavailable(ErrorCode::ShuttingDown, e.to_string(), 0),
+            HubError::Closed => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Closed,
+                e.to_string(),
+            ),
         }
     }
 }
@@ -166,12 +169,16 @@ mod tests {
     /// The raw response carries exactly the hyper response's status, headers and body.
     #[test]
     fn both_responses_say_the_same() {
-        let mut unauthorized = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "no token");
+        let mut unauthorized = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "no token",
+        );
         unauthorized.retry_after = Some(3);
         for e in [
             unauthorized,
-            ApiError::unavailable("connection_limit", "full", 1),
-            ApiError::bad_request("missing_channel", "name one"),
+            ApiError::unavailable(ErrorCode::ConnectionLimit, "full", 1),
+            ApiError::bad_request(ErrorCode::MissingChannel, "name one"),
         ] {
             let raw = String::from_utf8(e.to_http1("x-extra: 1\r\n")).unwrap();
             let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -188,7 +195,7 @@ mod tests {
             assert!(head.lines().any(|l| l == "connection: close"), "{head}");
             assert_eq!(body, e.body());
             let json: serde_json::Value = serde_json::from_str(body).unwrap();
-            assert_eq!(json["error"], e.code());
+            assert_eq!(json["error"], e.code().as_str());
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod publish;
 pub mod response;
 pub mod rt;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod telemetry;
 pub mod transport;

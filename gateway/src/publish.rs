@@ -2,6 +2,7 @@
 //! WebSocket clients), and the HTTP handler. Everything ends in [`Engine::publish`], the same
 //! atomic store-and-push that external publishers reach with `FCALL gw_publish`.
 
+use shared::ErrorCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,13 +35,13 @@ pub struct PublishBody {
 /// Turns a JSON publish body into an engine request, or explains what is wrong with it.
 pub fn validate(body: PublishBody) -> Result<PublishRequest, ApiError> {
     let channel = ChannelName::new(&body.channel)
-        .map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidChannel, e.to_string()))?;
     let name = body
         .event
         .filter(|e| !e.is_empty())
         .map(|e| EventName::new(&e))
         .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_event", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidEvent, e.to_string()))?;
     let (kind, data) = match body.data {
         serde_json::Value::String(s) => (PayloadKind::Text, Bytes::from(s)),
         other => (PayloadKind::Json, Bytes::from(other.to_string())),
@@ -100,7 +101,7 @@ async fn handle(
     } else if content_type.starts_with("text/plain") {
         if std::str::from_utf8(&raw).is_err() {
             return Err(ApiError::bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "a text/plain body must be UTF-8",
             ));
         }
@@ -116,12 +117,12 @@ async fn handle(
 pub fn parse_body(raw: &[u8]) -> Result<PublishBody, ApiError> {
     let shape = || "the body must be a JSON object {\"channel\": ..., \"data\": ...}";
     let value: serde_json::Value = serde_json::from_slice(raw)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}: {e}", shape())))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidJson, format!("{}: {e}", shape())))?;
     if !value.is_object() {
-        return Err(ApiError::bad_request("invalid_json", shape()));
+        return Err(ApiError::bad_request(ErrorCode::InvalidJson, shape()));
     }
     serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("{}: {e}", shape())))
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidJson, format!("{}: {e}", shape())))
 }
 
 /// A raw-body publish: channel and optional event name come from the query string.
@@ -137,7 +138,7 @@ fn raw_request(query: &str, kind: PayloadKind, data: Bytes) -> Result<PublishReq
     }
     let channel = channel.ok_or_else(|| {
         ApiError::bad_request(
-            "missing_channel",
+            ErrorCode::MissingChannel,
             "a raw publish names its channel: /publish?channel=<name>",
         )
     })?;
@@ -165,12 +166,12 @@ fn check_api_key(headers: &HeaderMap, key: Option<&str>) -> Result<(), ApiError>
         Some(given) if bool::from(given.as_bytes().ct_eq(key.as_bytes())) => Ok(()),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "the API key is wrong",
         )),
         None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "publishing needs the header Authorization: Bearer <api key>",
         )),
     }
@@ -186,7 +187,7 @@ pub async fn read_limited(
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("the body exceeds {limit} bytes"),
         )
     };
@@ -202,10 +203,10 @@ pub async fn read_limited(
     match tokio::time::timeout(timeout, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(ApiError::bad_request("invalid_body", e.to_string())),
+        Ok(Err(e)) => Err(ApiError::bad_request(ErrorCode::InvalidBody, e.to_string())),
         Err(_) => Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
+            ErrorCode::BodyTimeout,
             format!("the body did not arrive within {} s", timeout.as_secs()),
         )),
     }
@@ -243,9 +244,12 @@ mod tests {
         assert!(parse_body(br#"{"channel":"a","data":1}"#).is_ok());
         assert_eq!(
             parse_body(br#"["a", 1]"#).unwrap_err().code(),
-            "invalid_json"
+            ErrorCode::InvalidJson
         );
-        assert_eq!(parse_body(b"nope").unwrap_err().code(), "invalid_json");
+        assert_eq!(
+            parse_body(b"nope").unwrap_err().code(),
+            ErrorCode::InvalidJson
+        );
     }
 
     #[test]
@@ -254,13 +258,13 @@ mod tests {
             validate(body(r#"{"channel":"a b","data":1}"#))
                 .unwrap_err()
                 .code(),
-            "invalid_channel"
+            ErrorCode::InvalidChannel
         );
         assert_eq!(
             validate(body(r#"{"channel":"a","data":1,"event":"gap"}"#))
                 .unwrap_err()
                 .code(),
-            "invalid_event"
+            ErrorCode::InvalidEvent
         );
         assert!(
             serde_json::from_str::<PublishBody>(r#"{"channel":"a"}"#).is_err(),

@@ -1,5 +1,6 @@
 //! Shared application state handed to every handler, and the per-instance connection limit.
 
+use shared::ErrorCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,6 +25,25 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
 }
 
+/// The streaming transports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Server-Sent Events.
+    Sse,
+    /// WebSocket.
+    Ws,
+}
+
+impl Transport {
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Sse => "sse",
+            Self::Ws => "ws",
+        }
+    }
+}
+
 /// Counts streaming connections so the instance can answer 503 instead of degrading for all.
 pub struct ConnectionLimiter {
     open: AtomicUsize,
@@ -44,8 +64,9 @@ impl ConnectionLimiter {
     pub fn admit(
         self: &Arc<Self>,
         metrics: &Metrics,
-        transport: &'static str,
+        transport: Transport,
     ) -> Result<ConnectionGuard, ApiError> {
+        let transport = transport.label();
         let admitted = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -55,10 +76,10 @@ impl ConnectionLimiter {
         if !admitted {
             metrics
                 .rejected
-                .with_label_values(&["connection_limit"])
+                .with_label_values(&[ErrorCode::ConnectionLimit])
                 .inc();
             return Err(ApiError::unavailable(
-                "connection_limit",
+                ErrorCode::ConnectionLimit,
                 "this instance is at its connection limit",
                 1,
             ));

@@ -7,11 +7,15 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod disconnect;
+pub mod error_code;
 pub mod event;
 pub mod position;
 pub mod sse;
 pub mod ws;
 
 pub use channel::{ChannelError, ChannelName};
+pub use disconnect::Disconnect;
+pub use error_code::ErrorCode;
 pub use event::{Event, EventName, EventNameError, PayloadKind};
 pub use position::{Cursor, CursorError, Epoch, Position, PositionError};

@@ -17,32 +17,37 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Close codes the gateway uses; 4000–4499 ask the client to reconnect (and resume), 4500–4999
-/// ask it not to.
+/// The close codes of [`crate::Disconnect`], as constants for clients that match on numbers;
+/// 4000–4499 ask the client to reconnect (and resume), 4500–4999 ask it not to.
 pub mod close {
-    /// Normal closure.
-    pub const NORMAL: u16 = 1000;
-    /// The instance is going away (shutdown); reconnect, possibly elsewhere.
-    pub const GOING_AWAY: u16 = 1001;
-    /// Protocol misuse past the tolerated limit (malformed messages, command floods).
-    pub const POLICY: u16 = 1008;
-    /// A frame or message exceeded the size limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// The client sent something that is not valid WebSocket.
-    pub const PROTOCOL: u16 = 1002;
-    /// The client did not read fast enough; reconnect and resume from your positions.
-    pub const SLOW_CONSUMER: u16 = 4000;
-    /// The history store failed; reconnect with backoff and resume.
-    pub const UNAVAILABLE: u16 = 4001;
-    /// No pong (or other traffic) within the heartbeat timeout.
-    pub const HEARTBEAT_TIMEOUT: u16 = 4002;
-    /// The token is missing or invalid; do not retry with the same token.
-    pub const UNAUTHORIZED: u16 = 4500;
+    use crate::Disconnect;
 
-    /// Whether a client should reconnect after this code: not after misuse (1002, 1008, 1009)
-    /// nor after codes 4500–4999, which this protocol reserves for "do not retry".
-    pub const fn should_reconnect(code: u16) -> bool {
-        !matches!(code, 4500..=4999) && code != POLICY && code != TOO_BIG && code != PROTOCOL
+    /// Normal closure.
+    pub const NORMAL: u16 = Disconnect::Normal.code();
+    /// The instance is going away (shutdown); reconnect, possibly elsewhere.
+    pub const GOING_AWAY: u16 = Disconnect::Shutdown.code();
+    /// Protocol misuse past the tolerated limit (malformed messages, command floods).
+    pub const POLICY: u16 = Disconnect::Policy.code();
+    /// A frame or message exceeded the size limit.
+    pub const TOO_BIG: u16 = Disconnect::TooBig.code();
+    /// The client sent something that is not valid WebSocket.
+    pub const PROTOCOL: u16 = Disconnect::Protocol.code();
+    /// The client did not read fast enough; reconnect and resume from your positions.
+    pub const SLOW_CONSUMER: u16 = Disconnect::SlowConsumer.code();
+    /// The history store failed; reconnect with backoff and resume.
+    pub const UNAVAILABLE: u16 = Disconnect::Unavailable.code();
+    /// No pong (or other traffic) within the heartbeat timeout.
+    pub const HEARTBEAT_TIMEOUT: u16 = Disconnect::HeartbeatTimeout.code();
+    /// The token is missing or invalid; do not retry with the same token.
+    pub const UNAUTHORIZED: u16 = Disconnect::Unauthorized.code();
+
+    /// Whether a client should reconnect after this code: per [`Disconnect::reconnect`] for
+    /// the gateway's codes; codes 4500–4999 are reserved for "do not retry".
+    pub fn should_reconnect(code: u16) -> bool {
+        match Disconnect::from_code(code) {
+            Some(d) => d.reconnect(),
+            None => !matches!(code, 4500..=4999),
+        }
     }
 }
 
@@ -189,12 +194,12 @@ pub enum ParseError {
 
 impl ParseError {
     /// Stable error code for the `error` reply.
-    pub const fn code(&self) -> &'static str {
+    pub const fn code(&self) -> crate::ErrorCode {
         match self {
-            Self::BadJson(_) => "bad_json",
-            Self::NoType => "missing_type",
-            Self::UnknownType(_) => "unknown_type",
-            Self::BadFields { .. } => "invalid_message",
+            Self::BadJson(_) => crate::ErrorCode::BadJson,
+            Self::NoType => crate::ErrorCode::MissingType,
+            Self::UnknownType(_) => crate::ErrorCode::UnknownType,
+            Self::BadFields { .. } => crate::ErrorCode::InvalidMessage,
         }
     }
 }
@@ -384,7 +389,7 @@ mod tests {
 
     #[test]
     fn client_errors_say_what_is_wrong_and_keep_req() {
-        let code = |t: &str| parse_client(t).unwrap_err().0.code();
+        let code = |t: &str| parse_client(t).unwrap_err().0.code().as_str();
         assert_eq!(code("{"), "bad_json");
         assert_eq!(code("[1]"), "missing_type");
         assert_eq!(code(r#"{"type":"dance"}"#), "unknown_type");

@@ -5,6 +5,7 @@
 
 use http::header::{CONTENT_LENGTH, HOST, HeaderMap, TRANSFER_ENCODING};
 use http::{StatusCode, Version};
+use shared::ErrorCode;
 
 use crate::error::ApiError;
 
@@ -35,14 +36,14 @@ pub fn check_head(version: Version, headers: &HeaderMap) -> Result<(), ApiError>
 }
 
 fn bad_head(detail: &'static str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request_head", detail)
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequestHead, detail)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(version: Version, headers: &[(&str, &str)]) -> Result<(), &'static str> {
+    fn check(version: Version, headers: &[(&str, &str)]) -> Result<(), ErrorCode> {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(
@@ -77,7 +78,7 @@ mod tests {
                 Version::HTTP_11,
                 &[host, ("content-length", "3"), ("content-length", "3")]
             ),
-            Err("bad_request_head")
+            Err(ErrorCode::BadRequestHead)
         );
         assert!(
             check(

@@ -1,6 +1,7 @@
 //! The HTTP service hyper runs for every request it reads, on HTTP/1.1 and HTTP/2 alike: the
 //! head rules, routing, CORS, and the hand-off of WebSocket upgrades to the connection.
 
+use shared::ErrorCode;
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -130,14 +131,18 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
 
 /// The answer to a request for a path the gateway does not serve.
 pub fn not_found() -> ApiError {
-    ApiError::new(http::StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(
+        http::StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
 }
 
 /// The answer to a known path asked with the wrong method.
 pub fn method_not_allowed() -> ApiError {
     ApiError::new(
         http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this endpoint does not accept that method",
     )
 }

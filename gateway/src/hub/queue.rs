@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use super::message::Delivery;
 use super::worker::Worker;
+use shared::Disconnect;
 
 /// One thing for a connection to write; `slot` identifies the channel within the connection.
 #[derive(Clone, Debug)]
@@ -62,13 +63,21 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// What the client is told, from the one disconnect table; `None` when it is gone.
+    pub const fn disconnect(self) -> Option<Disconnect> {
+        match self {
+            Self::SlowConsumer => Some(Disconnect::SlowConsumer),
+            Self::Shutdown => Some(Disconnect::Shutdown),
+            Self::Unavailable => Some(Disconnect::Unavailable),
+            Self::Gone => None,
+        }
+    }
+
     /// Stable label for logs and metrics.
     pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::SlowConsumer => "slow_consumer",
-            Self::Shutdown => "shutdown",
-            Self::Unavailable => "unavailable",
-            Self::Gone => "client_gone",
+        match self.disconnect() {
+            Some(d) => d.label(),
+            None => "client_gone",
         }
     }
 }

@@ -11,6 +11,7 @@
 //! The `id:` of each event is the connection's cursor: one position per channel, in sorted
 //! channel order, so any instance can resume every channel of the connection from it.
 
+use shared::ErrorCode;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,9 +29,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
-use crate::hub::{Announce, HubError, Membership, StartError};
+use crate::hub::{Announce, HubError, Membership};
 use crate::metrics::Metrics;
 use crate::response::Body;
+use crate::session::{self, Admitted, Refusal, SubscribeError, Transport};
 use crate::state::{AppState, ConnectionGuard};
 
 /// A validated SSE request.
@@ -54,12 +56,13 @@ pub fn parse_request(
         match &*key {
             "channel" => {
                 for name in value.split(',').filter(|n| !n.is_empty()) {
-                    let channel = ChannelName::new(name)
-                        .map_err(|e| ApiError::bad_request("invalid_channel", e.to_string()))?;
+                    let channel = ChannelName::new(name).map_err(|e| {
+                        ApiError::bad_request(ErrorCode::InvalidChannel, e.to_string())
+                    })?;
                     if !channels.contains(&channel) {
                         if channels.len() == max_channels {
                             return Err(ApiError::bad_request(
-                                "too_many_channels",
+                                ErrorCode::TooManyChannels,
                                 format!("at most {max_channels} channels per connection"),
                             ));
                         }
@@ -75,7 +78,7 @@ pub fn parse_request(
     }
     if channels.is_empty() {
         return Err(ApiError::bad_request(
-            "missing_channel",
+            ErrorCode::MissingChannel,
             "name at least one channel: /sse?channel=<name>",
         ));
     }
@@ -84,7 +87,10 @@ pub fn parse_request(
         Some(v) => Some(
             v.to_str()
                 .map_err(|_| {
-                    ApiError::bad_request("bad_cursor", "Last-Event-ID is not visible ASCII")
+                    ApiError::bad_request(
+                        ErrorCode::BadCursor,
+                        "Last-Event-ID is not visible ASCII",
+                    )
                 })?
                 .to_owned(),
         ),
@@ -95,7 +101,7 @@ pub fn parse_request(
         .filter(|c| !c.trim().is_empty())
         .map(|text| Cursor::parse(&text, channels.len()))
         .transpose()
-        .map_err(|e| ApiError::bad_request("bad_cursor", e.to_string()))?;
+        .map_err(|e| ApiError::bad_request(ErrorCode::BadCursor, e.to_string()))?;
     Ok(SseRequest { channels, cursor })
 }
 
@@ -127,7 +133,7 @@ pub async fn respond(state: &AppState, query: &str, headers: &HeaderMap) -> Resp
     }
 }
 
-/// Validates, authorizes and admits a stream, attaches its channels and starts their resume:
+/// Validates, admits and authorizes a stream, attaches its channels and starts their resume:
 /// everything before the first byte of the response, so each failure is a proper HTTP error.
 pub async fn open(
     state: &AppState,
@@ -137,51 +143,40 @@ pub async fn open(
     let metrics = &state.metrics;
     let request =
         parse_request(query, headers, state.settings.limits.max_channels).inspect_err(|e| {
-            if e.code() == "bad_cursor" {
+            if e.code() == ErrorCode::BadCursor {
                 metrics.resumes.with_label_values(&["bad_cursor"]).inc();
             }
             metrics.rejected.with_label_values(&[e.code()]).inc();
         })?;
-    let grant = state.auth.authenticate(headers, query)?;
+    let Admitted { grant, guard } =
+        session::admit(state, Transport::Sse, headers, query).map_err(Refusal::into_error)?;
     if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
         return Err(ApiError::new(
             http::StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!("the token does not allow channel {denied}"),
         ));
     }
-    let guard = state.limiter.admit(metrics, "sse")?;
-    let hub = &state.hub;
-    let queue = hub.new_queue();
-    let attached = futures_util::future::join_all(
-        request
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(slot, channel)| hub.attach(channel.clone(), queue.clone(), slot as u32)),
-    )
-    .await;
+    let queue = state.hub.new_queue();
+    let attached =
+        futures_util::future::join_all(request.channels.iter().enumerate().map(|(i, channel)| {
+            let wanted = request.cursor.as_ref().map(|c| c.0[i]);
+            session::attach(state, channel.clone(), queue.clone(), i as u32, wanted)
+        }))
+        .await;
     let mut members = Vec::with_capacity(attached.len());
     let mut starts = Vec::with_capacity(attached.len());
-    for (i, result) in attached.into_iter().enumerate() {
-        let (membership, head) = result?;
-        let wanted = request.cursor.as_ref().map(|c| c.0[i]);
-        let start = match hub.start_position(&membership, head, wanted).await {
-            Ok(start) => start,
-            Err(StartError::Ahead { wanted, head }) => {
-                metrics.resumes.with_label_values(&["bad_cursor"]).inc();
-                return Err(ApiError::bad_request(
-                    "bad_cursor",
-                    format!(
-                        "position {wanted} of channel {} is beyond its newest event {head}",
-                        membership.channel()
-                    ),
-                ));
+    for result in attached {
+        match result {
+            Ok(a) => {
+                members.push(a.membership);
+                starts.push(a.start);
             }
-            Err(StartError::Hub(e)) => return Err(e.into()),
-        };
-        members.push(membership);
-        starts.push(start);
+            Err(e @ SubscribeError::Ahead { .. }) => {
+                return Err(ApiError::bad_request(ErrorCode::BadCursor, e.to_string()));
+            }
+            Err(SubscribeError::Hub(e)) => return Err(e.into()),
+        }
     }
     let members: Arc<[Membership]> = members.into();
     spawn_resume(
@@ -224,24 +219,15 @@ fn spawn_resume(
     resumed: bool,
     queue: Arc<Queue>,
 ) {
-    let hub = state.hub.clone();
-    let metrics = state.metrics.clone();
+    let state = state.clone();
     actix_rt::spawn(async move {
         let joins = members
             .iter()
             .zip(&starts)
-            .map(|(m, from)| hub.join(m, *from, Announce::Silent));
+            .map(|(m, from)| session::join(&state, m, *from, resumed, Announce::Silent));
         for result in futures_util::future::join_all(joins).await {
             match result {
-                Ok(outcome) => {
-                    let label = match (resumed, outcome.recovered) {
-                        (false, _) => "fresh",
-                        (true, true) => "recovered",
-                        (true, false) => "gap",
-                    };
-                    metrics.resumes.with_label_values(&[label]).inc();
-                }
-                Err(HubError::Closed) => {}
+                Ok(()) | Err(HubError::Closed) => {}
                 Err(HubError::ShuttingDown) => queue.close(CloseReason::Shutdown),
                 Err(e) => {
                     tracing::warn!(error = %e, "resume failed; closing the stream so the client retries");
@@ -482,15 +468,21 @@ mod tests {
     #[test]
     fn bad_requests_have_codes() {
         let code = |q: &str, h: Option<&str>| parse(q, h).unwrap_err().code();
-        assert_eq!(code("", None), "missing_channel");
-        assert_eq!(code("channel=a%7Bb", None), "invalid_channel");
+        assert_eq!(code("", None), ErrorCode::MissingChannel);
+        assert_eq!(code("channel=a%7Bb", None), ErrorCode::InvalidChannel);
         assert_eq!(
             code("channel=a&channel=b&channel=c&channel=d", None),
-            "too_many_channels"
+            ErrorCode::TooManyChannels
         );
-        assert_eq!(code("channel=a&channel=b", Some("1:1")), "bad_cursor");
-        assert_eq!(code("channel=a", Some("garbage")), "bad_cursor");
-        assert_eq!(code("channel=a&lastEventId=1:-1", None), "bad_cursor");
-        assert_eq!(code("channel=%FF", None), "invalid_channel");
+        assert_eq!(
+            code("channel=a&channel=b", Some("1:1")),
+            ErrorCode::BadCursor
+        );
+        assert_eq!(code("channel=a", Some("garbage")), ErrorCode::BadCursor);
+        assert_eq!(
+            code("channel=a&lastEventId=1:-1", None),
+            ErrorCode::BadCursor
+        );
+        assert_eq!(code("channel=%FF", None), ErrorCode::InvalidChannel);
     }
 }

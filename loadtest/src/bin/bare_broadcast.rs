@@ -578,7 +578,7 @@ fn command(
         // Like the gateway's default (`ws.allow_publish` off).
         Ok(ClientMessage::Publish { channel, req, .. }) => error("publish_forbidden", channel, req),
         Err((e, req)) => ServerMessage::Error {
-            code: e.code().to_owned(),
+            code: e.code().as_str().to_owned(),
             message: e.to_string(),
             channel: None,
             req,

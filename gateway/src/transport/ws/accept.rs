@@ -4,20 +4,20 @@
 
 use bytes::BytesMut;
 use http::header::{
-    CONNECTION, HOST, HeaderMap, HeaderValue, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use shared::ws::close;
+use shared::{Disconnect, ErrorCode};
 
 use super::io::{MessageStream, ReadIo, Session, WriteIo};
-use super::{Running, close_with};
-use crate::auth::Grant;
+use super::session::{Running, close_with};
 use crate::error::ApiError;
 use crate::response::{self, Body};
-use crate::state::{AppState, ConnectionGuard};
+use crate::session::{self, Admitted, Refusal, Transport};
+use crate::state::AppState;
 
 /// An accepted upgrade: the 101 is on its way, the socket comes when hyper hands it over.
 pub struct Upgrade {
@@ -30,7 +30,8 @@ pub struct Upgrade {
 /// What runs on an upgraded socket.
 pub struct Accepted {
     state: AppState,
-    admitted: Result<(Grant, ConnectionGuard), String>,
+    /// The admitted connection, or the reason of the 4500 close.
+    admitted: Result<Admitted, String>,
 }
 
 impl Accepted {
@@ -41,12 +42,14 @@ impl Accepted {
         let mut stream = MessageStream::with_pending(read, limit, pending);
         let session = Session::new(write);
         match self.admitted {
-            Ok((grant, guard)) => {
-                Running::new(self.state, grant, guard)
+            Ok(admitted) => {
+                Running::new(self.state, admitted)
                     .run(session, stream)
                     .await
             }
-            Err(reason) => close_with(session, &mut stream, close::UNAUTHORIZED, reason).await,
+            Err(reason) => {
+                close_with(session, &mut stream, Disconnect::Unauthorized, Some(reason)).await
+            }
         }
     }
 }
@@ -72,24 +75,17 @@ pub fn respond(state: &AppState, req: &mut Request<Incoming>) -> (Response<Body>
     }
 }
 
-/// The checks, in order: the origin (403), the handshake (400), the token (refused after the
-/// upgrade with close code 4500: browsers cannot read the status of a refused upgrade, they only
-/// see 1006 and would retry forever), the connection limit (503).
+/// The handshake (400), then admission: the origin (403), the token (refused after the upgrade
+/// with close code 4500: browsers cannot read the status of a refused upgrade, they only see 1006
+/// and would retry forever), the connection limit (503).
 fn admit(state: &AppState, req: &Request<Incoming>) -> Result<(HeaderValue, Accepted), ApiError> {
     let headers = req.headers();
-    check_origin(headers, state)?;
     let accept = handshake(headers)?;
     let query = req.uri().query().unwrap_or("");
-    let admitted = match state.auth.authenticate(headers, query) {
-        Ok(grant) => Ok((grant, state.limiter.admit(&state.metrics, "ws")?)),
-        Err(e) => {
-            state
-                .metrics
-                .rejected
-                .with_label_values(&["unauthorized"])
-                .inc();
-            Err(unauthorized_reason(&e))
-        }
+    let admitted = match session::admit(state, Transport::Ws, headers, query) {
+        Ok(admitted) => Ok(admitted),
+        Err(Refusal::Unauthorized(e)) => Err(unauthorized_reason(&e)),
+        Err(refusal) => return Err(refusal.into_error()),
     };
     let accepted = Accepted {
         state: state.clone(),
@@ -110,7 +106,7 @@ fn lists(headers: &HeaderMap, name: http::HeaderName, token: &str) -> bool {
 
 /// Validates an RFC 6455 opening handshake (§4.2.1) and computes `Sec-WebSocket-Accept`.
 fn handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
-    let refuse = |what: &str| ApiError::bad_request("not_websocket", what.to_owned());
+    let refuse = |what: &str| ApiError::bad_request(ErrorCode::NotWebsocket, what.to_owned());
     if !lists(headers, UPGRADE, "websocket") {
         return Err(refuse("a WebSocket upgrade needs Upgrade: websocket"));
     }
@@ -132,8 +128,8 @@ fn handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_bytes(&accept).map_err(|_| refuse("Sec-WebSocket-Key is not valid"))
 }
 
-/// The reason of the 4500 close both paths send after upgrading a request with a bad token,
-/// short enough for a close frame.
+/// The reason of the 4500 close sent after upgrading a request with a bad token, short enough
+/// for a close frame.
 fn unauthorized_reason(e: &ApiError) -> String {
     format!("unauthorized: {}", e.detail())
         .chars()
@@ -141,72 +137,9 @@ fn unauthorized_reason(e: &ApiError) -> String {
         .collect()
 }
 
-/// The origin check both paths make first, counted when it refuses.
-fn check_origin(headers: &HeaderMap, state: &AppState) -> Result<(), ApiError> {
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    if origin_allowed(origin, host, &state.settings.cors.allow_origins) {
-        return Ok(());
-    }
-    state.metrics.rejected.with_label_values(&["origin"]).inc();
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        "origin_not_allowed",
-        format!(
-            "origin {} may not open WebSockets here",
-            origin.unwrap_or("")
-        ),
-    ))
-}
-
-/// Cross-site WebSocket hijacking defence: a browser always sends `Origin`; it must be listed,
-/// or be the gateway's own origin. Non-browser clients send none.
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
-    let Some(origin) = origin else { return true };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let authority = origin
-        .split_once("://")
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn origins() {
-        let allowed = vec!["https://app.example".to_owned()];
-        assert!(
-            origin_allowed(None, Some("gw:8080"), &allowed),
-            "non-browser clients"
-        );
-        assert!(origin_allowed(
-            Some("https://app.example"),
-            Some("gw:8080"),
-            &allowed
-        ));
-        assert!(
-            origin_allowed(Some("http://gw:8080"), Some("gw:8080"), &allowed),
-            "same origin"
-        );
-        assert!(!origin_allowed(
-            Some("https://evil.example"),
-            Some("gw:8080"),
-            &allowed
-        ));
-        assert!(!origin_allowed(Some("null"), Some("gw:8080"), &allowed));
-        assert!(origin_allowed(
-            Some("https://evil.example"),
-            None,
-            &["*".to_owned()]
-        ));
-    }
 
     fn handshake_of(headers: &[(&str, &str)]) -> Result<String, ApiError> {
         let mut map = HeaderMap::new();
@@ -239,7 +172,10 @@ mod tests {
                 .filter(|(i, _)| *i != broken)
                 .map(|(_, h)| *h)
                 .collect();
-            assert_eq!(handshake_of(&headers).unwrap_err().code(), "not_websocket");
+            assert_eq!(
+                handshake_of(&headers).unwrap_err().code(),
+                ErrorCode::NotWebsocket
+            );
         }
         let mut old = valid;
         old[2].1 = "8";
