@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -51,7 +50,7 @@ pub struct PublishArgs {
     /// Parse --data as JSON: a JSON string is published as text, any other value as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Publish through this gateway's HTTP API (default without Redis: http://<server.listen>).
+    /// Publish through this gateway's HTTP API (default without Redis: http(s)://<server.listen>).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
 }
@@ -70,59 +69,52 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<S
     };
     if args.url.is_none() && settings.redis.url.is_some() {
         let engine = crate::server::build_engine(settings, &Metrics::new())?;
-        let position = publish::publish(&engine, body)
+        let request = publish::validate(body).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let position = publish::publish(&engine, request, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok(position.to_string());
     }
+    let scheme = if settings.server.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let url = args
         .url
-        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
+        .unwrap_or_else(|| format!("{scheme}://{}", settings.server.listen));
     http_publish(&url, settings.publish.api_key.as_deref(), &body).await
 }
 
-/// A minimal HTTP/1.1 POST, so the CLI needs no HTTP client library for one request.
+/// `POST <url>/publish` with an HTTP client (reqwest: HTTP/1.1 or HTTP/2, `http://` or
+/// `https://` with the system's roots).
 async fn http_publish(
     url: &str,
     api_key: Option<&str>,
     body: &PublishBody,
 ) -> anyhow::Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .context("--url must start with http://")?;
-    let (host, base) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
-    let base = base.trim_end_matches('/');
-    let path = if base.is_empty() {
-        "/publish".to_owned()
-    } else {
-        format!("/{base}/publish")
-    };
-    let json = serde_json::to_vec(body)?;
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        json.len()
-    );
+    // reqwest's rustls needs a process-wide provider; a second install is a harmless no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let endpoint = format!("{}/publish", url.trim_end_matches('/'));
+    let mut request = client.post(&endpoint).json(body);
     if let Some(key) = api_key {
-        request.push_str(&format!("Authorization: Bearer {key}\r\n"));
+        request = request.bearer_auth(key);
     }
-    request.push_str("\r\n");
-    let mut stream = tokio::net::TcpStream::connect(host)
+    let response = request
+        .send()
         .await
-        .with_context(|| format!("cannot reach the gateway at {host}"))?;
-    stream.write_all(request.as_bytes()).await?;
-    stream.write_all(&json).await?;
-    let mut response = Vec::new();
-    stream.take(1 << 20).read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        bail!("the gateway answered {status}: {body}");
+        .with_context(|| format!("cannot reach the gateway at {url}"))?;
+    let status = response.status();
+    let text = response.text().await.context("cannot read the answer")?;
+    if !status.is_success() {
+        bail!("the gateway answered {}: {text}", status.as_u16());
     }
     let reply: serde_json::Value =
-        serde_json::from_str(body).context("unexpected response body")?;
+        serde_json::from_str(&text).context("unexpected response body")?;
     reply["id"]
         .as_str()
         .map(str::to_owned)

@@ -16,6 +16,7 @@ use subtle::ConstantTimeEq;
 
 use crate::engine::{Engine, PublishRequest};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::response::{self, Body};
 use crate::state::AppState;
 
@@ -54,10 +55,19 @@ pub fn validate(body: PublishBody) -> Result<PublishRequest, ApiError> {
     })
 }
 
-/// Validates and publishes; the single path for all publishers inside the gateway.
-pub async fn publish(engine: &Engine, body: PublishBody) -> Result<Position, ApiError> {
-    let request = validate(body)?;
-    Ok(engine.publish(request).await?)
+/// The single publishing path inside the gateway (the HTTP handler, the WebSocket `publish`
+/// command and binary frames, the CLI): a validated request into the engine's atomic
+/// store-and-push, counted by where it came from (`None`: outside a serving instance).
+pub async fn publish(
+    engine: &Engine,
+    request: PublishRequest,
+    counted: Option<(&Metrics, &'static str)>,
+) -> Result<Position, ApiError> {
+    let position = engine.publish(request).await?;
+    if let Some((metrics, via)) = counted {
+        metrics.published.with_label_values(&[via]).inc();
+    }
+    Ok(position)
 }
 
 /// The `POST /publish` handler: a JSON body `{"channel", "data", "event"?}`, or a raw
@@ -70,13 +80,10 @@ pub async fn respond(
     body_timeout: Duration,
 ) -> Response<Body> {
     match handle(state, req, body_timeout).await {
-        Ok(position) => {
-            state.metrics.published.with_label_values(&["http"]).inc();
-            response::json(
-                StatusCode::OK,
-                &serde_json::json!({ "id": position.to_string() }),
-            )
-        }
+        Ok(position) => response::json(
+            StatusCode::OK,
+            &serde_json::json!({ "id": position.to_string() }),
+        ),
         Err(e) => e.into_response(),
     }
 }
@@ -109,7 +116,8 @@ async fn handle(
     } else {
         validate(parse_body(&raw)?)?
     };
-    Ok(state.hub.engine().publish(request).await?)
+    let counted = Some((&state.metrics, "http"));
+    publish(state.hub.engine(), request, counted).await
 }
 
 /// Parses a publish body, which must be a JSON object (serde would also accept a positional

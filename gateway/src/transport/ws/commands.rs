@@ -344,18 +344,16 @@ impl Connection {
         let state = self.state.clone();
         let reports = self.reports.clone();
         actix_rt::spawn(async move {
-            let msg = match state.hub.engine().publish(request).await {
-                Ok(id) => {
-                    state.metrics.published.with_label_values(&["ws"]).inc();
-                    ServerMessage::Published {
-                        channel: channel.to_string(),
-                        id: id.to_string(),
-                        req,
-                    }
-                }
+            let counted = Some((&state.metrics, "ws"));
+            let msg = match publish::publish(state.hub.engine(), request, counted).await {
+                Ok(id) => ServerMessage::Published {
+                    channel: channel.to_string(),
+                    id: id.to_string(),
+                    req,
+                },
                 Err(e) => ServerMessage::Error {
                     code: ErrorCode::PublishFailed.as_str().to_owned(),
-                    message: e.to_string(),
+                    message: e.detail().to_owned(),
                     channel: Some(channel.to_string()),
                     req,
                 },
