@@ -30,6 +30,8 @@ codes! {
     // Requests and their heads.
     /// A head breaks HTTP/1.1's framing rules (Host, Content-Length).
     BadRequestHead = "bad_request_head",
+    /// The request head did not arrive within the request timeout.
+    RequestTimeout = "request_timeout",
     /// No such endpoint.
     NotFound = "not_found",
     /// The endpoint does not take that method.

@@ -19,7 +19,10 @@ use tokio::time::Instant;
 use super::head::{self, Sniffed};
 use super::limits::{MAX_HEAD, MAX_HEADERS};
 use super::service::{Service, UpgradeSlot};
-use super::{Front, Prefixed, raw, write_all};
+use super::{Front, Prefixed, raw, refuse};
+use crate::error::ApiError;
+use http::StatusCode;
+use shared::ErrorCode;
 
 /// Serves one accepted connection to its end.
 pub async fn serve(front: Rc<Front>, stream: TcpStream) {
@@ -52,11 +55,12 @@ fn route(front: &Rc<Front>, stream: TcpStream, sniffed: Sniffed) -> LocalBoxFutu
             Protocol::Http1,
         ),
         Sniffed::TimedOut => Box::pin(async move {
-            let _ = write_all(
-                &stream,
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            )
-            .await;
+            let e = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::RequestTimeout,
+                "the request head did not arrive in time",
+            );
+            refuse(&stream, &e, "").await;
         }),
         Sniffed::Closed => Box::pin(std::future::ready(())),
     }
