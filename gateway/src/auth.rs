@@ -12,7 +12,6 @@
 //! WebSocket; an entry is an exact name, a prefix ending in `*`, or `*` for everything. `exp`
 //! is required. Backends keep using the publish API key; tokens are for end users.
 
-use shared::ErrorCode;
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -20,6 +19,7 @@ use http::header::{AUTHORIZATION, HeaderMap};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use shared::ChannelName;
+use shared::ErrorCode;
 
 use crate::config::AuthSettings;
 use crate::error::ApiError;

@@ -2,7 +2,6 @@
 //! WebSocket clients), and the HTTP handler. Everything ends in [`Engine::publish`], the same
 //! atomic store-and-push that external publishers reach with `FCALL gw_publish`.
 
-use shared::ErrorCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
+use shared::ErrorCode;
 use shared::{ChannelName, EventName, PayloadKind, Position};
 use subtle::ConstantTimeEq;
 

@@ -1,8 +1,9 @@
 //! Shared application state handed to every handler, and the per-instance connection limit.
 
-use shared::ErrorCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use shared::ErrorCode;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;

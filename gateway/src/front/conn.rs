@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{LocalBoxFuture, OptionFuture};
+use http::StatusCode;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use shared::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -21,8 +23,6 @@ use super::limits::{MAX_HEAD, MAX_HEADERS};
 use super::service::{Service, UpgradeSlot};
 use super::{Front, Prefixed, raw, refuse};
 use crate::error::ApiError;
-use http::StatusCode;
-use shared::ErrorCode;
 
 /// Serves one accepted connection to its end.
 pub async fn serve(front: Rc<Front>, stream: TcpStream) {

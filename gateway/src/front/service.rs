@@ -1,7 +1,6 @@
 //! The HTTP service hyper runs for every request it reads, on HTTP/1.1 and HTTP/2 alike: the
 //! head rules, routing, CORS, and the hand-off of WebSocket upgrades to the connection.
 
-use shared::ErrorCode;
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use futures_util::future::LocalBoxFuture;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
+use shared::ErrorCode;
 
 use super::{Front, cors, limits, upgraded};
 use crate::error::ApiError;

@@ -11,7 +11,6 @@
 //! The `id:` of each event is the connection's cursor: one position per channel, in sorted
 //! channel order, so any instance can resume every channel of the connection from it.
 
-use shared::ErrorCode;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +23,7 @@ use http::Response;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use shared::ErrorCode;
 use shared::{ChannelName, Cursor, Position};
 use tokio::time::{Instant, Sleep};
 
