@@ -24,6 +24,9 @@ use super::service::{Service, UpgradeSlot};
 use super::{Front, Prefixed, raw, refuse};
 use crate::error::ApiError;
 
+/// Bytes an HTTP/2 stream may hold unsent (one burst of SSE frames).
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
 /// Serves one accepted connection to its end.
 pub async fn serve(front: Rc<Front>, stream: TcpStream) {
     tune_socket(&stream, front.user_timeout);
@@ -122,6 +125,10 @@ where
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD as u32)
                 .max_concurrent_streams(front.state.settings.server.http2_max_streams)
+                // What a stream may buffer beyond the client's flow-control window (hyper's
+                // default is ~400 KiB): a reader that stops must stall our writes soon, so its
+                // queue overflows and it is disconnected as a slow consumer, as on HTTP/1.1.
+                .max_send_buf_size(H2_SEND_BUFFER)
                 // Streams of idle SSE clients: pings find dead peers behind silent NATs.
                 .keep_alive_interval(Some(Duration::from_secs(
                     front.state.settings.sse.heartbeat_seconds.max(1),
