@@ -50,7 +50,7 @@ pub struct PublishArgs {
     /// Parse --data as JSON: a JSON string is published as text, any other value as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Publish through this gateway's HTTP API (default without Redis: http(s)://<server.listen>).
+    /// Publish through this gateway's HTTP API (default without Redis: http://<server.listen>).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
 }
@@ -75,26 +75,20 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<S
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         return Ok(position.to_string());
     }
-    let scheme = if settings.server.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     let url = args
         .url
-        .unwrap_or_else(|| format!("{scheme}://{}", settings.server.listen));
+        .unwrap_or_else(|| format!("http://{}", settings.server.listen));
     http_publish(&url, settings.publish.api_key.as_deref(), &body).await
 }
 
-/// `POST <url>/publish` with an HTTP client (reqwest: HTTP/1.1 or HTTP/2, `http://` or
-/// `https://` with the system's roots).
+/// `POST <url>/publish` with an HTTP client (reqwest, plain `http://`: the CLI talks to a
+/// gateway on its own network; a TLS-only gateway is published to through Redis or any HTTPS
+/// client).
 async fn http_publish(
     url: &str,
     api_key: Option<&str>,
     body: &PublishBody,
 ) -> anyhow::Result<String> {
-    // reqwest's rustls needs a process-wide provider; a second install is a harmless no-op.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
