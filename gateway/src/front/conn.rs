@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::head::{self, Sniffed};
+use super::idle::Tracker;
 use super::limits::{MAX_HEAD, MAX_HEADERS};
 use super::service::{Service, UpgradeSlot};
 use super::{Front, Prefixed, raw, refuse};
@@ -104,11 +105,11 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let upgrade = UpgradeSlot::new();
-    let service = Service::new(front.state.clone(), upgrade.clone(), &front);
     let shutdown = front.state.hub.shutdown_signal();
     let io = TokioIo::new(io);
     let served: LocalBoxFuture<'static, ()> = match protocol {
         Protocol::Http1 => {
+            let service = Service::new(front.state.clone(), upgrade.clone(), None, &front);
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(front.request_timeout)
@@ -118,9 +119,16 @@ where
                 .half_close(false)
                 .serve_connection(io, service)
                 .with_upgrades();
-            Box::pin(graceful(conn, shutdown))
+            Box::pin(graceful(conn, shutdown, None))
         }
         Protocol::Http2 => {
+            let tracker = Tracker::new();
+            let service = Service::new(
+                front.state.clone(),
+                upgrade.clone(),
+                Some(tracker.clone()),
+                &front,
+            );
             let conn = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())
                 .max_header_list_size(MAX_HEAD as u32)
@@ -134,7 +142,8 @@ where
                     front.state.settings.sse.heartbeat_seconds.max(1),
                 )))
                 .serve_connection(io, service);
-            Box::pin(graceful(conn, shutdown))
+            let idle = Some((tracker, front.request_timeout));
+            Box::pin(graceful(conn, shutdown, idle))
         }
     };
     Box::pin(
@@ -177,16 +186,38 @@ where
 }
 
 /// Runs `conn`; once the instance shuts down, asks it to finish: an idle HTTP/1.1 connection
-/// closes, HTTP/2 sends GOAWAY, and streams in flight end as the hub closes them.
-async fn graceful<C, E>(conn: C, mut shutdown: watch::Receiver<bool>)
-where
+/// closes, HTTP/2 sends GOAWAY, and streams in flight end as the hub closes them. With `idle`,
+/// the connection is also asked to finish once it has had no open stream for that long.
+async fn graceful<C, E>(
+    conn: C,
+    mut shutdown: watch::Receiver<bool>,
+    idle: Option<(Tracker, Duration)>,
+) where
     C: Graceful<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let mut conn = pin!(conn);
+    let idle_out = async {
+        let Some((tracker, limit)) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let wait = match tracker.idle_for() {
+                Some(idle) if idle >= limit => return,
+                Some(idle) => limit - idle,
+                None => limit,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    };
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = shutdown.wait_for(|down| *down) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = idle_out => {
+            tracing::debug!("closing an HTTP/2 connection without open streams");
             conn.as_mut().graceful_shutdown();
             conn.await
         }

@@ -16,6 +16,7 @@
 mod conn;
 pub mod cors;
 pub mod head;
+mod idle;
 pub mod limits;
 mod prefixed;
 pub mod pump;

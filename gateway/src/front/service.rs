@@ -11,6 +11,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use shared::ErrorCode;
 
+use super::idle::Tracker;
 use super::{Front, cors, limits, upgraded};
 use crate::error::ApiError;
 use crate::response::{self, Body};
@@ -43,16 +44,25 @@ pub struct Service {
 struct Inner {
     state: AppState,
     upgrade: UpgradeSlot,
+    /// Counts open streams (HTTP/2, where idle connections are closed by it).
+    tracker: Option<Tracker>,
     body_timeout: Duration,
 }
 
 impl Service {
-    /// The service for one connection.
-    pub fn new(state: AppState, upgrade: UpgradeSlot, front: &Front) -> Self {
+    /// The service for one connection; with a tracker, every stream counts as open until its
+    /// response is done.
+    pub fn new(
+        state: AppState,
+        upgrade: UpgradeSlot,
+        tracker: Option<Tracker>,
+        front: &Front,
+    ) -> Self {
         Self {
             inner: Rc::new(Inner {
                 state,
                 upgrade,
+                tracker,
                 body_timeout: front.request_timeout,
             }),
         }
@@ -66,7 +76,14 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { Ok(handle(&inner, req).await) })
+        let guard = inner.tracker.as_ref().map(Tracker::enter);
+        Box::pin(async move {
+            let res = handle(&inner, req).await;
+            Ok(match guard {
+                Some(guard) => guard.hold(res),
+                None => res,
+            })
+        })
     }
 }
 

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use shared::Position;
+use shared::{Disconnect, Position};
 use tokio::sync::Notify;
 
 use super::message::Delivery;
 use super::worker::Worker;
-use shared::Disconnect;
+use crate::metrics::Metrics;
 
 /// One thing for a connection to write; `slot` identifies the channel within the connection.
 #[derive(Clone, Debug)]
@@ -78,6 +78,18 @@ impl CloseReason {
         match self.disconnect() {
             Some(d) => d.label(),
             None => "client_gone",
+        }
+    }
+
+    /// Counts the disconnect in `gateway_disconnects_total` as a transport tells its client,
+    /// once per connection: a slow consumer is counted where its queue overflowed (the delivery
+    /// group), and a client that left is not a disconnect.
+    pub fn count(self, metrics: &Metrics) {
+        if matches!(self, Self::Shutdown | Self::Unavailable) {
+            metrics
+                .disconnects
+                .with_label_values(&[self.as_str()])
+                .inc();
         }
     }
 }

@@ -374,10 +374,7 @@ impl SseStream {
         let mut out = Vec::new();
         shared::sse::write_comment(&mut out, &format!("closing: {}", reason.as_str()));
         shared::sse::write_retry(&mut out, self.retry_ms);
-        self.metrics
-            .disconnects
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        reason.count(&self.metrics);
         Bytes::from(out)
     }
 }

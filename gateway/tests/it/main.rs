@@ -12,6 +12,7 @@ mod front;
 mod gap;
 mod hostile;
 mod http_api;
+mod matrix;
 mod oversized_frames;
 mod pubsub_drop;
 mod race;

@@ -47,7 +47,10 @@ impl Running {
                             break end;
                         }
                     }
-                    Drained::Closed(reason) => break reason.disconnect(),
+                    Drained::Closed(reason) => {
+                        reason.count(&conn.state.metrics);
+                        break reason.disconnect();
+                    }
                 },
                 report = inbox.recv() => {
                     // Boxed: rare branches must not grow every connection's task.

@@ -4,8 +4,11 @@
 //! - [`Gateway`]: the real `gateway` binary as a child process (for kill/restart tests).
 //! - [`InProcess`]: `gateway::run` on its own thread and actix system (for race hooks).
 //! - [`Sse`]: an SSE client built on the shared decoder, as strict as a browser.
+//! - [`arrival`]: the ways a request can arrive (plain, keep-alive, TLS, HTTP/2, h2c), with
+//!   clients for each, for the arrival matrix (`matrix`).
 #![allow(dead_code)]
 
+pub mod arrival;
 pub mod follow;
 pub mod nginx;
 pub mod proxy;
@@ -194,6 +197,8 @@ pub async fn fcall_publish(
 pub struct Gateway {
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// `http`, or `https` when started with `GATEWAY__SERVER__TLS_CERT`/`TLS_KEY`.
+    pub scheme: &'static str,
 }
 
 impl Gateway {
@@ -222,15 +227,19 @@ impl Gateway {
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read gateway stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
+        let rest = line.trim().strip_prefix("listening on ");
+        let (scheme, rest) = match rest.and_then(|r| r.strip_prefix("https://")) {
+            Some(r) => ("https", Some(r)),
+            None => ("http", rest.and_then(|r| r.strip_prefix("http://"))),
+        };
+        let addr = rest
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from gateway: {line:?}"));
         Self {
             child: Some(child),
             addr,
+            scheme,
         }
     }
 
@@ -270,9 +279,14 @@ impl Gateway {
         }
     }
 
-    /// `http://<addr><path>`.
+    /// `<scheme>://<addr><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
+    }
+
+    /// Whether the gateway serves TLS (HTTPS and `wss://`) itself.
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "https"
     }
 
     /// The process id (for /proc measurements).
