@@ -17,4 +17,5 @@ mod oversized_frames;
 mod pubsub_drop;
 mod race;
 mod resume;
+mod tls_reload;
 mod ws;
