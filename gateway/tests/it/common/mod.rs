@@ -587,8 +587,7 @@ pub enum WsItem {
     Closed(Option<(u16, String)>),
 }
 
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream = tokio_tungstenite::WebSocketStream<arrival::BoxIo>;
 
 /// A WebSocket test client speaking the gateway's protocol.
 pub struct Ws {
@@ -613,7 +612,15 @@ impl Ws {
                 v.parse().unwrap(),
             );
         }
-        match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request)).await {
+        let host = request.uri().authority().map(|a| a.to_string());
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(host.unwrap_or_default())
+                .await
+                .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+            let io: arrival::BoxIo = Box::new(tcp);
+            tokio_tungstenite::client_async(request, io).await
+        };
+        match tokio::time::timeout(WAIT, connect).await {
             Ok(Ok((stream, _))) => Ok(Self { stream }),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(res))) => {
                 Err(format!("HTTP {}", res.status().as_u16()))
@@ -621,6 +628,11 @@ impl Ws {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("connect timed out".into()),
         }
+    }
+
+    /// A client on a WebSocket opened some other way (TLS, a keep-alive connection).
+    pub fn from_stream(stream: WsStream) -> Self {
+        Self { stream }
     }
 
     /// Sends a JSON command.
