@@ -7,6 +7,8 @@
 #
 # Figures: idle idle-nchan conns19k conns90k fanout fanout-bare fanout-nchan latency
 #          latency-nchan channels channels-nchan storm publish publish-nchan
+#          idle-tls idle-h2 fanout-h2 (the gateway serving TLS itself, with a certificate made
+#          here by `loadtest gen-cert`; HTTP/2 over TLS and cleartext h2c)
 #
 # Environment: OUT (results directory, default target/bench/<date>), STEP (seconds per saturate
 # step, default 10). Needs the release binaries (built here) and, for the Nchan figures, what
@@ -33,9 +35,10 @@ free_port() {
 }
 
 wait_http() {
-  local url=$1 i
+  local url=$1 i tls=()
+  [[ $url == https://* ]] && tls=(--cacert "$CERT")
   for i in $(seq 1 100); do
-    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    curl -fsS "${tls[@]}" -o /dev/null "$url" 2>/dev/null && return 0
     sleep 0.1
   done
   log "no answer from $url"; return 1
@@ -47,7 +50,7 @@ stop_all() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
 }
-trap 'stop_all; stop_nchan' EXIT
+trap 'stop_all; stop_nchan; [ -z "${CERT_DIR:-}" ] || rm -rf "$CERT_DIR"' EXIT
 
 # Starts a redis-server without persistence; sets REDIS_PORT and REDIS_PID.
 start_redis() {
@@ -67,6 +70,27 @@ start_gateway() {
     GATEWAY__LOG__FILTER=warn "$@" "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
   GW_PID=$!; PIDS+=("$GW_PID")
   GW_URL="http://127.0.0.1:$port"
+  wait_http "$GW_URL/readyz"
+}
+
+# A self-signed certificate for 127.0.0.1 and localhost, made once per run in a temporary
+# directory (removed at exit, so no key lands in the results); sets CERT, KEY.
+make_cert() {
+  [ -n "${CERT:-}" ] && return 0
+  CERT_DIR=$(mktemp -d)
+  "$LT" gen-cert --out "$CERT_DIR" >/dev/null
+  CERT="$CERT_DIR/cert.pem"; KEY="$CERT_DIR/key.pem"
+}
+
+# Starts a gateway on Redis serving TLS (ALPN h2 and http/1.1); sets GW_URL (https://) and GW_PID.
+start_gateway_tls() {
+  make_cert
+  local port; port=$(free_port)
+  env GATEWAY__SERVER__LISTEN="127.0.0.1:$port" GATEWAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/" \
+    GATEWAY__SERVER__TLS_CERT="$CERT" GATEWAY__SERVER__TLS_KEY="$KEY" \
+    GATEWAY__LOG__FILTER=warn "$@" "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  GW_URL="https://127.0.0.1:$port"
   wait_http "$GW_URL/readyz"
 }
 
@@ -231,8 +255,47 @@ fig_publish_nchan() {
   stop_nchan
 }
 
+# Idle memory over TLS (HTTP/1.1): SSE and WebSocket (wss), 10,000 connections each, against
+# the plain `idle` figure.
+fig_idle_tls() {
+  local t
+  for t in sse ws; do
+    start_redis; start_gateway_tls
+    run idle-tls "gateway-tls-$t" idle --conns 10000 --hold 10 --transport "$t" --url "$GW_URL" \
+      --ca "$CERT" --server-pid "$GW_PID"
+    stop_all
+  done
+}
+
+# Idle memory of SSE over HTTP/2 (TLS, ALPN h2): 10,000 connections with one stream each, and
+# 10,000 streams over 100 connections (the idle cost per stream).
+fig_idle_h2() {
+  local n
+  for n in 1 100; do
+    start_redis; start_gateway_tls
+    run idle-h2 "gateway-h2-sse-$n-per-conn" idle --conns 10000 --hold 10 --http2 --streams-per-conn "$n" \
+      --url "$GW_URL" --ca "$CERT" --server-pid "$GW_PID"
+    stop_all
+  done
+}
+
+# Fan-out to 10,000 SSE subscribers of one channel (the `fanout` method, events straight into
+# Redis): HTTP/2 with 100 streams on each of 100 connections, over TLS and cleartext (h2c), beside
+# HTTP/1.1 over TLS with 10,000 connections (plain HTTP/1.1 is the `fanout` figure).
+fig_fanout_h2() {
+  local label args
+  for label in tls-h2-sse-100x100 tls-h1-sse h2c-sse-100x100; do
+    start_redis
+    if [[ $label == tls-* ]]; then start_gateway_tls; args=(--ca "$CERT"); else start_gateway; args=(); fi
+    [[ $label == *100x100 ]] && args+=(--http2 --streams-per-conn 100)
+    run fanout-h2 "gateway-$label" saturate --conns 10000 --start-rate 50 --step-seconds "$STEP" --max-rate 1300 \
+      --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/" --url "$GW_URL" --server-pid "$GW_PID" "${args[@]}"
+    stop_all
+  done
+}
+
 all=(idle idle-nchan conns19k conns90k fanout fanout-bare fanout-nchan latency latency-nchan
-     channels channels-nchan storm publish publish-nchan)
+     channels channels-nchan storm publish publish-nchan idle-tls idle-h2 fanout-h2)
 [ $# -gt 0 ] || set -- "${all[@]}"
 log "building release binaries"
 cargo build --release --locked -q -p gateway -p loadtest

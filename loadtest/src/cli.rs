@@ -38,6 +38,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Merge the JSON lines of several loadtest processes (files, or stdin) into one.
     Combine(CombineArgs),
+    /// Write a self-signed certificate for localhost, 127.0.0.1 and ::1 (cert.pem, key.pem) for
+    /// a TLS server under test; clients trust it with --ca DIR/cert.pem.
+    GenCert(GenCertArgs),
 }
 
 /// Options every scenario has.
@@ -45,6 +48,7 @@ pub enum Command {
 pub struct Common {
     /// Gateway base URL (repeatable: several instances, connections spread round-robin).
     /// Subscribers use /sse?channel=C or /ws; HTTP publishing goes to the first one.
+    /// https:// speaks TLS (wss:// for --transport ws), with --ca or --insecure.
     #[arg(
         long = "url",
         value_name = "URL",
@@ -68,6 +72,14 @@ pub struct Common {
     /// history); channels are <prefix>0, <prefix>1, ...
     #[arg(long)]
     pub channel_prefix: Option<String>,
+    /// For https:// targets: trust the certificates in this PEM file (the server's self-signed
+    /// certificate, e.g. from `loadtest gen-cert`, or its CA).
+    #[arg(long, value_name = "PEM")]
+    pub ca: Option<PathBuf>,
+    /// For https:// targets: accept any certificate (handshake signatures are still checked).
+    /// Targets are loopback only.
+    #[arg(long, conflicts_with = "ca")]
+    pub insecure: bool,
 }
 
 /// Subscriber options.
@@ -98,6 +110,14 @@ pub struct SubOpts {
     /// Start publishing at this Unix time (seconds), to line up several processes.
     #[arg(long, value_name = "UNIX_SECONDS")]
     pub start_at: Option<u64>,
+    /// SSE over HTTP/2: h2 via ALPN for https:// targets, cleartext h2 with prior knowledge
+    /// (h2c) for http:// ones. Subscribers share connections (--streams-per-conn).
+    #[arg(long)]
+    pub http2: bool,
+    /// With --http2: subscribers (streams) per connection; subscriber i uses connection
+    /// i / N, from source address (i / N) mod (number of --source-ips).
+    #[arg(long, default_value_t = 1, requires = "http2", value_name = "N")]
+    pub streams_per_conn: usize,
 }
 
 /// How events are published.
@@ -281,6 +301,14 @@ pub struct PublishArgs {
     pub common: Common,
     #[command(flatten)]
     pub publish: PubOpts,
+}
+
+/// `gen-cert`.
+#[derive(Args, Debug)]
+pub struct GenCertArgs {
+    /// Directory to write cert.pem and key.pem into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// `combine`.

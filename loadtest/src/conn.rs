@@ -1,12 +1,16 @@
-//! Subscriber connections: raw TCP from a chosen loopback source address, SSE spoken by hand
-//! (request, response head, chunked or identity body, [`SseParser`]), WebSocket through
-//! tokio-tungstenite. Every event is accounted on arrival ([`Acct`]) and flushed into the shared
-//! [`Stats`] once per socket read.
+//! Subscriber connections: raw TCP from a chosen loopback source address (TLS on top for
+//! `https://` targets), SSE over HTTP/1.1 spoken by hand (request, response head, chunked or
+//! identity body, [`SseParser`]), WebSocket through tokio-tungstenite, and SSE over HTTP/2 by
+//! hand too ([`crate::h2`]): one task per connection carries the streams of several
+//! subscribers and feeds each DATA payload straight to that stream's [`SseParser`]. Every event
+//! is accounted on arrival ([`Acct`]) and flushed into the shared [`Stats`] once per socket read.
 //!
-//! SSE reads go into one buffer per runtime thread, borrowed only for the duration of one poll,
-//! so an idle connection costs its parser state (a few hundred bytes) rather than a read buffer.
+//! Reads go into one buffer per runtime thread, borrowed only for the duration of one poll, so
+//! an idle connection costs its parser state (a few hundred bytes) rather than a read buffer
+//! (plus, over TLS, rustls' connection state).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -22,7 +26,9 @@ use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::account::{IdTracker, SeqOutcome, SeqTracker, parse_position};
+use crate::h2;
 use crate::http::{BodyKind, ChunkedDecoder, parse_head};
+use crate::net::{Alpn, Stream, TlsClient};
 use crate::payload::{Stamp, WsMsg, parse_ws};
 use crate::phase::PhaseRx;
 use crate::publish::Book;
@@ -82,6 +88,12 @@ pub struct SubPlan {
     pub sources: Vec<Ipv4Addr>,
     /// Whether to reconnect (and resume) after an unexpected disconnect.
     pub reconnect: bool,
+    /// TLS client, when any target is `https://`.
+    pub tls: Option<TlsClient>,
+    /// SSE over HTTP/2 (h2 for `https://`, h2c with prior knowledge for `http://`).
+    pub http2: bool,
+    /// With `http2`: subscribers per connection (subscriber i uses connection i / N).
+    pub streams_per_conn: usize,
 }
 
 /// State shared by all subscriber tasks.
@@ -116,6 +128,10 @@ pub fn unix_micros() -> u64 {
 enum End {
     /// TCP connect failed.
     Connect(io::Error),
+    /// The TLS handshake failed (or ALPN did not agree).
+    Tls(io::Error),
+    /// HTTP/2 failed: handshake, request, or the stream (reset, GOAWAY, connection error).
+    Http2(String),
     /// Connect, head or handshake took too long.
     Timeout,
     /// The response was not 200 (or the upgrade was refused with this status).
@@ -134,6 +150,11 @@ impl End {
     fn reason(&self) -> String {
         match self {
             Self::Connect(e) => format!("connect_{:?}", e.kind()).to_ascii_lowercase(),
+            Self::Tls(e) => format!(
+                "tls: {}",
+                e.to_string().chars().take(60).collect::<String>()
+            ),
+            Self::Http2(m) => format!("http2: {}", m.chars().take(60).collect::<String>()),
             Self::Timeout => "timeout".into(),
             Self::Status(s) => format!("status_{s}"),
             Self::Protocol(m) => format!("protocol: {}", m.chars().take(60).collect::<String>()),
@@ -298,6 +319,13 @@ impl LiveGuard<'_> {
             self.stats.live.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    fn clear(&mut self) {
+        if self.up {
+            self.up = false;
+            self.stats.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for LiveGuard<'_> {
@@ -308,27 +336,83 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
+impl Sub {
+    /// Subscriber `idx`'s state before its first connection.
+    fn new(idx: usize, sh: &Shared) -> Self {
+        let plan = &sh.plan;
+        Self {
+            source: plan.sources[idx % plan.sources.len()],
+            acct: Acct {
+                shard: idx,
+                channel: idx % sh.book.names.len(),
+                seq: SeqTracker::default(),
+                ids: IdTracker::default(),
+                check_ids: !plan.template,
+                batch: Batch::default(),
+                storm: None,
+            },
+            sse: SseParser::new(),
+            ws_last_id: Vec::new(),
+            up: false,
+            ever_up: false,
+        }
+    }
+
+    /// Accounts the end of a session (or of an HTTP/2 stream): flushes, counts the disconnect
+    /// or the failure. Returns false when the subscriber is finished: it never got established
+    /// (a failed connection), or must not reconnect.
+    fn ended(&mut self, sh: &Shared, end: &End, storm: bool) -> bool {
+        sh.stats.flush(self.acct.shard, &mut self.acct.batch);
+        if self.up {
+            Stats::bump(&sh.stats.disconnects);
+        } else if !self.ever_up && !storm {
+            sh.stats.fail(&end.reason());
+            Stats::bump(&sh.stats.failed);
+            return false;
+        } else {
+            Stats::bump(&sh.stats.reconnect_failures);
+            sh.stats.fail(&format!("reconnect_{}", end.reason()));
+        }
+        self.up = false;
+        sh.plan.reconnect
+    }
+
+    fn result(mut self, sh: &Shared) -> Option<SubResult> {
+        sh.stats.flush(self.acct.shard, &mut self.acct.batch);
+        self.ever_up.then_some(SubResult {
+            channel: self.acct.channel,
+            seq: self.acct.seq,
+        })
+    }
+}
+
+/// When to try again after a connection ended: 1-2 s later, as browsers do.
+fn retry_time() -> tokio::time::Instant {
+    let jitter = Duration::from_millis(fastrand::u64(0..1000));
+    tokio::time::Instant::now() + Duration::from_secs(1) + jitter
+}
+
+/// Subscribers `first .. first + n`, to the `Stop` phase: one (n = 1) on its own connection, or,
+/// with HTTP/2, all of them as streams of one connection. Returns those that got established.
+pub async fn subscribers(
+    first: usize,
+    n: usize,
+    sh: Arc<Shared>,
+    phase: PhaseRx,
+) -> Vec<SubResult> {
+    if sh.plan.http2 {
+        // Boxed: HTTP/1.1 subscribers' tasks should not be sized for a group's state.
+        Box::pin(h2_group(first, n, &sh, phase)).await
+    } else {
+        subscriber(first, sh, phase).await.into_iter().collect()
+    }
+}
+
 /// One subscriber, from its first connect to the `Stop` phase. Returns `None` when it never
 /// got established (it then counts as a failed connection, with the reason).
 pub async fn subscriber(idx: usize, sh: Arc<Shared>, mut phase: PhaseRx) -> Option<SubResult> {
     let plan = &sh.plan;
-    let channel = idx % sh.book.names.len();
-    let mut sub = Sub {
-        source: plan.sources[idx % plan.sources.len()],
-        acct: Acct {
-            shard: idx,
-            channel,
-            seq: SeqTracker::default(),
-            ids: IdTracker::default(),
-            check_ids: !plan.template,
-            batch: Batch::default(),
-            storm: None,
-        },
-        sse: SseParser::new(),
-        ws_last_id: Vec::new(),
-        up: false,
-        ever_up: false,
-    };
+    let mut sub = Sub::new(idx, &sh);
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let now_phase = phase.current();
@@ -365,32 +449,19 @@ pub async fn subscriber(idx: usize, sh: Arc<Shared>, mut phase: PhaseRx) -> Opti
             _ = phase.changed() => continue,
             end = session(&sh, &mut sub, url, storm) => end,
         };
-        sh.stats.flush(sub.acct.shard, &mut sub.acct.batch);
-        if sub.up {
-            Stats::bump(&sh.stats.disconnects);
-        } else if !sub.ever_up && !storm {
-            sh.stats.fail(&end.reason());
-            Stats::bump(&sh.stats.failed);
-            return None;
-        } else {
-            Stats::bump(&sh.stats.reconnect_failures);
-            sh.stats.fail(&format!("reconnect_{}", end.reason()));
-        }
-        if !plan.reconnect {
+        if !sub.ended(&sh, &end, storm) {
+            if !sub.ever_up {
+                return None;
+            }
             // Wait for the end of the run without reconnecting.
             while phase.current() != Phase::Stop {
                 phase.changed().await;
             }
             break;
         }
-        let jitter = Duration::from_millis(fastrand::u64(0..1000));
-        retry_at = Some(tokio::time::Instant::now() + Duration::from_secs(1) + jitter);
+        retry_at = Some(retry_time());
     }
-    sh.stats.flush(sub.acct.shard, &mut sub.acct.batch);
-    sub.ever_up.then_some(SubResult {
-        channel,
-        seq: sub.acct.seq,
-    })
+    sub.result(&sh)
 }
 
 async fn session(sh: &Shared, sub: &mut Sub, url: &Url, storm: bool) -> End {
@@ -398,13 +469,30 @@ async fn session(sh: &Shared, sub: &mut Sub, url: &Url, storm: bool) -> End {
         stats: &sh.stats,
         up: false,
     };
-    let stream = match connect(sub.source, url.addr).await {
+    let stream = match open(sh, sub.source, url, Alpn::Http1).await {
         Ok(s) => s,
         Err(e) => return e,
     };
     match sh.plan.transport {
         Transport::Sse => sse_session(sh, sub, url, stream, storm, &mut live).await,
         Transport::Ws => ws_session(sh, sub, url, stream, storm, &mut live).await,
+    }
+}
+
+/// A new connection to `url`: TCP, and the TLS handshake (offering `alpn`) for `https://`.
+async fn open(sh: &Shared, source: Ipv4Addr, url: &Url, alpn: Alpn) -> Result<Stream, End> {
+    let tcp = connect(source, url.addr).await?;
+    Stats::bump(&sh.stats.tcp_connections);
+    if !url.is_tls() {
+        return Ok(Stream::Plain(tcp));
+    }
+    let Some(tls) = &sh.plan.tls else {
+        return Err(End::Tls(io::Error::other("no TLS configuration")));
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(tcp, url, alpn)).await {
+        Err(_) => Err(End::Timeout),
+        Ok(Err(e)) => Err(End::Tls(e)),
+        Ok(Ok(s)) => Ok(s),
     }
 }
 
@@ -462,7 +550,7 @@ thread_local! {
 /// Waits for data and hands it to `f` within the same poll, in the thread's shared buffer.
 /// `Ok(None)` is end of stream.
 async fn read_shared<R>(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     mut f: impl FnMut(&[u8]) -> R,
 ) -> io::Result<Option<R>> {
     std::future::poll_fn(|cx| {
@@ -479,7 +567,7 @@ async fn read_shared<R>(
 }
 
 fn poll_into<R>(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     cx: &mut Context<'_>,
     buf: &mut [u8],
     f: &mut impl FnMut(&[u8]) -> R,
@@ -497,16 +585,11 @@ async fn sse_session(
     sh: &Shared,
     sub: &mut Sub,
     url: &Url,
-    mut stream: TcpStream,
+    mut stream: Stream,
     storm: bool,
     live: &mut LiveGuard<'_>,
 ) -> End {
-    let channel = &sh.book.names[sub.acct.channel];
-    let path = if sh.plan.template {
-        fill(&url.path, channel)
-    } else {
-        format!("/sse?channel={channel}")
-    };
+    let path = sse_path(sh, sub, url);
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
         url.host
@@ -520,6 +603,8 @@ async fn sse_session(
     req.push_str("\r\n");
     let head = tokio::time::timeout(CONNECT_TIMEOUT, async {
         stream.write_all(req.as_bytes()).await.map_err(End::Io)?;
+        // TLS: make sure the record left rustls' buffer.
+        stream.flush().await.map_err(End::Io)?;
         read_head(&mut stream).await
     })
     .await;
@@ -606,7 +691,7 @@ fn process_sse(
     done
 }
 
-async fn read_head(stream: &mut TcpStream) -> Result<(crate::http::ResponseHead, Vec<u8>), End> {
+async fn read_head(stream: &mut Stream) -> Result<(crate::http::ResponseHead, Vec<u8>), End> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         buf.reserve(1024);
@@ -625,11 +710,389 @@ async fn read_head(stream: &mut TcpStream) -> Result<(crate::http::ResponseHead,
     }
 }
 
+/// The SSE request path of a subscriber (gateway `/sse?channel=C`, or the `--sub-url` template).
+fn sse_path(sh: &Shared, sub: &Sub, url: &Url) -> String {
+    let channel = &sh.book.names[sub.acct.channel];
+    if sh.plan.template {
+        fill(&url.path, channel)
+    } else {
+        format!("/sse?channel={channel}")
+    }
+}
+
+/// One subscriber's stream on a shared HTTP/2 connection.
+struct Slot<'a> {
+    sub: Sub,
+    live: LiveGuard<'a>,
+    /// Its stream on the current connection (0: none).
+    stream: u32,
+    /// When the stream was requested (its response head is due within [`CONNECT_TIMEOUT`]).
+    requested: tokio::time::Instant,
+    /// Whether the response head said 200 (its body is the event stream).
+    ok: bool,
+    /// DATA received since this stream's window was last topped up.
+    unacked: u32,
+    /// When to request a stream again (`None`: at the next connection).
+    retry_at: Option<tokio::time::Instant>,
+    /// Finished: failed before ever being established, or ended with --no-reconnect.
+    done: bool,
+    /// Got data in the current read (to be flushed once).
+    touched: bool,
+}
+
+impl Slot<'_> {
+    /// Accounts the end of this slot's stream (or of its attempt to get one).
+    fn ended(&mut self, sh: &Shared, end: &End) {
+        self.stream = 0;
+        self.ok = false;
+        self.unacked = 0;
+        self.live.clear();
+        if self.sub.ended(sh, end, false) {
+            self.retry_at = Some(retry_time());
+        } else {
+            self.done = true;
+        }
+    }
+
+    fn due(&self, now: tokio::time::Instant) -> bool {
+        !self.done && self.stream == 0 && self.retry_at.is_none_or(|t| t <= now)
+    }
+}
+
+/// The protocol state of one HTTP/2 connection.
+struct H2Conn {
+    reader: h2::FrameReader,
+    /// Stream id -> slot index.
+    by_id: HashMap<u32, usize>,
+    next_id: u32,
+    /// DATA received since the connection window was last topped up.
+    unacked: u32,
+    /// Set when the server sent GOAWAY or broke the protocol: the connection is over.
+    over: Option<End>,
+    /// Streams that got data in the current read (kept to reuse its allocation).
+    touched: Vec<u32>,
+}
+
+/// Subscribers `first .. first + n` as streams of one HTTP/2 connection (h2 over TLS, or h2c
+/// with prior knowledge), to the `Stop` phase. A stream that ends is requested again 1-2 s
+/// later on the same connection (with `Last-Event-ID`); when the connection ends, every stream
+/// on it ends, and a new connection is opened for them 1-2 s later.
+async fn h2_group(first: usize, n: usize, sh: &Shared, mut phase: PhaseRx) -> Vec<SubResult> {
+    let plan = &sh.plan;
+    let group = first / plan.streams_per_conn.max(1);
+    let source = plan.sources[group % plan.sources.len()];
+    let Some(url) = plan.targets.get(group % plan.targets.len().max(1)) else {
+        return Vec::new();
+    };
+    let mut slots: Vec<Slot<'_>> = (first..first + n)
+        .map(|idx| Slot {
+            sub: Sub::new(idx, sh),
+            live: LiveGuard {
+                stats: &sh.stats,
+                up: false,
+            },
+            stream: 0,
+            requested: tokio::time::Instant::now(),
+            ok: false,
+            unacked: 0,
+            retry_at: None,
+            done: false,
+            touched: false,
+        })
+        .collect();
+    loop {
+        if phase.current() == Phase::Stop {
+            break;
+        }
+        // The next connection when the first stream wants one.
+        let Some(at) = slots
+            .iter()
+            .filter(|s| !s.done)
+            .map(|s| s.retry_at.unwrap_or_else(tokio::time::Instant::now))
+            .min()
+        else {
+            // Nothing left to connect: wait for the end of the run.
+            phase.changed().await;
+            continue;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = phase.changed() => continue,
+        }
+        let end = tokio::select! {
+            biased;
+            _ = wait_stop(&mut phase) => break,
+            end = h2_connection(sh, url, source, &mut slots) => end,
+        };
+        for s in slots.iter_mut().filter(|s| s.stream != 0) {
+            s.ended(sh, &end);
+        }
+    }
+    slots
+        .into_iter()
+        .filter_map(|s| {
+            drop(s.live);
+            s.sub.result(sh)
+        })
+        .collect()
+}
+
+async fn wait_stop(phase: &mut PhaseRx) {
+    while phase.current() != Phase::Stop {
+        phase.changed().await;
+    }
+}
+
+/// One HTTP/2 connection, until it ends; returns why. Streams are requested for every slot that
+/// is due, now and whenever another one becomes due.
+async fn h2_connection(sh: &Shared, url: &Url, source: Ipv4Addr, slots: &mut [Slot<'_>]) -> End {
+    let now = tokio::time::Instant::now();
+    let mut stream = match open(sh, source, url, Alpn::H2).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Every stream that was due failed with the connection.
+            for s in slots.iter_mut().filter(|s| s.due(now)) {
+                s.ended(sh, &e);
+            }
+            return End::Closed;
+        }
+    };
+    let mut conn = H2Conn {
+        reader: h2::FrameReader::new(),
+        by_id: HashMap::new(),
+        next_id: 1,
+        unacked: 0,
+        over: None,
+        touched: Vec::new(),
+    };
+    let mut out = Vec::with_capacity(4096);
+    h2::write_preface(&mut out);
+    loop {
+        let now = tokio::time::Instant::now();
+        request_due(sh, url, &mut conn, slots, now, &mut out);
+        if !out.is_empty() {
+            let written = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                stream.write_all(&out).await?;
+                stream.flush().await
+            })
+            .await;
+            out.clear();
+            match written {
+                Err(_) => return End::Timeout,
+                Ok(Err(e)) => return End::Io(e),
+                Ok(Ok(())) => {}
+            }
+        }
+        // Wake for the next retry, or the first response head that is overdue.
+        let wake = slots
+            .iter()
+            .filter_map(|s| match (s.done, s.stream, s.ok) {
+                (true, _, _) | (false, _, true) => None,
+                (false, 0, false) => s.retry_at,
+                (false, _, false) => Some(s.requested + CONNECT_TIMEOUT),
+            })
+            .min();
+        let read = tokio::select! {
+            biased;
+            read = read_shared(&mut stream, |bytes| {
+                on_h2_bytes(sh, &mut conn, slots, bytes, &mut out)
+            }) => Some(read),
+            _ = tokio::time::sleep_until(wake.unwrap_or(now + MAX_IDLE_WAKE)) => None,
+        };
+        match read {
+            Some(Ok(Some(()))) => {}
+            Some(Ok(None)) => return End::Closed,
+            Some(Err(e)) => return End::Io(e),
+            None => {
+                let now = tokio::time::Instant::now();
+                for s in slots.iter_mut() {
+                    if s.stream != 0 && !s.ok && s.requested + CONNECT_TIMEOUT <= now {
+                        h2::write_cancel(&mut out, s.stream);
+                        conn.by_id.remove(&s.stream);
+                        s.ended(sh, &End::Timeout);
+                    }
+                }
+            }
+        }
+        if let Some(end) = conn.over.take() {
+            return end;
+        }
+    }
+}
+
+/// Longest sleep between checks of a connection's timers when none is due.
+const MAX_IDLE_WAKE: Duration = Duration::from_secs(3600);
+
+/// Writes a request for every slot that is due.
+fn request_due(
+    sh: &Shared,
+    url: &Url,
+    conn: &mut H2Conn,
+    slots: &mut [Slot<'_>],
+    now: tokio::time::Instant,
+    out: &mut Vec<u8>,
+) {
+    for (i, s) in slots.iter_mut().enumerate() {
+        if !s.due(now) {
+            continue;
+        }
+        let id = conn.next_id;
+        conn.next_id += 2;
+        let path = sse_path(sh, &s.sub, url);
+        let last_id = s.sub.sse.last_id();
+        let mut headers: Vec<(&[u8], &[u8])> = vec![
+            (b"accept", b"text/event-stream"),
+            (b"cache-control", b"no-cache"),
+        ];
+        if !last_id.is_empty() {
+            headers.push((b"last-event-id", last_id));
+        }
+        h2::write_get(out, id, url.is_tls(), &url.host, &path, &headers);
+        conn.by_id.insert(id, i);
+        s.stream = id;
+        s.requested = now;
+        s.retry_at = None;
+        s.sub.up = false;
+    }
+}
+
+/// Handles one read of an HTTP/2 connection: every stream's data goes through its own SSE
+/// parser and accounting; control frames are answered into `out`.
+fn on_h2_bytes(
+    sh: &Shared,
+    conn: &mut H2Conn,
+    slots: &mut [Slot<'_>],
+    bytes: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let now_us = unix_micros();
+    let H2Conn {
+        reader,
+        by_id,
+        unacked,
+        over,
+        touched,
+        ..
+    } = conn;
+    let fed = reader.feed(bytes, &mut |event| match event {
+        h2::Event::Data { stream, data } => {
+            let Some(s) = by_id.get(&stream).map(|&i| &mut slots[i]) else {
+                return;
+            };
+            if !s.ok {
+                return;
+            }
+            let Slot { sub, live, .. } = s;
+            let Sub { sse, acct, .. } = sub;
+            sse.feed(data, &mut |item| acct.on_sse(item, now_us, sh));
+            // Established by any body byte, even if garbage follows.
+            if !sub.up {
+                establish(sh, sub, false, live);
+            }
+            if !s.touched {
+                s.touched = true;
+                touched.push(stream);
+            }
+        }
+        h2::Event::DataEnd {
+            stream,
+            flow,
+            end_stream,
+        } => {
+            *unacked += flow;
+            if *unacked >= h2::REPLENISH {
+                h2::write_window_update(out, 0, *unacked);
+                *unacked = 0;
+            }
+            let Some(&i) = by_id.get(&stream) else {
+                return;
+            };
+            let s = &mut slots[i];
+            s.unacked += flow;
+            if end_stream {
+                by_id.remove(&stream);
+                flush_slot(sh, s);
+                s.ended(sh, &End::Closed);
+            } else if s.unacked >= h2::REPLENISH {
+                h2::write_window_update(out, stream, s.unacked);
+                s.unacked = 0;
+            }
+        }
+        h2::Event::Headers {
+            stream,
+            block,
+            end_stream,
+        } => {
+            let Some(&i) = by_id.get(&stream) else {
+                return;
+            };
+            let s = &mut slots[i];
+            let end = if s.ok {
+                // Trailers.
+                end_stream.then_some(End::Closed)
+            } else {
+                match h2::status(block) {
+                    Some(200) => {
+                        s.ok = true;
+                        // A new stream: keep the last id, drop any partial line of the old one.
+                        s.sub.sse = SseParser::with_last_id(s.sub.sse.last_id());
+                        if sh.plan.template {
+                            establish(sh, &mut s.sub, false, &mut s.live);
+                        }
+                        end_stream.then_some(End::Closed)
+                    }
+                    Some(code) => Some(End::Status(code)),
+                    None => Some(End::Http2("unreadable response head".into())),
+                }
+            };
+            if let Some(end) = end {
+                if !end_stream {
+                    h2::write_cancel(out, stream);
+                }
+                by_id.remove(&stream);
+                flush_slot(sh, s);
+                s.ended(sh, &end);
+            }
+        }
+        h2::Event::Reset { stream, code } => {
+            if let Some(i) = by_id.remove(&stream) {
+                let s = &mut slots[i];
+                flush_slot(sh, s);
+                s.ended(sh, &End::Http2(format!("reset {}", h2::error_name(code))));
+            }
+        }
+        h2::Event::Settings => h2::write_settings_ack(out),
+        h2::Event::Ping(payload) => h2::write_ping_ack(out, &payload),
+        h2::Event::GoAway { code, .. } => {
+            // Streams the server did not take are refused; the others end with the connection.
+            // Either way the subscribers come back on a new connection.
+            *over = Some(End::Http2(format!("goaway {}", h2::error_name(code))));
+        }
+    });
+    if let Err(e) = fed {
+        *over = Some(End::Http2(e.to_string()));
+    }
+    for stream in touched.drain(..) {
+        if let Some(&i) = by_id.get(&stream) {
+            flush_slot(sh, &mut slots[i]);
+        }
+    }
+}
+
+/// Counts one read for a stream that got data in it, and flushes its batch.
+fn flush_slot(sh: &Shared, s: &mut Slot<'_>) {
+    if s.touched {
+        s.touched = false;
+        s.sub.acct.batch.c.reads += 1;
+    }
+    sh.stats.flush(s.sub.acct.shard, &mut s.sub.acct.batch);
+}
+
 async fn ws_session(
     sh: &Shared,
     sub: &mut Sub,
     url: &Url,
-    stream: TcpStream,
+    stream: Stream,
     storm: bool,
     live: &mut LiveGuard<'_>,
 ) -> End {
@@ -639,7 +1102,11 @@ async fn ws_session(
         .max_write_buffer_size(64 * 1024)
         .max_message_size(Some(1 << 20))
         .max_frame_size(Some(1 << 20));
-    let request = format!("ws://{}/ws", url.host);
+    let request = format!(
+        "{}://{}/ws",
+        if url.is_tls() { "wss" } else { "ws" },
+        url.host
+    );
     let handshake = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
@@ -767,6 +1234,9 @@ mod tests {
                 template: false,
                 sources: vec![Ipv4Addr::LOCALHOST],
                 reconnect: false,
+                tls: None,
+                http2: false,
+                streams_per_conn: 1,
             },
             stats: Stats::new(),
             book,
@@ -794,6 +1264,233 @@ mod tests {
             "the bad chunk ends the session"
         );
         assert_eq!(sh.stats.latency(false).len(), 4);
+    }
+
+    /// SSE over HTTP/2 on TLS (ALPN h2) against hyper's server: three subscribers with
+    /// `--streams-per-conn 3` share one connection. The streams of channel c0 carry a start
+    /// frame and events 0, 1, 3, 3 split across DATA frames at odd places, then end; both
+    /// account exactly as over HTTP/1.1. Channel c1's stream is refused with 503 (HPACK-coded
+    /// by hyper), which counts as a failed connection with its status.
+    #[tokio::test]
+    async fn h2_streams_share_a_tls_connection_and_account_exactly() {
+        use bytes::Bytes;
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use std::convert::Infallible;
+        use std::sync::atomic::AtomicUsize;
+
+        let dir = std::env::temp_dir().join(format!("lt-h2-test-{}", std::process::id()));
+        crate::net::gen_cert(&dir).unwrap();
+        let chain = rustls::pki_types::pem::PemObject::pem_file_iter(dir.join("cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<rustls::pki_types::CertificateDer<'static>>, _>>()
+            .unwrap();
+        let key: rustls::pki_types::PrivateKeyDer<'static> =
+            rustls::pki_types::pem::PemObject::from_pem_file(dir.join("key.pem")).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::Relaxed);
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let service = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                    assert_eq!(req.uri().path(), "/sse");
+                    assert_eq!(req.headers()["accept"], "text/event-stream");
+                    if req.uri().query() == Some("channel=c1") {
+                        let mut refused = hyper::Response::new(StreamBody::new(
+                            futures_util::stream::iter(Vec::new()),
+                        ));
+                        *refused.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                        return Ok::<_, Infallible>(refused);
+                    }
+                    assert_eq!(req.uri().query(), Some("channel=c0"));
+                    let mut all = b"retry: 2000\nid: ab:0\n\n".to_vec();
+                    for (seq, offset) in [(0u64, 1u64), (1, 2), (3, 4), (3, 4)] {
+                        let mut payload = Vec::new();
+                        crate::payload::write_payload(&mut payload, seq, unix_micros(), 80);
+                        let id = format!("ab:{offset}");
+                        shared::sse::write_event(&mut all, Some(&id), None, &payload);
+                    }
+                    let frames: Vec<Result<Frame<Bytes>, Infallible>> = all
+                        .chunks(37)
+                        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                        .collect();
+                    let body = StreamBody::new(futures_util::stream::iter(frames));
+                    Ok(hyper::Response::new(body))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service),
+                );
+            }
+        });
+        let book = Arc::new(Book::new("c", 2));
+        book.attempted[0].store(4, Ordering::Relaxed);
+        let sh = Arc::new(Shared {
+            plan: SubPlan {
+                transport: Transport::Sse,
+                targets: vec![crate::target::parse_url(&format!("https://{addr}")).unwrap()],
+                storm_targets: Vec::new(),
+                template: false,
+                sources: vec![Ipv4Addr::LOCALHOST],
+                reconnect: false,
+                tls: Some(TlsClient::new(Some(&dir.join("cert.pem")), false).unwrap()),
+                http2: true,
+                streams_per_conn: 3,
+            },
+            stats: Stats::new(),
+            book,
+            storm_start: std::sync::OnceLock::new(),
+        });
+        let phase = PhaseTx::new(Phase::Run);
+        let task = tokio::spawn(subscribers(0, 3, sh.clone(), phase.subscribe()));
+        for _ in 0..500 {
+            if Stats::get(&sh.stats.disconnects) >= 2 && Stats::get(&sh.stats.failed) >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        phase.set(Phase::Stop);
+        let results = task.await.unwrap();
+        assert_eq!(results.len(), 2, "the refused stream is not a subscriber");
+        for r in &results {
+            assert_eq!(r.channel, 0);
+            assert_eq!(r.seq.final_lost(4, &[]), 1);
+        }
+        let c = sh.stats.counters();
+        assert_eq!(c.deliveries, 8);
+        assert_eq!((c.in_order, c.lost, c.duplicated), (6, 2, 2));
+        assert_eq!(c.id_jumps, 4, "offset 2 -> 4, then 4 again, per stream");
+        assert_eq!(Stats::get(&sh.stats.established), 2);
+        assert_eq!(Stats::get(&sh.stats.failed), 1);
+        assert_eq!(
+            crate::stats::lock(&sh.stats.failures).get("status_503"),
+            Some(&1)
+        );
+        assert_eq!(Stats::get(&sh.stats.disconnects), 2, "each stream ended");
+        assert_eq!(sh.stats.live.load(Ordering::Relaxed), 0);
+        assert_eq!(Stats::get(&sh.stats.tcp_connections), 1);
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "one shared connection");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An HTTP/2 stream that the server ends is requested again 1-2 s later on the same
+    /// connection, resuming with `Last-Event-ID`; nothing is lost or duplicated.
+    #[tokio::test]
+    async fn h2_stream_resumes_on_the_same_connection() {
+        use bytes::Bytes;
+        use futures_util::StreamExt as _;
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use std::convert::Infallible;
+        use std::sync::atomic::AtomicUsize;
+
+        fn events(out: &mut Vec<u8>, seqs: std::ops::Range<u64>) {
+            for seq in seqs {
+                let mut payload = Vec::new();
+                crate::payload::write_payload(&mut payload, seq, unix_micros(), 60);
+                let id = format!("ab:{}", seq + 1);
+                shared::sse::write_event(out, Some(&id), None, &payload);
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::Relaxed);
+                let service = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                    let mut all = Vec::new();
+                    let resumed = match req.headers().get("last-event-id") {
+                        None => {
+                            all.extend_from_slice(b"retry: 2000\nid: ab:0\n\n");
+                            events(&mut all, 0..2);
+                            false
+                        }
+                        Some(id) => {
+                            assert_eq!(id, "ab:2");
+                            events(&mut all, 2..4);
+                            true
+                        }
+                    };
+                    let first = futures_util::stream::iter(vec![Ok::<_, Infallible>(Frame::data(
+                        Bytes::from(all),
+                    ))]);
+                    // The first stream ends; the resumed one stays open.
+                    let body = if resumed {
+                        first.chain(futures_util::stream::pending()).boxed()
+                    } else {
+                        first.boxed()
+                    };
+                    Ok::<_, Infallible>(hyper::Response::new(StreamBody::new(body)))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service),
+                );
+            }
+        });
+        let book = Arc::new(Book::new("c", 1));
+        book.attempted[0].store(4, Ordering::Relaxed);
+        let sh = Arc::new(Shared {
+            plan: SubPlan {
+                transport: Transport::Sse,
+                targets: vec![crate::target::parse_url(&format!("http://{addr}")).unwrap()],
+                storm_targets: Vec::new(),
+                template: false,
+                sources: vec![Ipv4Addr::LOCALHOST],
+                reconnect: true,
+                tls: None,
+                http2: true,
+                streams_per_conn: 1,
+            },
+            stats: Stats::new(),
+            book,
+            storm_start: std::sync::OnceLock::new(),
+        });
+        let phase = PhaseTx::new(Phase::Run);
+        let task = tokio::spawn(subscribers(0, 1, sh.clone(), phase.subscribe()));
+        for _ in 0..400 {
+            if sh.stats.counters().deliveries >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        phase.set(Phase::Stop);
+        let results = task.await.unwrap();
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].seq.final_lost(4, &[]), 0);
+        let c = sh.stats.counters();
+        assert_eq!(
+            (c.deliveries, c.in_order, c.lost, c.duplicated),
+            (4, 4, 0, 0)
+        );
+        assert_eq!(c.id_jumps, 0);
+        assert_eq!(Stats::get(&sh.stats.disconnects), 1);
+        assert_eq!(Stats::get(&sh.stats.reconnects), 1);
+        assert_eq!(Stats::get(&sh.stats.tcp_connections), 1);
+        assert_eq!(
+            accepted.load(Ordering::Relaxed),
+            1,
+            "resumed on the same connection"
+        );
     }
 
     #[test]

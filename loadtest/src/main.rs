@@ -4,14 +4,17 @@
 //!
 //! Built to be cheap, since it shares the machine with the server under test: subscribers are
 //! raw TCP connections speaking SSE by hand (no allocation per event, no JSON parsing on the hot
-//! path) or WebSocket through tokio-tungstenite, on a single-threaded runtime by default.
+//! path; over HTTP/1.1, or over HTTP/2 framed by hand too; TLS through rustls) or WebSocket
+//! through tokio-tungstenite, on a single-threaded runtime by default.
 //! Only loopback targets are accepted; every run is bounded and stops by itself.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod account;
 mod cli;
 mod conn;
+mod h2;
 mod http;
+mod net;
 mod payload;
 mod phase;
 mod procfs;
@@ -31,6 +34,18 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenCert(a) = &cli.command {
+        return match net::gen_cert(&a.out) {
+            Ok(()) => {
+                println!("{}", a.out.join("cert.pem").display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("loadtest: gen-cert: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Combine(a) = &cli.command {
         return match scenario::combine(&a.files) {
             Ok(v) => {
@@ -64,7 +79,7 @@ fn main() -> ExitCode {
         Command::Saturate(a) => (a.common.threads, a.common.quiet, a.common.report.clone()),
         Command::Storm(a) => (a.common.threads, a.common.quiet, a.common.report.clone()),
         Command::Publish(a) => (a.common.threads, a.common.quiet, a.common.report.clone()),
-        Command::Combine(_) => (1, true, None),
+        Command::Combine(_) | Command::GenCert(_) => (1, true, None),
     };
     let runtime = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -91,7 +106,7 @@ fn main() -> ExitCode {
             Command::Saturate(a) => scenario::saturate(a).await,
             Command::Storm(a) => scenario::storm(a).await,
             Command::Publish(a) => scenario::publish_scenario(a).await,
-            Command::Combine(_) => unreachable!("handled above"),
+            Command::Combine(_) | Command::GenCert(_) => unreachable!("handled above"),
         }
     });
     // Don't wait for stragglers (e.g. a hung connect) when shutting the runtime down.

@@ -1,9 +1,9 @@
 //! The publisher: events at a controlled total rate, spread over the channels round-robin, at
 //! most one request in flight per channel (so each channel's events are stored in `seq` order),
-//! over keep-alive HTTP/1.1 connections (a small raw client), or `FCALL gw_publish` to Redis.
+//! over keep-alive HTTP/1.1 connections (a small raw client, over TLS for `https://` targets),
+//! or `FCALL gw_publish` to Redis.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +12,8 @@ use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::net::{Alpn, Stream, TlsClient};
 
 use crate::conn::unix_micros;
 use crate::http::{BodyKind, ChunkedDecoder, parse_head};
@@ -89,6 +91,8 @@ pub enum PubTarget {
     Gateway {
         /// Base URL.
         url: Url,
+        /// TLS client for an `https://` URL.
+        tls: Option<TlsClient>,
     },
     /// Another server: `POST` to a URL template with a body template (`{payload}`,
     /// `{channel}`).
@@ -97,6 +101,8 @@ pub enum PubTarget {
         url: Url,
         /// Body template.
         body: String,
+        /// TLS client for an `https://` URL.
+        tls: Option<TlsClient>,
     },
     /// `FCALL gw_publish 2 <prefix>{C}:stream <prefix>{C}:meta <payload> "" json`.
     Redis {
@@ -111,7 +117,8 @@ impl PubTarget {
     /// Short name for reports.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Gateway { .. } => "http",
+            Self::Gateway { tls: None, .. } => "http",
+            Self::Gateway { tls: Some(_), .. } => "https",
             Self::Template { .. } => "template",
             Self::Redis { .. } => "redis",
         }
@@ -290,8 +297,8 @@ enum Client {
 impl Client {
     async fn new(target: &PubTarget, book: &Book, owned: &[usize]) -> Result<Self, String> {
         match target {
-            PubTarget::Gateway { url } => Ok(Self::Http {
-                conn: HttpConn::new(url.addr),
+            PubTarget::Gateway { url, tls } => Ok(Self::Http {
+                conn: HttpConn::new(url.clone(), tls.clone()),
                 requests: owned
                     .iter()
                     .map(|&c| {
@@ -304,8 +311,8 @@ impl Client {
                     .collect(),
                 host: url.host.clone(),
             }),
-            PubTarget::Template { url, body } => Ok(Self::Http {
-                conn: HttpConn::new(url.addr),
+            PubTarget::Template { url, body, tls } => Ok(Self::Http {
+                conn: HttpConn::new(url.clone(), tls.clone()),
                 requests: owned
                     .iter()
                     .map(|&c| {
@@ -431,18 +438,20 @@ impl KindStr for redis::RedisError {
 
 /// A keep-alive HTTP/1.1 connection sending one request at a time.
 pub struct HttpConn {
-    addr: SocketAddr,
-    stream: Option<TcpStream>,
+    url: Url,
+    tls: Option<TlsClient>,
+    stream: Option<Stream>,
     /// The request to send (built by the caller).
     pub req: Vec<u8>,
     buf: Vec<u8>,
 }
 
 impl HttpConn {
-    /// A connection to `addr`, opened on first use.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// A connection to `url` (TLS with `tls`), opened on first use.
+    pub fn new(url: Url, tls: Option<TlsClient>) -> Self {
         Self {
-            addr,
+            url,
+            tls,
             stream: None,
             req: Vec::new(),
             buf: Vec::with_capacity(4096),
@@ -457,14 +466,26 @@ impl HttpConn {
             let stream = match &mut self.stream {
                 Some(s) => s,
                 None => {
-                    let s = TcpStream::connect(self.addr)
+                    let s = TcpStream::connect(self.url.addr)
                         .await
                         .map_err(|e| format!("connect_{:?}", e.kind()).to_ascii_lowercase())?;
                     let _ = s.set_nodelay(true);
+                    let s = match &self.tls {
+                        None => Stream::Plain(s),
+                        Some(tls) => tls
+                            .connect(s, &self.url, Alpn::Http1)
+                            .await
+                            .map_err(|e| format!("tls_{:?}", e.kind()).to_ascii_lowercase())?,
+                    };
                     self.stream.insert(s)
                 }
             };
-            if let Err(e) = stream.write_all(&self.req).await {
+            let written = match stream.write_all(&self.req).await {
+                // TLS: make sure the record left rustls' buffer.
+                Ok(()) => stream.flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
                 self.stream = None;
                 if reused && attempt == 0 {
                     continue;
@@ -514,7 +535,7 @@ const MAX_RESPONSE_BODY: u64 = 1 << 20;
 
 /// Reads one response (the body is discarded as it arrives); returns its status and whether
 /// the connection must be closed.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, bool), Fail> {
+async fn read_response(stream: &mut Stream, buf: &mut Vec<u8>) -> Result<(u16, bool), Fail> {
     buf.clear();
     let head = loop {
         buf.reserve(2048);
@@ -619,7 +640,8 @@ mod tests {
                 s.write_all(a).await.unwrap();
             }
         });
-        let mut conn = HttpConn::new(addr);
+        let url = crate::target::parse_url(&format!("http://{addr}")).unwrap();
+        let mut conn = HttpConn::new(url, None);
         conn.req = b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}".to_vec();
         assert_eq!(conn.send().await, Ok(200));
         assert_eq!(conn.send().await, Ok(503));

@@ -15,13 +15,14 @@ use crate::cli::{
     Amount, ChannelsArgs, Common, FanoutArgs, IdleArgs, PubOpts, PublishArgs, PublishVia,
     SaturateArgs, StormArgs, SubOpts,
 };
-use crate::conn::{Phase, Shared, SubPlan, SubResult, Transport, subscriber};
+use crate::conn::{Phase, Shared, SubPlan, SubResult, Transport, subscribers};
+use crate::net::TlsClient;
 use crate::phase::PhaseTx;
 use crate::procfs::{CpuUse, CpuWindow, rss_kib, rss_sum};
 use crate::publish::{self, Book, PubRun, PubStats, PubTarget};
 use crate::report::{Report, round3};
 use crate::stats::{Counters, Stats, lock};
-use crate::target::{parse_sources, parse_url};
+use crate::target::{Url, parse_sources, parse_url};
 
 /// Longest a run may last; the watchdog in `main` enforces it, scenarios plan within it.
 pub const MAX_RUN: Duration = Duration::from_secs(600);
@@ -90,7 +91,8 @@ struct Finish {
 struct Harness {
     sh: Arc<Shared>,
     phase: PhaseTx,
-    tasks: Vec<JoinHandle<Option<SubResult>>>,
+    /// Subscriber tasks: one per subscriber, or with HTTP/2 one per connection.
+    tasks: Vec<JoinHandle<Vec<SubResult>>>,
     progress: Progress,
     pids: Vec<u32>,
     target: Arc<PubTarget>,
@@ -113,15 +115,45 @@ fn channel_prefix(common: &Common) -> String {
         .unwrap_or_else(|| format!("lt-{}-{:04x}-", std::process::id(), fastrand::u16(..)))
 }
 
-fn pub_target(common: &Common, p: &PubOpts) -> anyhow::Result<PubTarget> {
+/// The TLS client, built when any URL of the run is `https://` (one configuration for all).
+fn tls_client(
+    common: &Common,
+    subs: Option<&SubOpts>,
+    p: &PubOpts,
+    storm: &[String],
+) -> anyhow::Result<Option<TlsClient>> {
+    let any_tls = common
+        .urls
+        .iter()
+        .chain(&p.publish_url)
+        .chain(subs.and_then(|s| s.sub_url.as_ref()))
+        .chain(storm)
+        .any(|u| parse_url(u).is_ok_and(|u| u.is_tls()));
+    if !any_tls {
+        return Ok(None);
+    }
+    Ok(Some(TlsClient::new(common.ca.as_deref(), common.insecure)?))
+}
+
+fn tls_for(url: &Url, tls: Option<&TlsClient>) -> anyhow::Result<Option<TlsClient>> {
+    if !url.is_tls() {
+        return Ok(None);
+    }
+    tls.cloned()
+        .map(Some)
+        .context("https:// needs --ca or --insecure")
+}
+
+fn pub_target(common: &Common, p: &PubOpts, tls: Option<&TlsClient>) -> anyhow::Result<PubTarget> {
     if let Some(t) = &p.publish_url {
         ensure!(
             p.publish == PublishVia::Http,
             "--publish-url is an HTTP template; it cannot be combined with --publish redis"
         );
         let url = parse_url(t)?;
-        ensure!(url.scheme == "http", "--publish-url must be http://");
+        ensure!(url.is_http(), "--publish-url must be http:// or https://");
         return Ok(PubTarget::Template {
+            tls: tls_for(&url, tls)?,
             url,
             body: p.publish_body.clone(),
         });
@@ -144,14 +176,30 @@ fn pub_target(common: &Common, p: &PubOpts) -> anyhow::Result<PubTarget> {
         PublishVia::Http => {
             let first = common.urls.first().context("no --url")?;
             let url = parse_url(first)?;
-            ensure!(url.scheme == "http", "--url must be http://");
-            Ok(PubTarget::Gateway { url })
+            ensure!(url.is_http(), "--url must be http:// or https://");
+            Ok(PubTarget::Gateway {
+                tls: tls_for(&url, tls)?,
+                url,
+            })
         }
     }
 }
 
-fn sub_plan(common: &Common, s: &SubOpts, storm: &[String]) -> anyhow::Result<SubPlan> {
+fn sub_plan(
+    common: &Common,
+    s: &SubOpts,
+    storm: &[String],
+    tls: Option<&TlsClient>,
+) -> anyhow::Result<SubPlan> {
     let template = s.sub_url.is_some();
+    ensure!(
+        !s.http2 || s.transport == Transport::Sse,
+        "--http2 is for SSE subscribers (the gateway's WebSocket is HTTP/1.1 only)"
+    );
+    ensure!(
+        s.streams_per_conn >= 1,
+        "--streams-per-conn must be at least 1"
+    );
     let targets = match &s.sub_url {
         Some(t) => {
             ensure!(
@@ -170,17 +218,19 @@ fn sub_plan(common: &Common, s: &SubOpts, storm: &[String]) -> anyhow::Result<Su
             .map(|u| parse_url(u))
             .collect::<anyhow::Result<_>>()?,
     };
-    for u in &targets {
-        ensure!(
-            u.scheme == "http",
-            "subscriber URLs must be http:// ({})",
-            u.host
-        );
-    }
     let storm_targets = storm
         .iter()
         .map(|u| parse_url(u))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut any_tls = false;
+    for u in targets.iter().chain(&storm_targets) {
+        ensure!(
+            u.is_http(),
+            "subscriber URLs must be http:// or https:// ({})",
+            u.host
+        );
+        any_tls |= u.is_tls();
+    }
     Ok(SubPlan {
         transport: s.transport,
         targets,
@@ -188,6 +238,13 @@ fn sub_plan(common: &Common, s: &SubOpts, storm: &[String]) -> anyhow::Result<Su
         template,
         sources: parse_sources(&s.source_ips)?,
         reconnect: !s.no_reconnect,
+        tls: if any_tls {
+            Some(tls.cloned().context("https:// needs --ca or --insecure")?)
+        } else {
+            None
+        },
+        http2: s.http2,
+        streams_per_conn: s.streams_per_conn,
     })
 }
 
@@ -203,7 +260,8 @@ impl Harness {
     ) -> anyhow::Result<Self> {
         ensure!(channels >= 1, "at least one channel");
         ensure!(common.threads >= 1, "--threads must be at least 1");
-        let target = pub_target(common, p)?;
+        let tls = tls_client(common, subs, p, storm)?;
+        let target = pub_target(common, p, tls.as_ref())?;
         if subs.is_some_and(|s| s.sub_url.is_some()) {
             ensure!(
                 !matches!(target, PubTarget::Gateway { .. }),
@@ -211,7 +269,7 @@ impl Harness {
             );
         }
         let plan = match subs {
-            Some(s) => sub_plan(common, s, storm)?,
+            Some(s) => sub_plan(common, s, storm, tls.as_ref())?,
             None => SubPlan {
                 transport: Transport::Sse,
                 targets: Vec::new(),
@@ -219,6 +277,9 @@ impl Harness {
                 template: false,
                 sources: parse_sources("127.0.0.1")?,
                 reconnect: false,
+                tls: None,
+                http2: false,
+                streams_per_conn: 1,
             },
         };
         for pid in &common.server_pids {
@@ -230,6 +291,13 @@ impl Harness {
         let book = Arc::new(Book::new(&channel_prefix(common), channels));
         let mut report = Report::new(scenario);
         report.set("transport", subs.map_or("none", |s| s.transport.as_str()));
+        if subs.is_some() {
+            report.set("tls", plan.tls.is_some());
+            report.set("http", if plan.http2 { "2" } else { "1.1" });
+            if plan.http2 {
+                report.set("streams_per_conn", plan.streams_per_conn as u64);
+            }
+        }
         report.set("server", if plan.template { "template" } else { "gateway" });
         report.set("publisher", target.kind());
         report.set("size", p.size as u64);
@@ -295,13 +363,21 @@ impl Harness {
         let mut tick = tokio::time::interval(Duration::from_millis(10));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut timed_out = false;
+        // With HTTP/2, one task carries a connection's streams, started when its first is due.
+        let per_task = if self.sh.plan.http2 {
+            self.sh.plan.streams_per_conn.max(1)
+        } else {
+            1
+        };
+        let mut spawned = 0;
         loop {
             let due = ((t0.elapsed().as_secs_f64() * ramp) as usize + 1).min(n);
-            while self.tasks.len() < due {
+            while spawned < due {
                 let rx = self.phase.subscribe();
-                let idx = self.tasks.len();
+                let k = per_task.min(n - spawned);
                 self.tasks
-                    .push(tokio::spawn(subscriber(idx, self.sh.clone(), rx)));
+                    .push(tokio::spawn(subscribers(spawned, k, self.sh.clone(), rx)));
+                spawned += k;
             }
             let done = Stats::get(&stats.established) + Stats::get(&stats.failed);
             self.progress.bar.set_position(done);
@@ -328,6 +404,7 @@ impl Harness {
         let r = &mut self.report;
         r.set("connections_ok", ok);
         r.set("connections_failed", n as u64 - ok);
+        r.set("tcp_connections", Stats::get(&stats.tcp_connections));
         r.set("connect_s", secs);
         r.set("connect_per_s", ok as f64 / secs.max(1e-9));
         self.ready().await;
@@ -444,15 +521,15 @@ impl Harness {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         for t in self.tasks.drain(..) {
             let abort = t.abort_handle();
-            let result = match tokio::time::timeout_at(deadline, t).await {
+            let results = match tokio::time::timeout_at(deadline, t).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => None,
+                Ok(Err(_)) => Vec::new(),
                 Err(_) => {
                     abort.abort();
-                    None
+                    Vec::new()
                 }
             };
-            if let Some(r) = result {
+            for r in results {
                 let published = self.book.expected(r.channel);
                 f.subscribers += 1;
                 let failed = &failed[r.channel];
@@ -881,6 +958,10 @@ async fn redis_counts(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Re
 pub async fn storm(a: StormArgs) -> anyhow::Result<Report> {
     ensure!(a.rate > 0.0, "--rate must be positive");
     ensure!(a.resume_timeout > 0.0, "--resume-timeout must be positive");
+    ensure!(
+        !a.subs.http2,
+        "storm disconnects every connection; --http2 is not supported here"
+    );
     check_budget(
         "this run",
         a.conns as f64 / a.subs.ramp + a.count as f64 / a.rate + a.subs.drain + a.resume_timeout,

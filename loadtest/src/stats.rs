@@ -135,6 +135,8 @@ pub struct Stats {
     pub failed: AtomicU64,
     /// Subscribers connected right now.
     pub live: AtomicI64,
+    /// TCP connections the subscribers opened (HTTP/2 streams share them), reconnects included.
+    pub tcp_connections: AtomicU64,
     /// Connections that ended without being asked to.
     pub disconnects: AtomicU64,
     /// Successful re-establishments after a disconnect.
@@ -172,6 +174,7 @@ impl Stats {
             established: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             live: AtomicI64::new(0),
+            tcp_connections: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             reconnect_failures: AtomicU64::new(0),

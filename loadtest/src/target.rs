@@ -8,7 +8,7 @@ use anyhow::{Context, bail, ensure};
 /// A parsed `scheme://host[:port]/path` URL pointing at loopback.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Url {
-    /// `http`, `ws` or `redis`.
+    /// `http`, `https`, `ws` or `redis`.
     pub scheme: String,
     /// Where to connect.
     pub addr: SocketAddr,
@@ -16,6 +16,18 @@ pub struct Url {
     pub host: String,
     /// Path and query, starting with `/` (`/` when absent).
     pub path: String,
+}
+
+impl Url {
+    /// Whether connections to it speak TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.scheme == "https"
+    }
+
+    /// Whether it is an HTTP(S) URL.
+    pub fn is_http(&self) -> bool {
+        self.scheme == "http" || self.scheme == "https"
+    }
 }
 
 /// Whether an address is loopback (127.0.0.0/8 or ::1).
@@ -35,8 +47,9 @@ pub fn parse_url(text: &str) -> anyhow::Result<Url> {
     let scheme = scheme.to_ascii_lowercase();
     let default_port = match scheme.as_str() {
         "http" | "ws" => 80,
+        "https" => 443,
         "redis" => 6379,
-        "https" | "wss" | "rediss" => bail!("{text:?}: TLS is not supported (loopback only)"),
+        "wss" | "rediss" => bail!("{text:?}: unsupported scheme (use https:// for TLS)"),
         other => bail!("{text:?}: unsupported scheme {other:?}"),
     };
     let (authority, path) = match rest.find(['/', '?']) {
@@ -138,6 +151,10 @@ mod tests {
         assert_eq!(u.host, "127.0.0.2");
         let u = parse_url("http://127.0.0.1:8080?a=b").unwrap();
         assert_eq!(u.path, "/?a=b");
+        assert!(!u.is_tls() && u.is_http());
+        let u = parse_url("https://127.0.0.1").unwrap();
+        assert_eq!(u.addr.port(), 443);
+        assert!(u.is_tls() && u.is_http());
     }
 
     #[test]
@@ -147,7 +164,9 @@ mod tests {
             "http://example.com",
             "http://[::2]:80",
             "http://0.0.0.0:80",
-            "https://127.0.0.1",
+            "https://10.0.0.1",
+            "wss://127.0.0.1",
+            "rediss://127.0.0.1",
             "127.0.0.1:8080",
             "http://127.0.0.1:99999",
             "redis://192.168.1.1:6379",
