@@ -20,10 +20,9 @@ const HEADERS: &str = "authorization, content-type, last-event-id";
 /// How long a browser may cache a preflight answer, in seconds.
 const MAX_AGE: &str = "3600";
 
-/// The `Access-Control-Allow-Origin` value for a request with these headers, if its origin is
-/// allowed.
-fn allowed_origin(allowed: &[String], headers: &HeaderMap) -> Option<HeaderValue> {
-    let origin = headers.get(ORIGIN)?;
+/// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
+fn allowed_origin(allowed: &[String], origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let origin = origin?;
     if allowed.iter().any(|a| a == "*") {
         return Some(HeaderValue::from_static("*"));
     }
@@ -31,22 +30,22 @@ fn allowed_origin(allowed: &[String], headers: &HeaderMap) -> Option<HeaderValue
     allowed.iter().any(|a| a == text).then(|| origin.clone())
 }
 
-/// The CORS headers for a response to a request with `request` headers (none when CORS is off).
-pub fn headers(allowed: &[String], request: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+/// The CORS headers for a response to a request from `origin` (none when CORS is off).
+pub fn headers(allowed: &[String], origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
     if allowed.is_empty() {
         return Vec::new();
     }
     let mut out = Vec::with_capacity(2);
-    if let Some(origin) = allowed_origin(allowed, request) {
+    if let Some(origin) = allowed_origin(allowed, origin) {
         out.push((ACCESS_CONTROL_ALLOW_ORIGIN, origin));
     }
     out.push((VARY, HeaderValue::from_static(VARY_ON)));
     out
 }
 
-/// Adds the CORS headers to `response`.
-pub fn apply(allowed: &[String], request: &HeaderMap, response: &mut HeaderMap) {
-    for (name, value) in headers(allowed, request) {
+/// Adds the CORS headers for a request from `origin` to `response`.
+pub fn apply(allowed: &[String], origin: Option<&HeaderValue>, response: &mut HeaderMap) {
+    for (name, value) in headers(allowed, origin) {
         response.insert(name, value);
     }
 }
@@ -54,7 +53,7 @@ pub fn apply(allowed: &[String], request: &HeaderMap, response: &mut HeaderMap) 
 /// The same headers as lines (each ending in CRLF) for a response written on the raw socket.
 pub fn lines(allowed: &[String], request: &HeaderMap) -> String {
     let mut out = String::new();
-    for (name, value) in headers(allowed, request) {
+    for (name, value) in headers(allowed, request.get(ORIGIN)) {
         out.push_str(name.as_str());
         out.push_str(": ");
         out.push_str(value.to_str().unwrap_or_default());
@@ -80,7 +79,7 @@ pub fn preflight(
     let mut res = Response::new(response::full(""));
     *res.status_mut() = StatusCode::OK;
     let headers = res.headers_mut();
-    if allowed_origin(allowed, request).is_some() {
+    if allowed_origin(allowed, request.get(ORIGIN)).is_some() {
         headers.insert(
             ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static(METHODS),

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
+use http::header::ORIGIN;
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use shared::ErrorCode;
@@ -91,7 +92,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     let state = &inner.state;
     let allowed = &state.settings.cors.allow_origins;
-    let request_headers = req.headers().clone();
+    let origin = req.headers().get(ORIGIN).cloned();
     let mut res = match limits::check_head(req.version(), req.headers()) {
         Ok(()) => route(inner, req).await,
         Err(e) => {
@@ -99,7 +100,7 @@ async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
             e.into_response()
         }
     };
-    cors::apply(allowed, &request_headers, res.headers_mut());
+    cors::apply(allowed, origin.as_ref(), res.headers_mut());
     res
 }
 
