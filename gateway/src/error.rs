@@ -125,11 +125,6 @@ impl ApiError {
         );
         res
     }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl From<EngineError> for ApiError {

@@ -31,7 +31,6 @@ const H2_SEND_BUFFER: usize = 64 * 1024;
 /// Serves one accepted connection to its end.
 pub async fn serve(front: Rc<Front>, stream: TcpStream) {
     tune_socket(&stream, front.user_timeout);
-    let peer = stream.peer_addr().ok();
     if front.tls.is_some() {
         return Box::pin(serve_tls(front, stream)).await;
     }
@@ -39,7 +38,7 @@ pub async fn serve(front: Rc<Front>, stream: TcpStream) {
     // Boxed, like every step after it: the connection's future is sized for its largest state
     // and lives as long as the connection, so a large step that finishes early (reading the
     // head, an HTTP connection before its upgrade) must not be stored inline.
-    let sniffed = Box::pin(head::sniff(&stream, peer, deadline)).await;
+    let sniffed = Box::pin(head::sniff(&stream, deadline)).await;
     route(&front, stream, sniffed).await;
 }
 

@@ -3,7 +3,6 @@
 //! read).
 
 use std::io;
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::Version;
@@ -24,8 +23,6 @@ pub struct RequestHead {
     pub query: String,
     /// Every header, in order.
     pub headers: HeaderMap,
-    /// The client's address.
-    pub peer: Option<SocketAddr>,
 }
 
 /// What the first bytes of a connection turned out to be.
@@ -46,11 +43,11 @@ pub enum Sniffed {
 /// Reads until the first request's kind is known. Only `GET /sse` heads are read whole; any
 /// other request is handed over as soon as its first bytes say so, so hyper applies the limits
 /// and errors it applies to every request.
-pub async fn sniff(stream: &TcpStream, peer: Option<SocketAddr>, deadline: Instant) -> Sniffed {
+pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
     let mut buf = Vec::new();
     loop {
         if !buf.is_empty() {
-            match classify(&buf, peer) {
+            match classify(&buf) {
                 Decision::Other => return Sniffed::Other(Bytes::from(buf)),
                 Decision::Http2 => return Sniffed::Http2(Bytes::from(buf)),
                 Decision::Sse(head) => return Sniffed::Sse(head),
@@ -94,7 +91,7 @@ enum Decision {
 /// The request line served on the raw socket starts with this, followed by `?` or a space.
 const PREFIX: &[u8] = b"GET /sse";
 
-fn classify(buf: &[u8], peer: Option<SocketAddr>) -> Decision {
+fn classify(buf: &[u8]) -> Decision {
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
@@ -155,7 +152,6 @@ fn classify(buf: &[u8], peer: Option<SocketAddr>) -> Decision {
     Decision::Sse(RequestHead {
         query: query.to_owned(),
         headers: map,
-        peer,
     })
 }
 
@@ -174,7 +170,7 @@ mod tests {
         ) {
             let mut buf = prefix.as_bytes().to_vec();
             buf.extend_from_slice(&bytes);
-            if let Decision::Sse(head) = classify(&buf, None) {
+            if let Decision::Sse(head) = classify(&buf) {
                 prop_assert!(buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n"));
                 prop_assert!(buf.starts_with(b"GET /sse"));
                 prop_assert!(head.query.len() < buf.len());
@@ -183,7 +179,7 @@ mod tests {
     }
 
     fn decide(text: &str) -> &'static str {
-        match classify(text.as_bytes(), None) {
+        match classify(text.as_bytes()) {
             Decision::Sse(_) => "sse",
             Decision::Http2 => "h2",
             Decision::Other => "other",
@@ -235,7 +231,6 @@ mod tests {
     fn the_head_is_parsed_into_owned_parts() {
         let Decision::Sse(head) = classify(
             b"GET /sse?channel=a&channel=b HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1:2\r\nX-A: 1\r\nX-A: 2\r\n\r\n",
-            None,
         ) else {
             panic!("not streaming");
         };

@@ -36,7 +36,7 @@ pub use conn::serve;
 pub use prefixed::Prefixed;
 
 /// Writes all of `bytes` to a raw socket (responses that are not part of a stream's hot path).
-pub async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
         stream.writable().await?;
         match stream.try_write(bytes) {
