@@ -17,6 +17,7 @@ as_root() {
 missing=()
 have redis-server || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 have nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+have haproxy || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # Test certificates are made at run time; curl checks HTTP/2 (h2 over TLS and h2c) by hand.
 have openssl || missing+=(openssl)

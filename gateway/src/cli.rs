@@ -67,7 +67,7 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<S
         data,
         event: args.event,
     };
-    if args.url.is_none() && settings.redis.url.is_some() {
+    if args.url.is_none() && settings.redis.enabled() {
         let engine = crate::server::build_engine(settings, &Metrics::new())?;
         let request = publish::validate(body).map_err(|e| anyhow::anyhow!("{e}"))?;
         let position = publish::publish(&engine, request, None)

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod redis_topology;
+
 /// Why the settings could not be used; `main` prints it and exits with code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -97,12 +99,27 @@ impl Default for ServerSettings {
     }
 }
 
-/// `[redis]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[redis]` (its `Debug`, in `redis_topology`, hides URL passwords)
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`; unset runs the single-instance in-memory engine.
+    /// `redis://host:port/db` (or `rediss://` for TLS); unset (and no `sentinels`) runs the
+    /// single-instance in-memory engine.
     pub url: Option<String>,
+    /// Sentinel URLs (`redis://host:26379`, or `rediss://` for TLS to sentinels and data nodes);
+    /// instead of `url`, the primary is found through them and followed across failovers. In the
+    /// environment, a comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub sentinels: Vec<String>,
+    /// Name of the monitored primary the sentinels are asked about (`sentinel monitor <name>`).
+    pub sentinel_master: Option<String>,
+    /// PEM file of the CA that signs the Redis servers' certificates (`rediss://` only); unset:
+    /// the public web roots.
+    pub tls_ca: Option<String>,
+    /// PEM client certificate (chain) presented to Redis (`rediss://` only); with `tls_key`.
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<String>,
     /// Prefix of every key and pub/sub channel the gateway touches.
     pub key_prefix: String,
     /// Command connections shared by background tasks (each worker thread also has its own).
@@ -121,12 +138,32 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
+            sentinels: Vec::new(),
+            sentinel_master: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             key_prefix: "gw:".into(),
             pool_size: 8,
             timeout_seconds: 5,
             probe_seconds: 5,
             head_check_seconds: 10,
         }
+    }
+}
+
+impl RedisSettings {
+    /// Whether Redis is configured at all (a URL or sentinels): selects the Redis engine.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.sentinels.is_empty()
+    }
+
+    /// Whether the gateway talks TLS to Redis (`rediss://` URL or sentinels).
+    pub fn uses_tls(&self) -> bool {
+        self.url
+            .iter()
+            .chain(&self.sentinels)
+            .any(|u| u.starts_with("rediss://"))
     }
 }
 
@@ -348,6 +385,8 @@ impl Settings {
             redis::Client::open(url.as_str())
                 .map_err(|e| invalid("redis.url", format!("cannot be parsed: {e}")))?;
         }
+        self.validate_sentinels()?;
+        self.validate_redis_tls()?;
         if self.redis.key_prefix.contains(['{', '}']) {
             return Err(invalid(
                 "redis.key_prefix",

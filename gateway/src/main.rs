@@ -83,7 +83,7 @@ fn serve(settings: Settings) -> ExitCode {
     let local = listener
         .local_addr()
         .map_or_else(|_| addr.to_string(), |a| a.to_string());
-    let engine = if settings.redis.url.is_some() {
+    let engine = if settings.redis.enabled() {
         "redis"
     } else {
         "memory"

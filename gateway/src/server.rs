@@ -35,12 +35,13 @@ pub fn build_engine(
     settings: &Settings,
     metrics: &Metrics,
 ) -> Result<Engine, crate::engine::EngineError> {
-    Ok(match &settings.redis.url {
-        Some(_) => Engine::Redis(RedisEngine::new(settings, metrics.clone())?),
-        None => Engine::Memory(MemoryEngine::new(
+    Ok(if settings.redis.enabled() {
+        Engine::Redis(RedisEngine::new(settings, metrics.clone())?)
+    } else {
+        Engine::Memory(MemoryEngine::new(
             settings.history.size,
             settings.history_ttl(),
-        )),
+        ))
     })
 }
 
@@ -52,8 +53,8 @@ fn hub_config(settings: &Settings) -> HubConfig {
         subscribe_timeout: Duration::from_secs(settings.limits.subscribe_timeout_seconds),
         shards: 64,
         // The memory engine delivers synchronously and cannot lose a live message.
-        head_check: match (&settings.redis.url, settings.redis.head_check_seconds) {
-            (Some(_), secs) if secs > 0 => Some(Duration::from_secs(secs)),
+        head_check: match (settings.redis.enabled(), settings.redis.head_check_seconds) {
+            (true, secs) if secs > 0 => Some(Duration::from_secs(secs)),
             _ => None,
         },
     }

@@ -5,10 +5,12 @@
 //!   driver runs on the same thread as the request: a publish or a history read never hops to
 //!   another thread and back (two cross-thread wake-ups, each an `eventfd` write and a context
 //!   switch).
-//! - Anywhere else (the pub/sub task, tests, the CLI) commands share a few pooled connections,
+//! - Anywhere else (the pub/sub task, tests, the CLI) commands share a few connections,
 //!   round-robin.
 //!
-//! Whatever broke the pub/sub connection (a Redis restart, a failover) broke these too, so
+//! Every connection is opened through the [`Dialer`], so with Sentinel each (re)open finds the
+//! current primary. Whatever broke the pub/sub connection (a Redis restart, a failover) broke
+//! these too, and a `READONLY` reply means they all point at a demoted node, so
 //! [`Connections::forget`] drops them all; each is reopened by its next command.
 
 use std::cell::RefCell;
@@ -18,17 +20,18 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use redis::aio::MultiplexedConnection;
 
 use super::EngineError;
+use super::dial::Dialer;
 
 /// Identifies one engine's connections among several engines in one process (tests run many).
 static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
 
-/// A thread's connection for one engine: its generation and the connection. Behind an async
-/// lock so that a burst of commands on a cold thread opens one connection, not one each.
-type LocalSlot = Arc<tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>>;
+/// One cached connection and the generation it was opened in. Behind an async lock so that a
+/// burst of commands on a cold slot opens one connection, not one each.
+type Cell = Arc<tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>>;
 
 thread_local! {
-    /// This thread's connections, one slot per engine id.
-    static LOCAL: RefCell<Vec<(u64, LocalSlot)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's connections, one cell per engine id.
+    static LOCAL: RefCell<Vec<(u64, Cell)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Where a command's connection came from, so a broken one can be dropped.
@@ -44,93 +47,74 @@ pub(crate) enum Slot {
 #[derive(Clone)]
 pub(crate) struct Connections {
     id: u64,
-    /// Bumped by `forget`: thread-local connections of an older generation are stale.
+    /// Bumped by `forget`: connections of an older generation are stale.
     generation: Arc<AtomicU64>,
-    shared: Arc<[parking_lot::Mutex<Option<MultiplexedConnection>>]>,
+    shared: Arc<[Cell]>,
     next: Arc<AtomicUsize>,
-    client: redis::Client,
-    pool: deadpool_redis::Pool,
+    dialer: Dialer,
 }
 
 impl Connections {
-    /// `shared` connections for non-worker threads, taken from `pool` when first needed;
-    /// worker threads open theirs with `client`.
-    pub(crate) fn new(client: redis::Client, pool: deadpool_redis::Pool, shared: usize) -> Self {
+    /// `shared` connections for non-worker threads; every connection is opened with `dialer`
+    /// when first needed.
+    pub(crate) fn new(dialer: Dialer, shared: usize) -> Self {
         Self {
             id: NEXT_ENGINE.fetch_add(1, Ordering::Relaxed),
             generation: Arc::new(AtomicU64::new(0)),
-            shared: (0..shared.max(1))
-                .map(|_| parking_lot::Mutex::new(None))
-                .collect(),
+            shared: (0..shared.max(1)).map(|_| Cell::default()).collect(),
             next: Arc::new(AtomicUsize::new(0)),
-            client,
-            pool,
+            dialer,
         }
     }
 
     /// Forgets every cached connection; the next commands open fresh ones.
     pub(crate) fn forget(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        for slot in self.shared.iter() {
-            slot.lock().take();
-        }
     }
 
     /// Drops the connection a failed command used, so the next one gets a healthy one.
     pub(crate) fn drop_broken(&self, slot: Slot) {
-        match slot {
-            Slot::Local => {
-                if let Ok(mut slot) = self.local_slot().try_lock() {
-                    slot.take();
-                }
-            }
-            Slot::Shared(i) => {
-                if let Some(s) = self.shared.get(i) {
-                    s.lock().take();
-                }
-            }
+        let cell = match slot {
+            Slot::Local => self.local_cell(),
+            Slot::Shared(i) => match self.shared.get(i) {
+                Some(cell) => cell.clone(),
+                None => return,
+            },
+        };
+        // Busy means another command is reopening it right now.
+        if let Ok(mut cell) = cell.try_lock() {
+            cell.take();
         }
     }
 
     /// A connection for one command (see the module doc for which).
     pub(crate) async fn get(&self) -> Result<(Slot, MultiplexedConnection), EngineError> {
-        if crate::rt::on_worker_thread() {
-            return self.local().await.map(|c| (Slot::Local, c));
-        }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
-        if let Some(conn) = self.shared[index].lock().clone() {
-            return Ok((Slot::Shared(index), conn));
-        }
-        // The pool creates, checks and replaces connections; checking one out per command would
-        // cost its recycle check (UNWATCH + PING, a round trip) every time, hence the cache.
-        let pooled = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let conn: MultiplexedConnection = (*pooled).clone();
-        *self.shared[index].lock() = Some(conn.clone());
-        Ok((Slot::Shared(index), conn))
+        let (slot, cell) = if crate::rt::on_worker_thread() {
+            (Slot::Local, self.local_cell())
+        } else {
+            let index = self.next.fetch_add(1, Ordering::Relaxed) % self.shared.len();
+            (Slot::Shared(index), self.shared[index].clone())
+        };
+        self.open(&cell).await.map(|conn| (slot, conn))
     }
 
-    /// This thread's slot for this engine.
-    fn local_slot(&self) -> LocalSlot {
+    /// This thread's cell for this engine.
+    fn local_cell(&self) -> Cell {
         LOCAL.with(|l| {
             let mut l = l.borrow_mut();
-            if let Some((_, slot)) = l.iter().find(|(id, _)| *id == self.id) {
-                return slot.clone();
+            if let Some((_, cell)) = l.iter().find(|(id, _)| *id == self.id) {
+                return cell.clone();
             }
-            let slot = LocalSlot::default();
-            l.push((self.id, slot.clone()));
-            slot
+            let cell = Cell::default();
+            l.push((self.id, cell.clone()));
+            cell
         })
     }
 
-    /// This worker thread's connection, opened on this thread when missing or stale.
-    async fn local(&self) -> Result<MultiplexedConnection, EngineError> {
+    /// The connection in `cell`, (re)opened on this thread when missing or stale.
+    async fn open(&self, cell: &Cell) -> Result<MultiplexedConnection, EngineError> {
         let generation = self.generation.load(Ordering::Acquire);
-        let slot = self.local_slot();
-        let mut guard = slot.lock().await;
+        let mut guard = cell.lock().await;
         if let Some((g, conn)) = guard.as_ref()
             && *g == generation
         {
@@ -138,8 +122,8 @@ impl Connections {
         }
         guard.take();
         let conn = self
-            .client
-            .get_multiplexed_async_connection()
+            .dialer
+            .command_connection()
             .await
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
         *guard = Some((generation, conn.clone()));

@@ -1,10 +1,12 @@
 //! The Redis engine: history in one capped, expiring Stream per channel, offsets and epochs in a
 //! small hash, live delivery over pub/sub, and all writes through one server-side function so
 //! history and live push can never disagree. Commands run on multiplexed connections, one per
-//! worker thread plus a few shared ones from a deadpool-redis pool (see `conns`); pub/sub uses
-//! one dedicated connection per instance (see `pubsub`).
+//! worker thread plus a few shared ones (see `conns`); pub/sub uses one dedicated connection
+//! per instance (see `pubsub`). Both are opened through `dial` (single URL, TLS, or the primary
+//! found through Sentinel).
 
 mod conns;
+mod dial;
 pub mod keys;
 mod pubsub;
 pub mod wire;
@@ -18,6 +20,7 @@ use shared::{ChannelName, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::conns::Connections;
+use self::dial::Dialer;
 use self::keys::Keys;
 use self::pubsub::{Command, Probe, PubsubTask};
 use super::{EngineError, HistoryPage, Listener, PublishRequest};
@@ -42,8 +45,7 @@ pub struct RedisEngine {
 }
 
 struct Inner {
-    client: redis::Client,
-    pool: deadpool_redis::Pool,
+    dialer: Dialer,
     /// Command connections: per worker thread, else shared (see `conns`).
     conns: Connections,
     keys: Keys,
@@ -63,28 +65,19 @@ impl RedisEngine {
     /// Builds the engine without touching the network: the gateway starts even while Redis is
     /// down and reports not-ready until it is reachable.
     pub fn new(settings: &Settings, metrics: Metrics) -> Result<Self, EngineError> {
-        let url = settings
-            .redis
-            .url
-            .as_deref()
-            .ok_or_else(|| EngineError::Refused("no Redis URL configured".into()))?;
-        let client = redis::Client::open(url).map_err(|e| EngineError::Refused(e.to_string()))?;
+        if !settings.redis.enabled() {
+            return Err(EngineError::Refused(
+                "no Redis URL or sentinels configured".into(),
+            ));
+        }
+        let dialer =
+            Dialer::new(&settings.redis).map_err(|e| EngineError::Refused(e.to_string()))?;
         let timeout = Duration::from_secs(settings.redis.timeout_seconds);
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(settings.redis.pool_size);
-        pool_cfg.timeouts.wait = Some(timeout);
-        pool_cfg.timeouts.create = Some(timeout);
-        pool_cfg.timeouts.recycle = Some(timeout);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| EngineError::Refused(e.to_string()))?;
         let (commands, pending) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
-                conns: Connections::new(client.clone(), pool.clone(), settings.redis.pool_size),
-                client,
-                pool,
+                conns: Connections::new(dialer.clone(), settings.redis.pool_size),
+                dialer,
                 keys: Keys::new(&settings.redis.key_prefix),
                 maxlen: settings.history.size.to_string(),
                 ttl_ms: settings.history_ttl().as_millis().to_string(),
@@ -107,14 +100,14 @@ impl RedisEngine {
         };
         let _ = self.inner.listener.set(listener.clone());
         let task = PubsubTask {
-            client: self.inner.client.clone(),
+            dialer: self.inner.dialer.clone(),
             keys: self.inner.keys.clone(),
             listener,
             commands,
             stop: self.inner.stop.subscribe(),
             timeout: self.inner.timeout,
             probe: Probe {
-                pool: self.inner.pool.clone(),
+                conns: self.inner.conns.clone(),
                 channel: self
                     .inner
                     .keys
@@ -287,7 +280,13 @@ impl RedisEngine {
         let work = async {
             let (used, conn) = self.inner.conns.get().await?;
             slot = Some(used);
-            f(conn).await.map_err(classify)
+            f(conn).await.map_err(|e| {
+                // A demoted primary: every cached connection points at it; find the new one.
+                if demoted(&e) {
+                    self.inner.conns.forget();
+                }
+                classify(e)
+            })
         };
         let result = match tokio::time::timeout(self.inner.timeout, work).await {
             Ok(r) => r,
@@ -315,8 +314,20 @@ impl RedisEngine {
     }
 }
 
+/// Whether the node answered as a replica (or one cut off from its primary): the connection
+/// must move to the current primary, and the request may be retried there.
+fn demoted(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind::{MasterDown, ReadOnly};
+    matches!(e.kind(), redis::ErrorKind::Server(ReadOnly | MasterDown))
+}
+
 fn classify(e: redis::RedisError) -> EngineError {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+    if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || demoted(&e)
+    {
         EngineError::Unavailable(e.to_string())
     } else if matches!(
         e.kind(),

@@ -1,7 +1,8 @@
 //! The instance's single pub/sub connection. It owns the set of channels the hub wants, batches
 //! SUBSCRIBE/UNSUBSCRIBE commands, reconnects with backoff, re-subscribes everything after a
 //! reconnect and then tells the hub to re-read history, because messages published while the
-//! connection was down are gone from pub/sub (but not from the streams).
+//! connection was down are gone from pub/sub (but not from the streams). Every (re)connect goes
+//! through the [`Dialer`], so with Sentinel it lands on the primary of that moment.
 //!
 //! Liveness is checked end to end, not with PING: every probe period the instance publishes a
 //! sequence number to its own control channel through the command pool and expects it back on
@@ -19,6 +20,8 @@ use futures_util::StreamExt;
 use shared::ChannelName;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::conns::Connections;
+use super::dial::Dialer;
 use super::keys::Keys;
 use super::wire;
 use crate::backoff::Backoff;
@@ -35,7 +38,8 @@ pub(super) enum Command {
 
 /// Everything the task needs; built by the engine.
 pub(super) struct PubsubTask {
-    pub client: redis::Client,
+    /// Opens each (re)connection.
+    pub dialer: Dialer,
     pub keys: Keys,
     pub listener: Arc<dyn Listener>,
     pub commands: mpsc::UnboundedReceiver<Command>,
@@ -52,8 +56,8 @@ pub(super) struct PubsubTask {
 
 /// The end-to-end liveness probe's settings.
 pub(super) struct Probe {
-    /// Command pool the probe is published through.
-    pub pool: deadpool_redis::Pool,
+    /// Command connections the probe is published through.
+    pub conns: Connections,
     /// This instance's control channel.
     pub channel: String,
     /// How often to probe; a probe not back by the next one fails.
@@ -67,7 +71,7 @@ impl PubsubTask {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut connected_before = false;
         loop {
-            let connect = tokio::time::timeout(self.timeout, self.client.get_async_pubsub());
+            let connect = tokio::time::timeout(self.timeout, self.dialer.pubsub());
             let pubsub = tokio::select! {
                 r = connect => r,
                 _ = self.stop.changed() => return,
@@ -173,14 +177,17 @@ impl PubsubTask {
 
     async fn load_library(&self) -> Result<(), String> {
         let load = async {
-            let mut conn = self.probe.pool.get().await.map_err(|e| e.to_string())?;
+            let (slot, mut conn) = self.probe.conns.get().await.map_err(|e| e.to_string())?;
             redis::cmd("FUNCTION")
                 .arg("LOAD")
                 .arg("REPLACE")
                 .arg(&self.library)
                 .query_async::<redis::Value>(&mut conn)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    self.probe.conns.drop_broken(slot);
+                    e.to_string()
+                })
         };
         match tokio::time::timeout(self.timeout, load).await {
             Ok(Ok(_)) => Ok(()),
@@ -189,21 +196,25 @@ impl PubsubTask {
         }
     }
 
-    /// Publishes probe `sequence` through the command pool without blocking the loop; if it
-    /// cannot be published, it does not come back and the next tick replaces the connection.
+    /// Publishes probe `sequence` through the command connections without blocking the loop;
+    /// if it cannot be published, it does not come back and the next tick replaces the
+    /// connection.
     fn send_probe(&self, sequence: u64) {
-        let pool = self.probe.pool.clone();
+        let conns = self.probe.conns.clone();
         let channel = self.probe.channel.clone();
         let timeout = self.timeout;
         tokio::spawn(async move {
             let publish = async {
-                let mut conn = pool.get().await.ok()?;
-                redis::cmd("PUBLISH")
+                let (slot, mut conn) = conns.get().await.ok()?;
+                let sent = redis::cmd("PUBLISH")
                     .arg(&channel)
                     .arg(sequence)
                     .query_async::<i64>(&mut conn)
-                    .await
-                    .ok()
+                    .await;
+                if sent.is_err() {
+                    conns.drop_broken(slot);
+                }
+                sent.ok()
             };
             let _ = tokio::time::timeout(timeout, publish).await;
         });

@@ -9,10 +9,13 @@
 #![allow(dead_code)]
 
 pub mod arrival;
+pub mod exactly_once;
 pub mod follow;
 pub mod nginx;
 pub mod proxy;
 pub mod raw;
+pub mod sentinel;
+pub mod test_ca;
 
 pub use raw::{after_one_request, head_of, read_until};
 
