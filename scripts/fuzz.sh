@@ -12,8 +12,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 
-# Input size caps keep runs focused: cursors and commands are short by nature.
-targets=(cursor:256 sse_framing:512 ws_commands:512)
+# Input size caps keep runs focused: cursors and commands are short by nature; a head is checked
+# byte by byte against every split (quadratic), and a few KiB of frames cover every header form.
+targets=(cursor:256 sse_framing:512 ws_commands:512 head_sniff:1024 ws_frames:2048)
 cd fuzz
 for entry in "${targets[@]}"; do
   target="${entry%%:*}"

@@ -44,25 +44,17 @@ pub enum Sniffed {
 /// other request is handed over as soon as its first bytes say so, so hyper applies the limits
 /// and errors it applies to every request.
 pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
-    let mut buf = Vec::new();
+    let mut sniffer = HeadSniffer::new(MAX_HEAD);
     loop {
-        if !buf.is_empty() {
-            match classify(&buf) {
-                Decision::Other => return Sniffed::Other(Bytes::from(buf)),
-                Decision::Http2 => return Sniffed::Http2(Bytes::from(buf)),
-                Decision::Sse(head) => return Sniffed::Sse(head),
-                Decision::NeedMore if buf.len() >= MAX_HEAD => {
-                    return Sniffed::Other(Bytes::from(buf));
-                }
-                Decision::NeedMore => {}
-            }
+        if let Some(decided) = sniffer.decide() {
+            return decided;
         }
         match tokio::time::timeout_at(deadline, stream.readable()).await {
             Err(_) => return Sniffed::TimedOut,
             Ok(Err(_)) => return Sniffed::Closed,
             Ok(Ok(())) => {}
         }
-        match fill(stream, &mut buf) {
+        match fill(stream, &mut sniffer) {
             Ok(0) => return Sniffed::Closed,
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -71,14 +63,75 @@ pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
     }
 }
 
-/// One non-blocking read appended to `buf`, through a stack buffer so nothing is reserved
-/// while waiting.
-fn fill(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// One non-blocking read fed to the sniffer, through a stack buffer so nothing is reserved
+/// while waiting, and never more than the sniffer has room for.
+fn fill(stream: &TcpStream, sniffer: &mut HeadSniffer) -> io::Result<usize> {
     let mut chunk = [0u8; 4096];
-    let room = (MAX_HEAD - buf.len().min(MAX_HEAD)).clamp(1, chunk.len());
+    let room = sniffer.room().clamp(1, chunk.len());
     let n = stream.try_read(&mut chunk[..room])?;
-    buf.extend_from_slice(&chunk[..n]);
+    sniffer.push(&chunk[..n]);
     Ok(n)
+}
+
+/// A connection's first bytes, gathered until they tell what the first request is: the
+/// decision half of [`sniff`], without the socket, so that any way the bytes arrive can be
+/// checked (unit tests, `fuzz/fuzz_targets/head_sniff.rs`).
+#[derive(Debug)]
+pub struct HeadSniffer {
+    /// Bytes pushed and not yet handed over.
+    buf: Vec<u8>,
+    /// The most bytes looked at before giving up on a `GET /sse` head.
+    limit: usize,
+}
+
+impl HeadSniffer {
+    /// An empty sniffer that hands over to hyper any head not decided within `limit` bytes
+    /// (the gateway uses [`MAX_HEAD`], so hyper answers an oversized head as usual).
+    pub fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+        }
+    }
+
+    /// How many more bytes the next read may take: reads never take the buffer past the limit.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.buf.len())
+    }
+
+    /// Appends bytes read from the connection (at most [`HeadSniffer::room`] of them).
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// What the bytes so far say: `None` while they may still become a `GET /sse` head or the
+    /// HTTP/2 preface, else the decision, which takes the bytes (the sniffer is then empty).
+    /// Never [`Sniffed::TimedOut`] or [`Sniffed::Closed`]: those are the socket's.
+    pub fn decide(&mut self) -> Option<Sniffed> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        // Only bytes pushed past the room can exceed the limit; they are never served.
+        let decision = if self.buf.len() > self.limit {
+            Decision::Other
+        } else {
+            classify(&self.buf)
+        };
+        match decision {
+            Decision::Other => Some(Sniffed::Other(self.take())),
+            Decision::Http2 => Some(Sniffed::Http2(self.take())),
+            Decision::Sse(head) => {
+                self.buf = Vec::new();
+                Some(Sniffed::Sse(head))
+            }
+            Decision::NeedMore if self.buf.len() >= self.limit => Some(Sniffed::Other(self.take())),
+            Decision::NeedMore => None,
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.buf))
+    }
 }
 
 enum Decision {
@@ -225,6 +278,60 @@ mod tests {
             "other"
         );
         assert_eq!(decide("GET /sse HTTP/1.1\r\nbad header\r\n\r\n"), "other");
+    }
+
+    /// Feeds `bytes` in pieces of `step` (as reads would, never past the room) until decided.
+    fn sniff_in(bytes: &[u8], step: usize, limit: usize) -> (usize, Option<Sniffed>) {
+        let mut sniffer = HeadSniffer::new(limit);
+        let mut fed = 0;
+        while fed < bytes.len() && sniffer.room() > 0 {
+            let n = step.min(sniffer.room()).min(bytes.len() - fed);
+            sniffer.push(&bytes[fed..fed + n]);
+            fed += n;
+            if let Some(decided) = sniffer.decide() {
+                return (fed, Some(decided));
+            }
+        }
+        (fed, None)
+    }
+
+    #[test]
+    fn the_sniffer_decides_the_same_in_any_pieces() {
+        let head = b"GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n\r\n";
+        for step in [1, 2, 5, head.len()] {
+            let (fed, decided) = sniff_in(head, step, MAX_HEAD);
+            assert_eq!(fed, head.len());
+            assert!(matches!(decided, Some(Sniffed::Sse(h)) if h.query == "channel=a"));
+            let (fed, decided) = sniff_in(b"POST /publish HTTP/1.1\r\n", step, MAX_HEAD);
+            assert!(matches!(decided, Some(Sniffed::Other(b)) if b.len() == fed));
+        }
+        assert!(matches!(
+            sniff_in(H2_PREFACE, 3, MAX_HEAD),
+            (24, Some(Sniffed::Http2(b))) if b == H2_PREFACE
+        ));
+        assert!(matches!(
+            sniff_in(b"GET /sse HTTP/1.1\r\n", 4, MAX_HEAD),
+            (_, None)
+        ));
+    }
+
+    #[test]
+    fn a_head_that_reaches_the_limit_goes_to_hyper() {
+        let head = b"GET /sse?channel=a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (fed, decided) = sniff_in(head, 7, head.len());
+        assert_eq!(fed, head.len());
+        assert!(
+            matches!(decided, Some(Sniffed::Sse(_))),
+            "exactly the limit is read"
+        );
+        let (fed, decided) = sniff_in(head, 7, head.len() - 1);
+        assert_eq!(fed, head.len() - 1, "no read goes past the limit");
+        assert!(matches!(decided, Some(Sniffed::Other(b)) if b.len() == fed));
+        // Bytes pushed past the room are never served either.
+        let mut sniffer = HeadSniffer::new(8);
+        sniffer.push(head);
+        assert!(matches!(sniffer.decide(), Some(Sniffed::Other(b)) if b.len() == head.len()));
+        assert!(sniffer.decide().is_none(), "the bytes were handed over");
     }
 
     #[test]
