@@ -132,6 +132,11 @@ pub struct RedisSettings {
     /// Seconds between checks of every watched channel's head in one pipelined round trip, to
     /// find events whose live message was lost on a channel that has gone quiet; 0 disables.
     pub head_check_seconds: u64,
+    /// Redis keeps every acknowledged write across restarts and failovers (`appendfsync
+    /// always`, and no failover to a replica that may lag). Then a change of Redis server costs
+    /// clients nothing; otherwise (the default) continuity across it cannot be proven and
+    /// clients get a gap there. Every instance on one Redis must use the same value.
+    pub durable: bool,
 }
 
 impl Default for RedisSettings {
@@ -148,6 +153,7 @@ impl Default for RedisSettings {
             timeout_seconds: 5,
             probe_seconds: 5,
             head_check_seconds: 10,
+            durable: false,
         }
     }
 }

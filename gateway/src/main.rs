@@ -51,9 +51,10 @@ fn main() -> ExitCode {
         Command::RedisFunction => {
             print!(
                 "{}",
-                gateway::engine::redis::library_source(
+                gateway::engine::redis::library::source(
                     settings.history.size,
-                    settings.history_ttl()
+                    settings.history_ttl(),
+                    settings.redis.durable,
                 )
             );
             ExitCode::SUCCESS

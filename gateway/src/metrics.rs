@@ -45,6 +45,9 @@ pub struct Inner {
     pub history_reads_shared: IntCounter,
     /// Channel re-synchronisations from history, by reason.
     pub resyncs: IntCounterVec,
+    /// Positions seen beyond the store's head, by who saw them (`instance`: Redis lost writes
+    /// this instance delivered; `client`: a resume from such a position, or a forged cursor).
+    pub lost_history: IntCounterVec,
     /// Engine failures by kind.
     pub engine_errors: IntCounterVec,
     /// Pub/sub reconnects.
@@ -211,6 +214,12 @@ impl Metrics {
                 "gateway_channel_resyncs_total",
                 "Channel re-synchronisations from history by reason.",
                 &["reason"],
+            ),
+            lost_history: counter_vec(
+                &r,
+                "gateway_history_lost_total",
+                "Positions seen beyond the history store's head (lost writes or forged cursors).",
+                &["seen_by"],
             ),
             engine_errors: counter_vec(
                 &r,

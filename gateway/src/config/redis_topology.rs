@@ -22,6 +22,7 @@ impl fmt::Debug for RedisSettings {
             timeout_seconds,
             probe_seconds,
             head_check_seconds,
+            durable,
         } = self;
         let sentinels: Vec<String> = sentinels.iter().map(|u| redact(u)).collect();
         f.debug_struct("RedisSettings")
@@ -36,6 +37,7 @@ impl fmt::Debug for RedisSettings {
             .field("timeout_seconds", timeout_seconds)
             .field("probe_seconds", probe_seconds)
             .field("head_check_seconds", head_check_seconds)
+            .field("durable", durable)
             .finish()
     }
 }

@@ -136,6 +136,7 @@ impl MemoryEngine {
             epoch: log.epoch,
             top: log.top,
             events: log.events.iter().skip(skip).take(limit).cloned().collect(),
+            lineage: shared::Lineage::default(),
         }
     }
 

@@ -13,6 +13,10 @@
 //!   event twice, and must filter by position (the hub does).
 //! - After a live-path outage the engine calls [`Listener::on_resubscribed`]: anything published
 //!   meanwhile must be re-read from history.
+//! - Offsets are never handed out twice under one epoch, even when the store loses acknowledged
+//!   writes: the store then moves to a new epoch whose [`Lineage`] says which old offsets it
+//!   still holds, and `fence(channel, seen)` makes it move when a position beyond its head was
+//!   seen (see `shared::lineage`). The in-memory engine never loses writes and never moves.
 
 pub mod memory;
 pub mod redis;
@@ -20,7 +24,7 @@ pub mod redis;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use shared::{ChannelName, Epoch, Event, EventName, PayloadKind, Position};
+use shared::{ChannelName, Continuity, Epoch, Event, EventName, Lineage, PayloadKind, Position};
 
 /// Why an engine call failed; `Unavailable` maps to HTTP 503 so clients retry elsewhere.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,12 +62,19 @@ pub struct HistoryPage {
     pub top: u64,
     /// Events with offset greater than the requested one, oldest first.
     pub events: Vec<Event>,
+    /// Earlier epochs whose offsets the current one inherited.
+    pub lineage: Lineage,
 }
 
 impl HistoryPage {
     /// The channel's current head.
     pub fn head(&self) -> Position {
         Position::new(self.epoch, self.top)
+    }
+
+    /// How `pos` relates to this page's history (see `shared::lineage`).
+    pub fn continuity(&self, pos: Position) -> Continuity {
+        self.lineage.continuity(self.head(), pos)
     }
 
     /// Offset of the first event this page can still deliver: anything between the requested
@@ -116,6 +127,15 @@ impl Engine {
         match self {
             Self::Memory(e) => Ok(e.read(channel, after, limit)),
             Self::Redis(e) => e.read(channel, after, limit).await,
+        }
+    }
+
+    /// Tells the store that `seen` was delivered although it is beyond the store's head, so it
+    /// moves to a new epoch instead of handing those offsets out again.
+    pub async fn fence(&self, channel: &ChannelName, seen: Position) -> Result<(), EngineError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(e) => e.fence(channel, seen).await,
         }
     }
 

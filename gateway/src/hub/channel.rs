@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use shared::Position;
+use shared::{Continuity, Position};
 use tokio::sync::watch;
 
 use super::group::{Followups, Group, Pending};
@@ -191,13 +191,24 @@ impl ChannelState {
     }
 
     /// Applies a history page that was read when the arrival counter was `read_arrivals`, and
-    /// (when `last` was known) from `last`, or from offset 0 if the epoch had changed.
+    /// (when `last` was known) after the offset its continuity asks for (see the sync task).
     /// Returns `true` when the channel is in sync again.
     pub fn apply_page(&mut self, page: &Page, read_arrivals: u64, fx: &mut Effects) -> bool {
         match self.last {
             None => self.last = Some(page.head()),
             Some(last) => {
-                if page.epoch != last.epoch || page.first_available() > last.offset + 1 {
+                let (from, lost) = match page.continuity(last) {
+                    Continuity::Continuous(at) => {
+                        if at.epoch != last.epoch {
+                            self.inherit(page, last, at, fx);
+                        }
+                        (at, false)
+                    }
+                    Continuity::Lost { resume_after, .. } => {
+                        (Position::new(page.epoch, resume_after), true)
+                    }
+                };
+                if lost || page.first_available() > from.offset + 1 {
                     self.gap_all(Position::new(page.epoch, page.first_available()), fx);
                 }
                 for msg in &page.messages {
@@ -263,6 +274,22 @@ impl ChannelState {
         }
     }
 
+    /// Continues in the page's new epoch, which inherited `last` (now `at`): nothing is lost for
+    /// the channel, but a subscriber that resumed beyond what was inherited gets a gap. The ring
+    /// holds the old epoch's names and is dropped.
+    fn inherit(&mut self, page: &Page, last: Position, at: Position, fx: &mut Effects) {
+        let cap = page
+            .lineage
+            .ancestor(last.epoch)
+            .map_or(last.offset, |a| a.cap);
+        let first_new = Position::new(at.epoch, cap + 1);
+        for g in &self.groups {
+            g.enqueue(Pending::Inherit(first_new), &mut fx.followups);
+        }
+        self.ring.clear();
+        self.last = Some(at);
+    }
+
     /// Tells every subscriber that events before `first_available` are gone.
     fn gap_all(&mut self, first_available: Position, fx: &mut Effects) {
         for g in &self.groups {
@@ -326,7 +353,7 @@ mod tests {
     use super::*;
     use crate::hub::queue::{Drained, Item};
     use bytes::Bytes;
-    use shared::{ChannelName, Epoch, Event, PayloadKind};
+    use shared::{Ancestor, ChannelName, Epoch, Event, Lineage, PayloadKind};
     use std::task::{Context, Poll};
 
     const E: Epoch = Epoch(7);
@@ -347,6 +374,25 @@ mod tests {
             epoch,
             top,
             messages: offsets.map(|o| msg(epoch, o)).collect(),
+            lineage: Lineage::default(),
+        }
+    }
+
+    /// A page of a new epoch that inherited `parent` up to `cap`, losslessly or not.
+    fn inherited(
+        epoch: Epoch,
+        top: u64,
+        offsets: std::ops::RangeInclusive<u64>,
+        parent: (Epoch, u64, bool),
+    ) -> Page {
+        let (epoch_before, cap, lossless) = parent;
+        Page {
+            lineage: Lineage::new(vec![Ancestor {
+                epoch: epoch_before,
+                cap,
+                lossless,
+            }]),
+            ..page(epoch, top, offsets)
         }
     }
 
@@ -356,6 +402,7 @@ mod tests {
             epoch,
             top,
             messages: Vec::new(),
+            lineage: Lineage::default(),
         }
     }
 
@@ -601,6 +648,61 @@ mod tests {
         worker.deliver_now();
         assert_eq!(seen(&early), [-1, 1, 2, 3]);
         assert_eq!(seen(&late), [1, 2, 3], "no stale gap, nothing twice");
+    }
+
+    #[test]
+    fn a_new_epoch_that_inherited_last_continues_without_a_gap() {
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        let next = Epoch(8);
+        // Redis restarted with everything: the first event after it arrives in a new epoch.
+        assert!(ch.on_live(msg(next, 11), &mut fx));
+        let page = inherited(next, 11, 11..=11, (E, 10, true));
+        assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
+        assert_eq!(seen(&q), [11]);
+        assert_eq!(ch.last, Some(Position::new(next, 11)));
+        assert_eq!(ch.metrics.gaps.get(), 0);
+    }
+
+    #[test]
+    fn a_new_epoch_that_may_have_lost_events_after_last_is_a_gap_first() {
+        // Redis restarted without a durability promise: nothing this instance delivered is
+        // gone, but events after it may be, so subscribers are told before they go on.
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        let next = Epoch(8);
+        assert!(ch.on_live(msg(next, 11), &mut fx));
+        let page = inherited(next, 11, 11..=11, (E, 10, false));
+        assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
+        assert_eq!(seen(&q), [-11, 11]);
+        assert_eq!(ch.last, Some(Position::new(next, 11)));
+    }
+
+    #[test]
+    fn events_lost_by_the_store_are_a_gap_and_every_new_event_follows() {
+        // This instance delivered up to 10; the store came back at 7 and moved to a new epoch
+        // inheriting 7; 8 and 9 of the new epoch are new events. The sync task reads after 7.
+        let (mut ch, q) = live_channel(10);
+        let mut fx = Effects::default();
+        let next = Epoch(8);
+        assert!(ch.poke());
+        let page = inherited(next, 9, 8..=9, (E, 7, true));
+        assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
+        assert_eq!(seen(&q), [-8, 8, 9]);
+        assert_eq!(ch.last, Some(Position::new(next, 9)));
+    }
+
+    #[test]
+    fn a_subscriber_beyond_what_was_inherited_gets_a_gap_on_the_epoch_move() {
+        // The instance is at 7, a client resumed here at 9 (delivered by another instance);
+        // the store then lost 8 and 9 and moved to a new epoch inheriting 7.
+        let (mut ch, q) = live_channel_skipping(7, 9);
+        let mut fx = Effects::default();
+        let next = Epoch(8);
+        assert!(ch.poke());
+        let page = inherited(next, 8, 8..=8, (E, 7, true));
+        assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
+        assert_eq!(seen(&q), [-8, 8], "told of the loss, then the new 8");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
-use shared::{ChannelName, Epoch, Position};
+use shared::{ChannelName, Continuity, Epoch, Lineage, Position};
 
 use super::message::Message;
 use crate::engine::{Engine, EngineError};
@@ -24,12 +24,19 @@ pub struct Page {
     pub top: u64,
     /// Events after the requested offset, oldest first.
     pub messages: Vec<Arc<Message>>,
+    /// Earlier epochs whose offsets the current one inherited.
+    pub lineage: Lineage,
 }
 
 impl Page {
     /// The channel's head when the page was read.
     pub fn head(&self) -> Position {
         Position::new(self.epoch, self.top)
+    }
+
+    /// How `pos` relates to this page's history (see `shared::lineage`).
+    pub fn continuity(&self, pos: Position) -> Continuity {
+        self.lineage.continuity(self.head(), pos)
     }
 
     /// First offset the page can deliver; anything before it (after the requested offset) is
@@ -119,5 +126,6 @@ fn to_page(page: crate::engine::HistoryPage) -> Page {
             .into_iter()
             .map(|e| Arc::new(Message::new(e)))
             .collect(),
+        lineage: page.lineage,
     }
 }

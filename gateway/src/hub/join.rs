@@ -9,13 +9,15 @@
 //!   backpressure (waiting only on this connection's own queue), and the loop repeats from the
 //!   new position. Events published while the page was read are, by then, in the ring.
 //!
-//! A page from another epoch than the connection's position, or one starting after the next
-//! wanted offset, means events are gone: a gap notice goes first, then whatever is available.
+//! A page whose history does not continue the connection's position (see `shared::lineage`),
+//! or one starting after the next wanted offset, means events are gone: a gap notice goes
+//! first, then whatever is available. A position in an earlier epoch that the current one
+//! inherited continues without a gap.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::{Epoch, Position};
+use shared::{Continuity, Epoch, Position};
 use tokio::time::Instant;
 
 use super::channel::Sub;
@@ -32,20 +34,27 @@ pub struct JoinOutcome {
     pub position: Position,
 }
 
-/// Why a connection cannot start where it asked to.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The client claims a position the channel never reached: a forged or foreign cursor.
-    #[error("position {wanted} is beyond the channel's newest event {head}")]
-    Ahead {
-        /// What the client asked for.
-        wanted: Position,
-        /// The store's head.
-        head: Position,
-    },
-    /// The hub or store failed.
-    #[error(transparent)]
-    Hub(#[from] HubError),
+/// Where a connection starts on a channel, as [`Hub::start_position`] decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Start {
+    /// The client's position, or the head for a fresh subscription: what the client is told
+    /// it subscribed at, and the cursor it resumes from if it reconnects before anything else.
+    pub requested: Position,
+    /// Delivery continues after this position.
+    pub after: Position,
+    /// The client saw events the store no longer has: a gap notice goes first.
+    pub lost: bool,
+}
+
+impl Start {
+    /// A start with nothing lost.
+    pub fn at(position: Position) -> Self {
+        Self {
+            requested: position,
+            after: position,
+            lost: false,
+        }
+    }
 }
 
 /// Whether a join acknowledges the subscription before its first event, and as what.
@@ -74,26 +83,45 @@ impl From<PushError> for HubError {
 impl Hub {
     /// Where a connection starts on an attached channel: after `wanted`, or after the head for
     /// a fresh subscription. A position ahead of this instance is fine if another instance
-    /// already delivered it, so only the store can refuse it.
+    /// already delivered it, so only the store decides: a position beyond the store's head
+    /// means the store lost writes (or the cursor is forged). Either way the client gets a gap
+    /// and continues from the store's head, never a refusal (`EventSource` would give up), and
+    /// the store is fenced so it never hands those offsets out again.
     pub async fn start_position(
         &self,
         m: &Membership,
         head: Position,
         wanted: Option<Position>,
-    ) -> Result<Position, StartError> {
+    ) -> Result<Start, HubError> {
         let Some(wanted) = wanted else {
-            return Ok(head);
+            return Ok(Start::at(head));
         };
-        if wanted.epoch == head.epoch && wanted.offset > head.offset {
-            let store = self.store_head(&m.channel).await?;
-            if store.epoch == wanted.epoch && wanted.offset > store.offset {
-                return Err(StartError::Ahead {
-                    wanted,
-                    head: store,
-                });
+        if wanted.epoch != head.epoch || wanted.offset <= head.offset {
+            return Ok(Start::at(wanted));
+        }
+        let store = self.inner.history.read_direct(&m.channel, 0, 0).await?;
+        match store.continuity(wanted) {
+            Continuity::Continuous(_) => Ok(Start::at(wanted)),
+            Continuity::Lost {
+                resume_after,
+                fence,
+            } => {
+                self.inner
+                    .metrics
+                    .lost_history
+                    .with_label_values(&["client"])
+                    .inc();
+                if fence {
+                    tracing::debug!(channel = %m.channel, position = %wanted, head = %store.head(), "a client resumed beyond the store's head; fencing the channel");
+                    self.inner.engine.fence(&m.channel, wanted).await?;
+                }
+                Ok(Start {
+                    requested: wanted,
+                    after: Position::new(store.epoch, resume_after),
+                    lost: true,
+                })
             }
         }
-        Ok(wanted)
     }
 
     /// Delivers everything after `from` and joins live fan-out. Unless `announce` is
@@ -101,13 +129,17 @@ impl Hub {
     pub async fn join(
         &self,
         m: &Membership,
-        from: Position,
+        start: Start,
         announce: Announce,
     ) -> Result<JoinOutcome, HubError> {
         let deadline = Instant::now() + self.inner.config.subscribe_timeout;
-        let requested = from;
-        let mut from = from;
-        let mut recovered = true;
+        let requested = start.requested;
+        let mut from = start.after;
+        let mut recovered = !start.lost;
+        // A gap is owed when the client saw events that are gone; it is sent with the first
+        // page read from `from`, so it names the first event really available.
+        let mut owe_gap = start.lost;
+        let mut fenced = false;
         let mut announced = announce == Announce::Silent;
         // Only a resume can be "recovered"; a fresh subscription reports false.
         let resuming = announce == Announce::Resume;
@@ -127,9 +159,9 @@ impl Hub {
                             return Err(HubError::ShuttingDown);
                         }
                         let last = state.last.ok_or(HubError::Timeout)?;
-                        if from.epoch != last.epoch {
+                        if from.epoch != last.epoch || owe_gap {
                             return Ok(Step::Fetch {
-                                after: 0,
+                                after: from.offset,
                                 hub_epoch: last.epoch,
                             });
                         }
@@ -209,9 +241,29 @@ impl Hub {
                     self.with_state(&m.channel, m.generation, |state, _| {
                         state.seed_ring(&page.messages)
                     });
-                    if from.epoch != page.epoch || page.first_available() > from.offset + 1 {
+                    match page.continuity(from) {
+                        Continuity::Continuous(at) => from = at,
+                        Continuity::Lost {
+                            resume_after,
+                            fence,
+                        } => {
+                            if fence && !fenced {
+                                fenced = true;
+                                self.inner.engine.fence(&m.channel, from).await?;
+                            }
+                            recovered = false;
+                            owe_gap = true;
+                            from = Position::new(page.epoch, resume_after);
+                            if after != resume_after {
+                                // The page was read after the wrong offset: read again.
+                                continue;
+                            }
+                        }
+                    }
+                    if owe_gap || page.first_available() > from.offset + 1 {
                         let first_available = Position::new(page.epoch, page.first_available());
                         recovered = false;
+                        owe_gap = false;
                         self.announce(m, &mut announced, requested, recovered && resuming)
                             .await?;
                         m.queue

@@ -32,7 +32,7 @@ use self::queue::{CloseReason, Queue};
 use crate::engine::{Engine, EngineError, Listener};
 use crate::metrics::Metrics;
 
-pub use join::{Announce, JoinOutcome, StartError};
+pub use join::{Announce, JoinOutcome, Start};
 
 /// Tuning of the hub, taken from [`crate::config::Settings`].
 #[derive(Clone, Debug)]

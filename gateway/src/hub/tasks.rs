@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use shared::{ChannelName, Position};
+use shared::{ChannelName, Continuity, Position};
 
 use super::channel::Phase;
 use super::{HookPoint, Hub};
@@ -76,11 +76,15 @@ impl Hub {
             .with_label_values(&[reason])
             .inc();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut from_zero = false;
+        // Where the next read starts when `last` is not the right place (see below).
+        let mut reread_after: Option<u64> = None;
+        let mut fenced = false;
         loop {
             let step = self.with_state(&channel, generation, |s, _| {
-                s.last
-                    .map(|last| (if from_zero { 0 } else { last.offset }, s.arrivals(), last))
+                s.last.map(|last| {
+                    let after = reread_after.take().unwrap_or(last.offset);
+                    (after, s.arrivals(), last)
+                })
             });
             let Some(Some((after, read_at, last))) = step else {
                 return;
@@ -99,13 +103,36 @@ impl Hub {
                 }
             };
             backoff.reset();
-            if page.epoch != last.epoch && after != 0 {
-                // The epoch changed: offsets after `last` mean nothing; read the new epoch
-                // from its start.
-                from_zero = true;
-                continue;
+            if let Continuity::Lost {
+                resume_after,
+                fence,
+            } = page.continuity(last)
+            {
+                if fence && !fenced {
+                    // The store's head is behind what this instance delivered in the same
+                    // epoch: Redis lost acknowledged writes. Make it move to a new epoch
+                    // before it hands those offsets out again, then read again.
+                    fenced = true;
+                    self.inner
+                        .metrics
+                        .lost_history
+                        .with_label_values(&["instance"])
+                        .inc();
+                    tracing::warn!(channel = %channel, delivered = %last, head = %page.head(), "the history store lost events this instance delivered; moving the channel to a new epoch");
+                    if let Err(e) = self.inner.engine.fence(&channel, last).await {
+                        tracing::warn!(channel = %channel, error = %e, "fencing the channel failed; retrying");
+                        fenced = false;
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    continue;
+                }
+                if after != resume_after {
+                    // What follows `resume_after` in the current epoch is what subscribers
+                    // still need; this page started elsewhere.
+                    reread_after = Some(resume_after);
+                    continue;
+                }
             }
-            from_zero = false;
             let applied = self.with_state(&channel, generation, |s, fx| {
                 (s.last == Some(last)).then(|| s.apply_page(&page, read_at, fx))
             });
@@ -158,7 +185,8 @@ impl Hub {
                 // No head: the history expired; the next publish starts a new epoch, which
                 // arrives as a jump anyway.
                 let Some(head) = head else { continue };
-                if head.epoch != last.epoch || head.offset > last.offset {
+                // A head behind `last` in the same epoch means the store lost writes.
+                if head != *last {
                     self.poke(channel, *generation, "head_check");
                 }
             }

@@ -7,4 +7,4 @@ pub mod subscribe;
 
 pub use crate::state::Transport;
 pub use admit::{Admitted, Refusal, admit, origin_allowed};
-pub use subscribe::{Attached, SubscribeError, attach, join};
+pub use subscribe::{Attached, attach, join};

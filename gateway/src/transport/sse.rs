@@ -29,10 +29,10 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
-use crate::hub::{Announce, HubError, Membership};
+use crate::hub::{Announce, HubError, Membership, Start};
 use crate::metrics::Metrics;
 use crate::response::Body;
-use crate::session::{self, Admitted, Refusal, SubscribeError, Transport};
+use crate::session::{self, Admitted, Refusal, Transport};
 use crate::state::{AppState, ConnectionGuard};
 
 /// A validated SSE request.
@@ -172,12 +172,12 @@ pub async fn open(
                 members.push(a.membership);
                 starts.push(a.start);
             }
-            Err(e @ SubscribeError::Ahead { .. }) => {
-                return Err(ApiError::bad_request(ErrorCode::BadCursor, e.to_string()));
-            }
-            Err(SubscribeError::Hub(e)) => return Err(e.into()),
+            Err(e) => return Err(e.into()),
         }
     }
+    // The cursor starts at what was asked for: a client that reconnects before its gap notice
+    // arrived is then told again.
+    let positions: Vec<Position> = starts.iter().map(|s| s.requested).collect();
     let members: Arc<[Membership]> = members.into();
     spawn_resume(
         state,
@@ -195,13 +195,13 @@ pub async fn open(
         settings.sse.retry_ms.to_string().as_bytes(),
     );
     prelude.extend_from_slice(b"id: ");
-    Cursor::write_to(&starts, &mut prelude);
+    Cursor::write_to(&positions, &mut prelude);
     prelude.extend_from_slice(b"\n\n");
 
     Ok(SseStream::new(SseParts {
         queue,
         members,
-        positions: starts,
+        positions,
         prelude: Bytes::from(prelude),
         heartbeat: settings.heartbeat(),
         retry_ms: settings.sse.retry_ms,
@@ -215,7 +215,7 @@ pub async fn open(
 fn spawn_resume(
     state: &AppState,
     members: Arc<[Membership]>,
-    starts: Vec<Position>,
+    starts: Vec<Start>,
     resumed: bool,
     queue: Arc<Queue>,
 ) {

@@ -7,18 +7,6 @@ use shared::Position;
 
 use crate::common::*;
 
-/// Checks a gap frame and returns its `first_available` position.
-fn assert_gap(event: &shared::sse::SseEvent, channel: &str) -> Position {
-    assert_eq!(event.event, "gap", "expected a gap, got {event:?}");
-    let body: serde_json::Value = serde_json::from_str(&event.data).expect("gap data is JSON");
-    assert_eq!(body["channel"], channel);
-    body["first_available"]
-        .as_str()
-        .expect("first_available")
-        .parse()
-        .expect("a position")
-}
-
 async fn trimmed_history(redis: Option<&Redis>) {
     let prefix = format!("{}:", unique("gap"));
     let gw = InProcess::start(

@@ -204,7 +204,10 @@ async fn a_sentinel_naming_a_replica_is_skipped_and_readyz_waits_for_a_primary()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_leave_a_primary_demoted_while_still_alive() {
     // A manual failover: the old primary keeps running, as a replica. Command connections to
-    // it get READONLY, which must send them to the new primary rather than fail forever.
+    // it get READONLY, which must send them to the new primary rather than fail forever. The
+    // replica is in sync, which the operator declares with `redis.durable`: subscribers then
+    // cross the failover without a gap (without it they would get one, in place, as continuity
+    // could not be proven; see `lost_writes`).
     let topology = Topology::start(1, 1);
     let (old, new) = (&topology.nodes[0], &topology.nodes[1]);
     let prefix = format!("{}:", unique("demoted"));
@@ -214,6 +217,7 @@ async fn commands_leave_a_primary_demoted_while_still_alive() {
         ("GATEWAY__REDIS__SENTINEL_MASTER", MASTER),
         ("GATEWAY__REDIS__KEY_PREFIX", prefix.as_str()),
         ("GATEWAY__REDIS__PROBE_SECONDS", "1"),
+        ("GATEWAY__REDIS__DURABLE", "true"),
     ]);
     gw.wait_ready();
     let base = gw.url("");

@@ -119,20 +119,19 @@ async fn trimmed_history_gives_subscribed_unrecovered_then_gap_then_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_position_ahead_of_the_channel_is_refused() {
+async fn a_position_ahead_of_the_channel_is_a_gap() {
     let gw = memory_gateway(&[]);
     let id = publish(&gw.url(""), "feed", "1").await;
     let ahead = format!("{}:99", id.split(':').next().unwrap());
     let mut ws = Ws::connect(&ws_url(gw.addr)).await;
     ws.send(json!({"type": "subscribe", "channel": "feed", "since": ahead, "req": 5}))
         .await;
-    let err = ws.expect("error").await;
-    assert_eq!(
-        (err["code"].as_str(), &err["req"]),
-        (Some("bad_position"), &json!(5))
-    );
-    // The refused subscription did not stick.
-    ws.subscribe("feed", None).await;
+    let ack = ws.expect("subscribed").await;
+    assert_eq!((&ack["req"], &ack["recovered"]), (&json!(5), &json!(false)));
+    let gap = ws.expect("gap").await;
+    assert!(gap["first_available"].as_str().unwrap().ends_with(":2"));
+    publish(&gw.url(""), "feed", "2").await;
+    assert_eq!(ws.event_data(1).await, ["2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,12 +10,27 @@
 -- values of the gateway instance that loaded this library.
 --
 -- Per channel (the {hash tag} keeps all three in one Cluster slot):
---   <prefix>{<channel>}:meta    hash: epoch (hex, new whenever history is recreated), offset
+--   <prefix>{<channel>}:meta    hash: epoch (hex), offset, writer, lineage (see below)
 --   <prefix>{<channel>}:stream  stream: entry id "<offset>-0", fields d (data), t (ms), e, k
 --   <prefix>{<channel>}:live    pub/sub channel: "<epoch> <offset> <ms> <kind> <event>\n<data>"
-
+--
+-- Epochs and lost writes. Offsets must never be handed out twice under one epoch, yet Redis can
+-- lose acknowledged writes: a restart from a snapshot or an `everysec` AOF, or a failover to a
+-- replica that lagged, brings back an older `offset` while clients have already seen newer ones.
+-- So every meta hash records which server *lifetime* wrote it last (`writer`: a token made the
+-- first time this library runs in a process, kept only in this Lua state, so neither a restored
+-- snapshot nor a promoted replica can reproduce it). The first command on a channel whose
+-- writer is not this lifetime moves the channel to a new epoch before anything else happens.
+-- The new epoch inherits the offsets the store still holds: `lineage` lists, newest first (at
+-- most 8), "<epoch>:<cap>" or "<epoch>~<cap>", meaning "offsets up to cap of that epoch are
+-- also offsets of this one"; offsets continue from the inherited head. `~` marks a move known
+-- to have lost nothing after cap: a change of server when the operator declared Redis durable
+-- (DURABLE below, from `redis.durable`). Across a `:` move continuity cannot be proven and
+-- clients get a gap; beyond a cap, always. gw_fence makes the same move (never `~`) when a
+-- gateway sees a position ahead of the head in the current epoch.
 local DEFAULT_MAXLEN = __MAXLEN__
 local DEFAULT_TTL_MS = __TTL_MS__
+local DURABLE = __DURABLE__
 
 local function fail(message)
   return redis.error_reply('ERR gateway: ' .. message)
@@ -40,20 +55,67 @@ local function positive(value, default)
   return n
 end
 
--- The channel's epoch, created with offset 0 when the channel has no history. A stream left
--- without its meta hash belongs to a forgotten epoch and is dropped.
-local function ensure_epoch(stream_key, meta_key, ttl_ms)
-  local epoch = redis.call('HGET', meta_key, 'epoch')
-  if epoch then
-    return epoch
+-- This server lifetime's writer token; see the header. Made lazily because the library is
+-- loaded before the first command may call TIME.
+local lifetime = {}
+local function writer_token()
+  if not lifetime.token then
+    local t = redis.call('TIME')
+    lifetime.token = string.format('%x.%x', tonumber(t[1]), tonumber(t[2]))
   end
+  return lifetime.token
+end
+
+local function fresh_epoch(old)
   local t = redis.call('TIME')
   local micros = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  epoch = string.format('%x', micros % 4294967296)
-  redis.call('DEL', stream_key)
-  redis.call('HSET', meta_key, 'epoch', epoch, 'offset', 0)
-  redis.call('PEXPIRE', meta_key, ttl_ms)
+  local epoch = string.format('%x', micros % 4294967296)
+  if epoch == old then
+    epoch = string.format('%x', (micros + 1) % 4294967296)
+  end
   return epoch
+end
+
+-- Moves the channel to a new epoch that inherits offsets up to `top` of `epoch`; `lossless`
+-- says nothing after `top` was lost. Older entries keep the smaller cap and become lossy if
+-- this move is.
+local function move_epoch(meta_key, epoch, top, lineage, lossless)
+  local entries = { epoch .. (lossless and '~' or ':') .. top }
+  for old_epoch, sep, cap in string.gmatch(lineage or '', '(%x+)([:~])(%d+)') do
+    if #entries >= 8 then
+      break
+    end
+    if tonumber(cap) > tonumber(top) then
+      cap = top
+    end
+    if not lossless then
+      sep = ':'
+    end
+    entries[#entries + 1] = old_epoch .. sep .. cap
+  end
+  local next_epoch = fresh_epoch(epoch)
+  lineage = table.concat(entries, ' ')
+  redis.call('HSET', meta_key, 'epoch', next_epoch, 'lineage', lineage, 'writer', writer_token())
+  return next_epoch, lineage
+end
+
+-- The channel's head as { epoch, offset, lineage }: created at offset 0 when the channel has no
+-- history (a stream left without its meta hash belongs to a forgotten epoch and is dropped), and
+-- moved to a new epoch when another server lifetime wrote it last.
+local function head(stream_key, meta_key, ttl_ms)
+  local meta = redis.call('HMGET', meta_key, 'epoch', 'offset', 'writer', 'lineage')
+  local epoch, top, writer, lineage = meta[1], meta[2] or '0', meta[3], meta[4] or ''
+  if not epoch then
+    epoch = fresh_epoch(nil)
+    redis.call('DEL', stream_key)
+    redis.call('HSET', meta_key, 'epoch', epoch, 'offset', 0, 'writer', writer_token(), 'lineage', '')
+    redis.call('PEXPIRE', meta_key, ttl_ms)
+    return epoch, '0', ''
+  end
+  if writer ~= writer_token() then
+    epoch, lineage = move_epoch(meta_key, epoch, top, lineage, DURABLE)
+  end
+  return epoch, top, lineage
 end
 
 local function publish(keys, args)
@@ -86,7 +148,7 @@ local function publish(keys, args)
     return fail('maxlen and ttl_ms must be positive integers')
   end
 
-  local epoch = ensure_epoch(stream_key, meta_key, ttl_ms)
+  local epoch = head(stream_key, meta_key, ttl_ms)
   local offset = string.format('%d', redis.call('HINCRBY', meta_key, 'offset', 1))
   local t = redis.call('TIME')
   local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -107,7 +169,7 @@ local function publish(keys, args)
 end
 
 -- FCALL gw_read 2 <stream> <meta> <after> <count> [ttl_ms]
--- returns { epoch, top, entries } where entries are XRANGE entries with offset > after.
+-- returns { epoch, top, entries, lineage } where entries are XRANGE entries with offset > after.
 local function read(keys, args)
   local stream_key, meta_key = keys[1], keys[2]
   if not stream_key or not meta_key then
@@ -125,14 +187,39 @@ local function read(keys, args)
   if not ttl_ms then
     return fail('ttl_ms must be a positive integer')
   end
-  local epoch = ensure_epoch(stream_key, meta_key, ttl_ms)
-  local top = redis.call('HGET', meta_key, 'offset') or '0'
+  local epoch, top, lineage = head(stream_key, meta_key, ttl_ms)
   local entries = {}
   if count > 0 and tonumber(after) < tonumber(top) then
     entries = redis.call('XRANGE', stream_key, '(' .. after .. '-0', '+', 'COUNT', count)
   end
-  return { epoch, top, entries }
+  return { epoch, top, entries, lineage }
+end
+
+-- FCALL gw_fence 2 <stream> <meta> <epoch> <offset> [ttl_ms]
+-- Someone saw <epoch>:<offset>, beyond the head of the current epoch: the store lost writes
+-- without a change of lifetime. Moves to a new epoch (unless the epoch already moved), so the
+-- offsets after the head are never handed out again under the old name. Returns the epoch.
+local function fence(keys, args)
+  local stream_key, meta_key = keys[1], keys[2]
+  if not stream_key or not meta_key then
+    return fail('keys must be <prefix>{<channel>}:stream and <prefix>{<channel>}:meta')
+  end
+  local seen_epoch, seen = args[1] or '', args[2] or ''
+  if not string.match(seen_epoch, '^%x+$') or #seen_epoch > 16
+    or not string.match(seen, '^%d+$') or #seen > 20 then
+    return fail('fence needs <epoch-hex> <offset>')
+  end
+  local ttl_ms = positive(args[3], DEFAULT_TTL_MS)
+  if not ttl_ms then
+    return fail('ttl_ms must be a positive integer')
+  end
+  local epoch, top, lineage = head(stream_key, meta_key, ttl_ms)
+  if epoch == seen_epoch and tonumber(seen) > tonumber(top) then
+    epoch = move_epoch(meta_key, epoch, top, lineage, false)
+  end
+  return epoch
 end
 
 redis.register_function('gw_publish', publish)
 redis.register_function('gw_read', read)
+redis.register_function('gw_fence', fence)

@@ -8,6 +8,7 @@
 mod conns;
 mod dial;
 pub mod keys;
+pub mod library;
 mod pubsub;
 pub mod wire;
 
@@ -26,17 +27,6 @@ use self::pubsub::{Command, Probe, PubsubTask};
 use super::{EngineError, HistoryPage, Listener, PublishRequest};
 use crate::config::Settings;
 use crate::metrics::Metrics;
-
-/// Source of the Redis Functions library, with the defaults filled in by [`library_source`].
-const LIBRARY_TEMPLATE: &str = include_str!("gateway.lua");
-
-/// The library as loaded into Redis: defaults for callers that omit `maxlen`/`ttl_ms` come from
-/// this instance's settings.
-pub fn library_source(history_size: usize, ttl: Duration) -> String {
-    LIBRARY_TEMPLATE
-        .replace("__MAXLEN__", &history_size.to_string())
-        .replace("__TTL_MS__", &ttl.as_millis().to_string())
-}
 
 /// Handle to the Redis engine; clones share the pool and the pub/sub task.
 #[derive(Clone)]
@@ -81,7 +71,11 @@ impl RedisEngine {
                 keys: Keys::new(&settings.redis.key_prefix),
                 maxlen: settings.history.size.to_string(),
                 ttl_ms: settings.history_ttl().as_millis().to_string(),
-                library: library_source(settings.history.size, settings.history_ttl()),
+                library: library::source(
+                    settings.history.size,
+                    settings.history_ttl(),
+                    settings.redis.durable,
+                ),
                 timeout,
                 probe_interval: Duration::from_secs(settings.redis.probe_seconds),
                 commands,
@@ -131,13 +125,16 @@ impl RedisEngine {
         &self.inner.keys
     }
 
-    /// (Re)loads the function library; called at start and whenever Redis lost it (e.g. a
-    /// restart without persistence).
+    /// Loads the function library unless Redis already has this exact code; called at start
+    /// and whenever Redis lost it (e.g. a restart without persistence).
     pub async fn load_library(&self) -> Result<(), EngineError> {
-        let mut cmd = redis::cmd("FUNCTION");
-        cmd.arg("LOAD").arg("REPLACE").arg(&self.inner.library);
-        let _: Value = self.query_once(&cmd).await?;
-        tracing::debug!("Redis function library gateway_v1 loaded");
+        let code = self.inner.library.clone();
+        let loaded = self
+            .run(|mut conn| async move { library::ensure(&mut conn, &code).await })
+            .await?;
+        if loaded {
+            tracing::debug!("Redis function library {} loaded", library::NAME);
+        }
         Ok(())
     }
 
@@ -176,6 +173,20 @@ impl RedisEngine {
         let reply: Value = self.query_idempotent(&cmd).await?;
         self.inner.metrics.history_reads.inc();
         wire::parse_page(channel, reply)
+    }
+
+    /// Moves the channel to a new epoch through `gw_fence` if `seen` is beyond its head.
+    pub async fn fence(&self, channel: &ChannelName, seen: Position) -> Result<(), EngineError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("gw_fence")
+            .arg(2)
+            .arg(self.inner.keys.stream(channel))
+            .arg(self.inner.keys.meta(channel))
+            .arg(seen.epoch.to_string())
+            .arg(seen.offset)
+            .arg(&self.inner.ttl_ms);
+        let _epoch: String = self.query_idempotent(&cmd).await?;
+        Ok(())
     }
 
     /// Heads of many channels with one pipelined round trip.

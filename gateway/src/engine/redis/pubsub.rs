@@ -46,11 +46,11 @@ pub(super) struct PubsubTask {
     pub stop: watch::Receiver<bool>,
     pub timeout: Duration,
     pub probe: Probe,
-    /// The function library, loaded on every (re)connect so that a Redis restarted without
-    /// persistence gets it back before the instance reports ready again.
+    /// The function library, checked on every (re)connect (and loaded if Redis lacks it) so a
+    /// Redis restarted without persistence gets it back before the instance reports ready.
     pub library: String,
     /// The engine's cached command connections, forgotten on every reconnect.
-    pub commands_cache: super::conns::Connections,
+    pub commands_cache: Connections,
     pub metrics: Metrics,
 }
 
@@ -178,11 +178,7 @@ impl PubsubTask {
     async fn load_library(&self) -> Result<(), String> {
         let load = async {
             let (slot, mut conn) = self.probe.conns.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("FUNCTION")
-                .arg("LOAD")
-                .arg("REPLACE")
-                .arg(&self.library)
-                .query_async::<redis::Value>(&mut conn)
+            super::library::ensure(&mut conn, &self.library)
                 .await
                 .map_err(|e| {
                     self.probe.conns.drop_broken(slot);

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use redis::Value;
-use shared::{ChannelName, Epoch, Event, EventName, PayloadKind, Position};
+use shared::{ChannelName, Epoch, Event, EventName, Lineage, PayloadKind, Position};
 
 use crate::engine::{EngineError, HistoryPage};
 
@@ -56,14 +56,19 @@ fn event_name(raw: &str) -> Result<Option<EventName>, EngineError> {
         .map_err(|e| corrupt(format!("bad event name: {e}")))
 }
 
-/// Parses the reply of `gw_read`: `[epoch, top, [[id, [field, value, ...]], ...]]`.
+/// Parses the reply of `gw_read`: `[epoch, top, [[id, [field, value, ...]], ...], lineage]`
+/// (a library from before lineages answers without the last item).
 pub fn parse_page(channel: &ChannelName, reply: Value) -> Result<HistoryPage, EngineError> {
     let Value::Array(mut items) = reply else {
         return Err(corrupt("gw_read reply is not an array"));
     };
-    if items.len() != 3 {
-        return Err(corrupt("gw_read reply must have 3 items"));
-    }
+    let lineage: Lineage = match items.len() {
+        3 => Lineage::default(),
+        4 => text(items.pop().unwrap_or(Value::Nil))?
+            .parse()
+            .map_err(|_| corrupt("bad lineage in meta hash"))?,
+        _ => return Err(corrupt("gw_read reply must have 3 or 4 items")),
+    };
     let entries = items.pop().unwrap_or(Value::Nil);
     let top = text(items.pop().unwrap_or(Value::Nil))?;
     let epoch = text(items.pop().unwrap_or(Value::Nil))?;
@@ -80,7 +85,12 @@ pub fn parse_page(channel: &ChannelName, reply: Value) -> Result<HistoryPage, En
         .into_iter()
         .map(|entry| parse_entry(channel, epoch, entry))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(HistoryPage { epoch, top, events })
+    Ok(HistoryPage {
+        epoch,
+        top,
+        events,
+        lineage,
+    })
 }
 
 fn parse_entry(channel: &ChannelName, epoch: Epoch, entry: Value) -> Result<Event, EngineError> {

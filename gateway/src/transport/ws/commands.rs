@@ -17,7 +17,7 @@ use crate::engine::PublishRequest;
 use crate::hub::queue::Queue;
 use crate::hub::{Announce, HubError, Membership};
 use crate::publish::{self, PublishBody};
-use crate::session::{self, SubscribeError};
+use crate::session;
 use crate::state::AppState;
 
 /// A command the gateway will not carry out: answered with an `error` reply.
@@ -377,13 +377,7 @@ async fn resume(
     let result: Result<Membership, (ErrorCode, String)> = async {
         let attached = session::attach(&state, channel, queue, slot, since)
             .await
-            .map_err(|e| match e {
-                SubscribeError::Ahead { wanted, head, .. } => (
-                    ErrorCode::BadPosition,
-                    format!("position {wanted} is beyond the channel's newest event {head}"),
-                ),
-                SubscribeError::Hub(e) => hub_failure(e),
-            })?;
+            .map_err(hub_failure)?;
         let announce = if since.is_some() {
             Announce::Resume
         } else {

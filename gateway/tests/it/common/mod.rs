@@ -14,6 +14,7 @@ pub mod follow;
 pub mod nginx;
 pub mod proxy;
 pub mod raw;
+pub mod relay;
 pub mod sentinel;
 pub mod test_ca;
 
@@ -67,6 +68,8 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// More `redis-server` arguments (e.g. `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl Redis {
@@ -80,7 +83,16 @@ impl Redis {
         Self::start_with(true, None)
     }
 
+    /// Starts a server without persistence and with more arguments.
+    pub fn start_args(extra: &[&str]) -> Self {
+        Self::start_full(false, None, extra)
+    }
+
     fn start_with(persistent: bool, port: Option<u16>) -> Self {
+        Self::start_full(persistent, port, &[])
+    }
+
+    fn start_full(persistent: bool, port: Option<u16>, extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(unique("gw-redis-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let mut redis = Self {
@@ -88,6 +100,7 @@ impl Redis {
             port: port.unwrap_or_else(free_port),
             dir,
             persistent,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         redis.spawn();
         redis
@@ -117,6 +130,7 @@ impl Redis {
         } else {
             cmd.args(["--appendonly", "no", "--save", ""]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -164,7 +178,13 @@ impl Redis {
         }
     }
 
-    /// Starts it again on the same port (with its data when persistent).
+    /// The server's process id (to pause it with SIGSTOP, say).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts it again on the same port (with its data when persistent, or with the snapshot
+    /// last written by `SAVE`).
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -405,6 +425,18 @@ pub async fn publish(base: &str, channel: &str, data: &str) -> String {
     let body: serde_json::Value = res.json().await.expect("publish body");
     assert_eq!(status, 200, "publish failed: {body}");
     body["id"].as_str().expect("id").to_owned()
+}
+
+/// Checks an SSE gap frame for `channel` and returns its `first_available` position.
+pub fn assert_gap(event: &shared::sse::SseEvent, channel: &str) -> shared::Position {
+    assert_eq!(event.event, "gap", "expected a gap, got {event:?}");
+    let body: serde_json::Value = serde_json::from_str(&event.data).expect("gap data is JSON");
+    assert_eq!(body["channel"], channel);
+    body["first_available"]
+        .as_str()
+        .expect("first_available")
+        .parse()
+        .expect("a position")
 }
 
 /// A streaming SSE connection.
