@@ -113,6 +113,11 @@ pub struct RedisSettings {
     pub sentinels: Vec<String>,
     /// Name of the monitored primary the sentinels are asked about (`sentinel monitor <name>`).
     pub sentinel_master: Option<String>,
+    /// Redis Cluster seed nodes (`redis://host:7000`, ...); instead of `url` and `sentinels`,
+    /// the cluster's primaries are discovered from them and followed across failovers and
+    /// resharding. In the environment, a comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub cluster_nodes: Vec<String>,
     /// PEM file of the CA that signs the Redis servers' certificates (`rediss://` only); unset:
     /// the public web roots.
     pub tls_ca: Option<String>,
@@ -145,6 +150,7 @@ impl Default for RedisSettings {
             url: None,
             sentinels: Vec::new(),
             sentinel_master: None,
+            cluster_nodes: Vec::new(),
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -159,16 +165,18 @@ impl Default for RedisSettings {
 }
 
 impl RedisSettings {
-    /// Whether Redis is configured at all (a URL or sentinels): selects the Redis engine.
+    /// Whether Redis is configured at all (a URL, sentinels or cluster nodes): selects the
+    /// Redis engine.
     pub fn enabled(&self) -> bool {
-        self.url.is_some() || !self.sentinels.is_empty()
+        self.url.is_some() || !self.sentinels.is_empty() || !self.cluster_nodes.is_empty()
     }
 
-    /// Whether the gateway talks TLS to Redis (`rediss://` URL or sentinels).
+    /// Whether the gateway talks TLS to Redis (`rediss://` URL, sentinels or cluster nodes).
     pub fn uses_tls(&self) -> bool {
         self.url
             .iter()
             .chain(&self.sentinels)
+            .chain(&self.cluster_nodes)
             .any(|u| u.starts_with("rediss://"))
     }
 }
@@ -392,6 +400,7 @@ impl Settings {
                 .map_err(|e| invalid("redis.url", format!("cannot be parsed: {e}")))?;
         }
         self.validate_sentinels()?;
+        self.validate_cluster()?;
         self.validate_redis_tls()?;
         if self.redis.key_prefix.contains(['{', '}']) {
             return Err(invalid(

@@ -133,11 +133,13 @@ impl From<EngineError> for ApiError {
             EngineError::Unavailable(_) => {
                 Self::unavailable(ErrorCode::EngineUnavailable, e.to_string(), 1)
             }
-            EngineError::Protocol(_) | EngineError::Refused(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::EngineError,
-                e.to_string(),
-            ),
+            EngineError::Protocol(_) | EngineError::Refused(_) | EngineError::Rejected(_) => {
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::EngineError,
+                    e.to_string(),
+                )
+            }
         }
     }
 }

@@ -52,9 +52,7 @@ fn main() -> ExitCode {
             print!(
                 "{}",
                 gateway::engine::redis::library::source(
-                    settings.history.size,
-                    settings.history_ttl(),
-                    settings.redis.durable,
+                    gateway::engine::redis::library::Flavour::of(&settings)
                 )
             );
             ExitCode::SUCCESS

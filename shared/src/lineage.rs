@@ -1,5 +1,5 @@
 //! Which earlier epochs a channel's current epoch continues, so that a move to a new epoch
-//! re-delivers nothing and tells clients exactly where continuity could not be proven.
+//! delivers nothing twice and tells clients where continuity could not be proven.
 //!
 //! The store moves a channel to a new epoch whenever it cannot vouch that no offset of the old
 //! one was handed out and then lost: when it was restored from a snapshot, promoted from a
@@ -7,15 +7,12 @@
 //! holds stay valid, so the new epoch *inherits* them: the lineage records "epoch E is valid up
 //! to offset C" for the last few epochs, and offsets continue from the inherited head.
 //!
-//! Whether anything after C was lost is known only in some cases. An entry is *lossless* when
-//! the operator declared that Redis keeps every acknowledged write (`redis.durable`) and the
-//! move was only a change of Redis server; otherwise events after C may have existed and be
-//! gone, so continuity across the move cannot be proven and a client that crosses it gets a gap
-//! (fail closed). A position beyond C saw events that are gone: a gap, always.
+//! Whether events after C existed and are gone is not known, so crossing a move fails closed:
+//! a position at or below C keeps its place and gets a gap there (nothing it had is repeated);
+//! a position beyond C saw events that are gone and continues after C with a gap.
 //!
-//! Text form (as the publish function stores it), newest first: `"<epoch-hex>:<cap>"` for a
-//! lossy entry, `"<epoch-hex>~<cap>"` for a lossless one, separated by spaces. Each entry is
-//! already reduced along the chain (smallest cap, lossy if any step was), so lookup is direct.
+//! Text form (as the publish function stores it): `"<epoch-hex>:<cap> <epoch-hex>:<cap> ..."`,
+//! newest first; each cap is already the smallest along the chain, so lookup is direct.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,16 +22,13 @@ use crate::position::{Epoch, Position, PositionError};
 /// Most ancestors kept; an older epoch gets a gap (the safe answer).
 pub const MAX_ANCESTORS: usize = 8;
 
-/// One ancestor epoch: the highest of its offsets the current epoch holds, and whether crossing
-/// from it into the current epoch is known to lose nothing.
+/// One ancestor epoch and the highest of its offsets the current epoch holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ancestor {
     /// The earlier epoch.
     pub epoch: Epoch,
     /// Its offsets up to here are offsets of the current epoch too.
     pub cap: u64,
-    /// Nothing after `cap` was lost on the way to the current epoch.
-    pub lossless: bool,
 }
 
 /// Ancestors of the current epoch, newest first.
@@ -46,7 +40,7 @@ pub struct Lineage {
 /// How a position relates to the channel's current history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Continuity {
-    /// Nothing the holder saw was lost: it continues from this position of the current epoch.
+    /// The position is in the current epoch, at or below its head: it continues from there.
     Continuous(Position),
     /// The holder saw events the store no longer has (or a foreign epoch): it gets a gap and
     /// continues after `resume_after` of the current epoch.
@@ -90,9 +84,6 @@ impl Lineage {
             };
         }
         match self.ancestor(pos.epoch) {
-            Some(a) if pos.offset <= a.cap && a.lossless => {
-                Continuity::Continuous(Position::new(head.epoch, pos.offset))
-            }
             // Nothing the holder saw is gone, but what followed `cap` may be: it keeps its
             // place and is told before it goes on.
             Some(a) if pos.offset <= a.cap => Continuity::Lost {
@@ -117,8 +108,7 @@ impl fmt::Display for Lineage {
             if i > 0 {
                 f.write_str(" ")?;
             }
-            let sep = if a.lossless { '~' } else { ':' };
-            write!(f, "{}{sep}{}", a.epoch, a.cap)?;
+            write!(f, "{}:{}", a.epoch, a.cap)?;
         }
         Ok(())
     }
@@ -131,12 +121,10 @@ impl FromStr for Lineage {
             .split_ascii_whitespace()
             .take(MAX_ANCESTORS)
             .map(|entry| {
-                let lossless = entry.contains('~');
-                let p: Position = entry.replacen('~', ":", 1).parse()?;
+                let p: Position = entry.parse()?;
                 Ok(Ancestor {
                     epoch: p.epoch,
                     cap: p.offset,
-                    lossless,
                 })
             })
             .collect::<Result<Vec<_>, PositionError>>()?;
@@ -152,9 +140,9 @@ mod tests {
     const PREV: Epoch = Epoch(0xb);
     const OLD: Epoch = Epoch(0xa);
 
-    /// PREV moved to NOW losslessly at 7; OLD moved to PREV at 3 with a possible loss.
+    /// PREV moved to NOW at 7; OLD moved to PREV at 3.
     fn lineage() -> Lineage {
-        "b~7 a:3".parse().unwrap()
+        "b:7 a:3".parse().unwrap()
     }
 
     fn at(epoch: Epoch, offset: u64) -> Position {
@@ -185,20 +173,12 @@ mod tests {
     }
 
     #[test]
-    fn a_lossless_move_continues_in_the_current_epoch() {
+    fn crossing_a_move_is_a_gap_in_place() {
+        // Nothing before the holder's position is gone: it keeps its place and gets a gap.
         assert_eq!(
             lineage().continuity(at(NOW, 9), at(PREV, 7)),
-            Continuity::Continuous(at(NOW, 7))
+            lost(7, false)
         );
-        assert_eq!(
-            lineage().continuity(at(NOW, 9), at(PREV, 2)),
-            Continuity::Continuous(at(NOW, 2))
-        );
-    }
-
-    #[test]
-    fn crossing_a_move_that_may_have_lost_events_is_a_gap_in_place() {
-        // Nothing before the holder's position is gone: it keeps its place and gets a gap.
         assert_eq!(lineage().continuity(at(NOW, 9), at(OLD, 2)), lost(2, false));
     }
 
@@ -219,13 +199,13 @@ mod tests {
 
     #[test]
     fn text_round_trips_and_is_bounded() {
-        assert_eq!(lineage().to_string(), "b~7 a:3");
-        assert_eq!(lineage().ancestor(OLD).map(|a| a.lossless), Some(false));
+        assert_eq!(lineage().to_string(), "b:7 a:3");
+        assert_eq!(lineage().ancestor(OLD).map(|a| a.cap), Some(3));
         assert_eq!("".parse::<Lineage>().unwrap(), Lineage::default());
         let long = (1..=20).map(|i| format!("{i:x}:{i}")).collect::<Vec<_>>();
         let parsed: Lineage = long.join(" ").parse().unwrap();
         assert_eq!(parsed.ancestors().len(), MAX_ANCESTORS);
-        for bad in ["b:x", "b~~1", "zz:1", "b"] {
+        for bad in ["b:x", "b~1", "zz:1", "b"] {
             assert!(bad.parse::<Lineage>().is_err(), "{bad}");
         }
     }

@@ -14,6 +14,7 @@ impl fmt::Debug for RedisSettings {
             url,
             sentinels,
             sentinel_master,
+            cluster_nodes,
             tls_ca,
             tls_cert,
             tls_key,
@@ -29,6 +30,10 @@ impl fmt::Debug for RedisSettings {
             .field("url", &url.as_deref().map(redact))
             .field("sentinels", &sentinels)
             .field("sentinel_master", sentinel_master)
+            .field(
+                "cluster_nodes",
+                &cluster_nodes.iter().map(|u| redact(u)).collect::<Vec<_>>(),
+            )
             .field("tls_ca", tls_ca)
             .field("tls_cert", tls_cert)
             .field("tls_key", tls_key)
@@ -116,6 +121,44 @@ impl Settings {
         Ok(())
     }
 
+    /// `redis.cluster_nodes`: the only way to find Redis when set, URLs that parse, and all of
+    /// them TLS or none.
+    pub(super) fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let redis = &self.redis;
+        let Some(first) = redis.cluster_nodes.first() else {
+            return Ok(());
+        };
+        if redis.url.is_some() || !redis.sentinels.is_empty() {
+            return Err(invalid_key(
+                "redis.cluster_nodes",
+                "set one of redis.url, redis.sentinels or redis.cluster_nodes",
+            ));
+        }
+        let tls = first.starts_with("rediss://");
+        for (i, url) in redis.cluster_nodes.iter().enumerate() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid_key(
+                    "redis.cluster_nodes",
+                    format!("entry {} must start with redis:// or rediss://", i + 1),
+                ));
+            }
+            if url.starts_with("rediss://") != tls {
+                return Err(invalid_key(
+                    "redis.cluster_nodes",
+                    "use rediss:// for all entries or for none",
+                ));
+            }
+            // The parse error never repeats the URL, which may hold a password.
+            redis::Client::open(url.as_str()).map_err(|e| {
+                invalid_key(
+                    "redis.cluster_nodes",
+                    format!("entry {} cannot be parsed: {e}", i + 1),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// `redis.tls_*`: only with `rediss://`, the client certificate and key together, and every
     /// file readable PEM of the right kind. Messages name the file, never its contents.
     pub(super) fn validate_redis_tls(&self) -> Result<(), ConfigError> {
@@ -136,7 +179,7 @@ impl Settings {
             if !redis.uses_tls() {
                 return Err(invalid_key(
                     key,
-                    "needs a rediss:// redis.url or redis.sentinels",
+                    "needs a rediss:// redis.url, redis.sentinels or redis.cluster_nodes",
                 ));
             }
             check_pem_file(Path::new(path), kind).map_err(|problem| invalid_key(key, problem))?;
@@ -260,6 +303,26 @@ mod tests {
             "redis://127.0.0.1:26379,rediss://127.0.0.1:26380",
         );
         assert!(load_err(&[mixed, master]).contains("rediss:// for all entries"));
+    }
+
+    #[test]
+    fn cluster_nodes_are_a_list_and_the_only_way_to_find_redis() {
+        let nodes = (
+            "GATEWAY__REDIS__CLUSTER_NODES",
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+        );
+        let s = Settings::load_with_env(None, env(&[nodes])).unwrap();
+        assert_eq!(s.redis.cluster_nodes.len(), 2);
+        assert!(s.redis.enabled() && !s.redis.uses_tls());
+        let url = ("GATEWAY__REDIS__URL", "redis://127.0.0.1:6379");
+        assert!(load_err(&[nodes, url]).contains("redis.cluster_nodes"));
+        let bad = ("GATEWAY__REDIS__CLUSTER_NODES", "http://x:1");
+        assert!(load_err(&[bad]).contains("redis.cluster_nodes"));
+        let mixed = (
+            "GATEWAY__REDIS__CLUSTER_NODES",
+            "redis://a:7000,rediss://b:7001",
+        );
+        assert!(load_err(&[mixed]).contains("rediss:// for all entries"));
     }
 
     /// A CA certificate and a client certificate and key, as PEM files in a fresh directory.

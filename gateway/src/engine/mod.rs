@@ -35,9 +35,12 @@ pub enum EngineError {
     /// The store answered with something the gateway cannot use.
     #[error("history store returned unexpected data: {0}")]
     Protocol(String),
-    /// The store refused the request (e.g. the publish function rejected an argument).
+    /// The store refused the request (an error reply from Redis itself).
     #[error("history store refused the request: {0}")]
     Refused(String),
+    /// The publish function rejected an argument (its `GATEWAY` error replies).
+    #[error("the publish function rejected the request: {0}")]
+    Rejected(String),
 }
 
 /// What a publisher asks to store and push.

@@ -198,12 +198,7 @@ impl ChannelState {
             None => self.last = Some(page.head()),
             Some(last) => {
                 let (from, lost) = match page.continuity(last) {
-                    Continuity::Continuous(at) => {
-                        if at.epoch != last.epoch {
-                            self.inherit(page, last, at, fx);
-                        }
-                        (at, false)
-                    }
+                    Continuity::Continuous(at) => (at, false),
                     Continuity::Lost { resume_after, .. } => {
                         (Position::new(page.epoch, resume_after), true)
                     }
@@ -272,22 +267,6 @@ impl ChannelState {
             }
             self.ring.push_back(msg);
         }
-    }
-
-    /// Continues in the page's new epoch, which inherited `last` (now `at`): nothing is lost for
-    /// the channel, but a subscriber that resumed beyond what was inherited gets a gap. The ring
-    /// holds the old epoch's names and is dropped.
-    fn inherit(&mut self, page: &Page, last: Position, at: Position, fx: &mut Effects) {
-        let cap = page
-            .lineage
-            .ancestor(last.epoch)
-            .map_or(last.offset, |a| a.cap);
-        let first_new = Position::new(at.epoch, cap + 1);
-        for g in &self.groups {
-            g.enqueue(Pending::Inherit(first_new), &mut fx.followups);
-        }
-        self.ring.clear();
-        self.last = Some(at);
     }
 
     /// Tells every subscriber that events before `first_available` are gone.
@@ -378,20 +357,16 @@ mod tests {
         }
     }
 
-    /// A page of a new epoch that inherited `parent` up to `cap`, losslessly or not.
+    /// A page of a new epoch that inherited `parent` up to `cap`.
     fn inherited(
         epoch: Epoch,
         top: u64,
         offsets: std::ops::RangeInclusive<u64>,
-        parent: (Epoch, u64, bool),
+        parent: Epoch,
+        cap: u64,
     ) -> Page {
-        let (epoch_before, cap, lossless) = parent;
         Page {
-            lineage: Lineage::new(vec![Ancestor {
-                epoch: epoch_before,
-                cap,
-                lossless,
-            }]),
+            lineage: Lineage::new(vec![Ancestor { epoch: parent, cap }]),
             ..page(epoch, top, offsets)
         }
     }
@@ -651,20 +626,6 @@ mod tests {
     }
 
     #[test]
-    fn a_new_epoch_that_inherited_last_continues_without_a_gap() {
-        let (mut ch, q) = live_channel(10);
-        let mut fx = Effects::default();
-        let next = Epoch(8);
-        // Redis restarted with everything: the first event after it arrives in a new epoch.
-        assert!(ch.on_live(msg(next, 11), &mut fx));
-        let page = inherited(next, 11, 11..=11, (E, 10, true));
-        assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
-        assert_eq!(seen(&q), [11]);
-        assert_eq!(ch.last, Some(Position::new(next, 11)));
-        assert_eq!(ch.metrics.gaps.get(), 0);
-    }
-
-    #[test]
     fn a_new_epoch_that_may_have_lost_events_after_last_is_a_gap_first() {
         // Redis restarted without a durability promise: nothing this instance delivered is
         // gone, but events after it may be, so subscribers are told before they go on.
@@ -672,7 +633,7 @@ mod tests {
         let mut fx = Effects::default();
         let next = Epoch(8);
         assert!(ch.on_live(msg(next, 11), &mut fx));
-        let page = inherited(next, 11, 11..=11, (E, 10, false));
+        let page = inherited(next, 11, 11..=11, E, 10);
         assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
         assert_eq!(seen(&q), [-11, 11]);
         assert_eq!(ch.last, Some(Position::new(next, 11)));
@@ -686,23 +647,10 @@ mod tests {
         let mut fx = Effects::default();
         let next = Epoch(8);
         assert!(ch.poke());
-        let page = inherited(next, 9, 8..=9, (E, 7, true));
+        let page = inherited(next, 9, 8..=9, E, 7);
         assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
         assert_eq!(seen(&q), [-8, 8, 9]);
         assert_eq!(ch.last, Some(Position::new(next, 9)));
-    }
-
-    #[test]
-    fn a_subscriber_beyond_what_was_inherited_gets_a_gap_on_the_epoch_move() {
-        // The instance is at 7, a client resumed here at 9 (delivered by another instance);
-        // the store then lost 8 and 9 and moved to a new epoch inheriting 7.
-        let (mut ch, q) = live_channel_skipping(7, 9);
-        let mut fx = Effects::default();
-        let next = Epoch(8);
-        assert!(ch.poke());
-        let page = inherited(next, 8, 8..=8, (E, 7, true));
-        assert!(ch.apply_page(&page, ch.arrivals(), &mut fx));
-        assert_eq!(seen(&q), [-8, 8], "told of the loss, then the new 8");
     }
 
     #[test]

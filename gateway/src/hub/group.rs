@@ -32,10 +32,6 @@ pub enum Pending {
     Event(Arc<Message>),
     /// Events before this position are gone.
     Gap(Position),
-    /// The channel moved to a new epoch that keeps every offset before this position; a
-    /// subscriber that was already beyond it (it resumed ahead of this instance) saw events
-    /// that are gone and gets a gap here.
-    Inherit(Position),
 }
 
 /// Work produced under the channel lock, carried out after it is released.
@@ -170,7 +166,6 @@ impl Inner {
             .map(|p| match p {
                 Pending::Event(m) => Local::Event(m.position().offset, Arc::new(Delivery(m))),
                 Pending::Gap(position) => Local::Gap(position),
-                Pending::Inherit(position) => Local::Inherit(position),
             })
             .collect();
         let mut dead = Vec::new();
@@ -193,14 +188,6 @@ impl Inner {
                         first_available: *first_available,
                     })
                 }
-                Local::Inherit(first_new) => (skip_until >= first_new.offset).then(|| {
-                    skip_until = 0;
-                    gaps += 1;
-                    Item::Gap {
-                        slot,
-                        first_available: *first_new,
-                    }
-                }),
             });
             match sub.queue.push_batch(items) {
                 Ok(Some(waker)) => wakers.push(waker),
@@ -235,5 +222,4 @@ impl Inner {
 enum Local {
     Event(u64, Arc<Delivery>),
     Gap(Position),
-    Inherit(Position),
 }

@@ -16,6 +16,7 @@ mod lost_writes;
 mod matrix;
 mod pubsub_drop;
 mod race;
+mod redis_cluster;
 mod redis_tls;
 mod resume;
 mod sentinel;

@@ -17,9 +17,8 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use redis::aio::MultiplexedConnection;
-
 use super::EngineError;
+use super::conn::Conn;
 use super::dial::Dialer;
 
 /// Identifies one engine's connections among several engines in one process (tests run many).
@@ -27,7 +26,7 @@ static NEXT_ENGINE: AtomicU64 = AtomicU64::new(0);
 
 /// One cached connection and the generation it was opened in. Behind an async lock so that a
 /// burst of commands on a cold slot opens one connection, not one each.
-type Cell = Arc<tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>>;
+type Cell = Arc<tokio::sync::Mutex<Option<(u64, Conn)>>>;
 
 thread_local! {
     /// This thread's connections, one cell per engine id.
@@ -88,7 +87,7 @@ impl Connections {
     }
 
     /// A connection for one command (see the module doc for which).
-    pub(crate) async fn get(&self) -> Result<(Slot, MultiplexedConnection), EngineError> {
+    pub(crate) async fn get(&self) -> Result<(Slot, Conn), EngineError> {
         let (slot, cell) = if crate::rt::on_worker_thread() {
             (Slot::Local, self.local_cell())
         } else {
@@ -112,7 +111,7 @@ impl Connections {
     }
 
     /// The connection in `cell`, (re)opened on this thread when missing or stale.
-    async fn open(&self, cell: &Cell) -> Result<MultiplexedConnection, EngineError> {
+    async fn open(&self, cell: &Cell) -> Result<Conn, EngineError> {
         let generation = self.generation.load(Ordering::Acquire);
         let mut guard = cell.lock().await;
         if let Some((g, conn)) = guard.as_ref()

@@ -1,6 +1,10 @@
 //! Where and how to connect: every Redis connection the engine opens (command connections and
-//! the pub/sub connection) is dialled here, so TLS and Sentinel discovery live in one place.
+//! the pub/sub connection) is dialled here, so TLS, Sentinel discovery and Cluster live in one
+//! place.
 //!
+//! - **Cluster**: seed URLs; redis-rs's cluster client discovers the primaries, routes by slot
+//!   and follows failovers and resharding. Commands share one cluster connection; live delivery
+//!   uses another, speaking RESP3 so sharded pub/sub messages arrive as pushes.
 //! - **Single**: one `redis://` / `rediss://` / `unix://` URL, optionally with a CA to trust
 //!   and a client certificate.
 //! - **Sentinel**: nothing is cached between dials. Every dial asks the sentinels in turn
@@ -21,8 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{MultiplexedConnection, PubSub};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, RedisConnectionInfo};
 
+use super::conn::Conn;
 use crate::config::RedisSettings;
 
 /// Longest time one sentinel, or one candidate primary, gets to answer during discovery, so a
@@ -59,6 +66,12 @@ enum Target {
     Single(redis::Client),
     /// Found through sentinels on every dial.
     Sentinel(Sentinels),
+    /// A Redis Cluster: seed nodes and TLS material for the cluster clients.
+    Cluster {
+        seeds: Vec<ConnectionInfo>,
+        certs: Option<redis::TlsCertificates>,
+        timeout: Duration,
+    },
 }
 
 impl Dialer {
@@ -72,6 +85,18 @@ impl Dialer {
         }
         let target = if let Some(url) = &settings.url {
             Target::Single(open(parse("redis.url", url)?, certs.as_ref())?)
+        } else if !settings.cluster_nodes.is_empty() {
+            let seeds = settings
+                .cluster_nodes
+                .iter()
+                .enumerate()
+                .map(|(i, url)| parse(&format!("redis.cluster_nodes entry {}", i + 1), url))
+                .collect::<Result<Vec<_>, _>>()?;
+            Target::Cluster {
+                seeds,
+                certs,
+                timeout: Duration::from_secs(settings.timeout_seconds),
+            }
         } else {
             Target::Sentinel(Sentinels::new(settings, certs)?)
         };
@@ -80,21 +105,76 @@ impl Dialer {
         })
     }
 
-    /// A multiplexed command connection to the current primary.
-    pub(crate) async fn command_connection(&self) -> Result<MultiplexedConnection, DialError> {
+    /// Whether this is a Redis Cluster (live delivery then uses sharded pub/sub).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(&*self.target, Target::Cluster { .. })
+    }
+
+    /// A multiplexed command connection to the current primary (or the cluster).
+    pub(crate) async fn command_connection(&self) -> Result<Conn, DialError> {
         match &*self.target {
-            Target::Single(client) => Ok(client.get_multiplexed_async_connection().await?),
-            Target::Sentinel(s) => Ok(s.primary().await?.1),
+            Target::Single(client) => {
+                Ok(Conn::Node(client.get_multiplexed_async_connection().await?))
+            }
+            Target::Sentinel(s) => Ok(Conn::Node(s.primary().await?.1)),
+            Target::Cluster { .. } => Ok(Conn::Cluster(
+                self.cluster_client(None)?.get_async_connection().await?,
+            )),
         }
     }
 
-    /// A pub/sub connection to the current primary.
+    /// A pub/sub connection to the current primary (not for a cluster: see
+    /// [`Dialer::cluster_pubsub`]).
     pub(crate) async fn pubsub(&self) -> Result<PubSub, DialError> {
         let client = match &*self.target {
             Target::Single(client) => client.clone(),
             Target::Sentinel(s) => s.primary().await?.0,
+            Target::Cluster { .. } => {
+                return Err(DialError::Config(
+                    "a cluster has no single pub/sub connection".into(),
+                ));
+            }
         };
         Ok(client.get_async_pubsub().await?)
+    }
+
+    /// A cluster connection for sharded pub/sub: RESP3, with every push (messages,
+    /// subscription confirmations, disconnections) sent to `pushes`.
+    pub(crate) async fn cluster_pubsub(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Result<ClusterConnection, DialError> {
+        Ok(self
+            .cluster_client(Some(pushes))?
+            .get_async_connection()
+            .await?)
+    }
+
+    /// A cluster client for the seeds; with `pushes`, a RESP3 one that reports pushes there.
+    fn cluster_client(
+        &self,
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> Result<ClusterClient, DialError> {
+        let Target::Cluster {
+            seeds,
+            certs,
+            timeout,
+        } = &*self.target
+        else {
+            return Err(DialError::Config("not a cluster".into()));
+        };
+        let mut builder = ClusterClientBuilder::new(seeds.clone())
+            .connection_timeout(*timeout)
+            .response_timeout(*timeout);
+        if let Some(certs) = certs {
+            builder = builder.certs(certs.clone());
+        }
+        if let Some(pushes) = pushes {
+            builder = builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes);
+        }
+        Ok(builder.build()?)
     }
 }
 

@@ -17,23 +17,28 @@
 -- Epochs and lost writes. Offsets must never be handed out twice under one epoch, yet Redis can
 -- lose acknowledged writes: a restart from a snapshot or an `everysec` AOF, or a failover to a
 -- replica that lagged, brings back an older `offset` while clients have already seen newer ones.
--- So every meta hash records which server *lifetime* wrote it last (`writer`: a token made the
--- first time this library runs in a process, kept only in this Lua state, so neither a restored
--- snapshot nor a promoted replica can reproduce it). The first command on a channel whose
--- writer is not this lifetime moves the channel to a new epoch before anything else happens.
--- The new epoch inherits the offsets the store still holds: `lineage` lists, newest first (at
--- most 8), "<epoch>:<cap>" or "<epoch>~<cap>", meaning "offsets up to cap of that epoch are
--- also offsets of this one"; offsets continue from the inherited head. `~` marks a move known
--- to have lost nothing after cap: a change of server when the operator declared Redis durable
--- (DURABLE below, from `redis.durable`). Across a `:` move continuity cannot be proven and
--- clients get a gap; beyond a cap, always. gw_fence makes the same move (never `~`) when a
--- gateway sees a position ahead of the head in the current epoch.
+-- So every meta hash records which server wrote it last (`writer`: the server's run_id, which
+-- changes with every process, so neither a restored snapshot nor a promoted replica carries the
+-- right one; in a cluster, "<node id>/<run_id>"). The first command on a channel whose writer is
+-- another server decides, before anything else happens:
+--   - nothing can have been lost when the operator declared Redis durable (DURABLE, from
+--     `redis.durable`), or, in a cluster, when the writer is another primary that is alive and
+--     connected (the keys came by slot migration, which copies the primary's own data): the
+--     channel is adopted as it is;
+--   - otherwise the channel moves to a new epoch. It inherits the offsets the store still
+--     holds: `lineage` lists "<epoch>:<cap>", newest first (at most 8), meaning "offsets up to
+--     cap of that epoch are also offsets of this one", and offsets continue from the inherited
+--     head. Continuity across the move cannot be proven, so whoever crosses it gets a gap, and
+--     nothing is delivered twice.
+-- gw_fence makes the same move when a gateway sees a position beyond the head of the current
+-- epoch: writes were lost without any change of server.
 local DEFAULT_MAXLEN = __MAXLEN__
 local DEFAULT_TTL_MS = __TTL_MS__
 local DURABLE = __DURABLE__
+local CLUSTER = __CLUSTER__
 
 local function fail(message)
-  return redis.error_reply('ERR gateway: ' .. message)
+  return redis.error_reply('GATEWAY ' .. message)
 end
 
 -- The live pub/sub channel that belongs to a stream key.
@@ -55,15 +60,43 @@ local function positive(value, default)
   return n
 end
 
--- This server lifetime's writer token; see the header. Made lazily because the library is
--- loaded before the first command may call TIME.
-local lifetime = {}
+-- This server's writer token; see the header. Looked up once per Lua state (a reload looks up
+-- the same value again).
+local server = {}
 local function writer_token()
-  if not lifetime.token then
-    local t = redis.call('TIME')
-    lifetime.token = string.format('%x.%x', tonumber(t[1]), tonumber(t[2]))
+  if not server.token then
+    local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '?'
+    if CLUSTER then
+      server.node = redis.call('CLUSTER', 'MYID')
+      server.token = server.node .. '/' .. run_id
+    else
+      server.token = run_id
+    end
   end
-  return lifetime.token
+  return server.token
+end
+
+-- Whether a channel last written by `writer` can be taken over without a possible loss.
+local function handed_over(writer)
+  if DURABLE then
+    return true
+  end
+  if not CLUSTER or not writer then
+    return false
+  end
+  local node = string.match(writer, '^(%x+)/')
+  if not node or node == server.node then
+    return false -- this node restarted
+  end
+  for line in string.gmatch(redis.call('CLUSTER', 'NODES'), '[^\n]+') do
+    local id, flags, link = string.match(line, '^(%x+) %S+ (%S+) %S+ %S+ %S+ %S+ (%S+)')
+    if id == node then
+      return string.find(flags, 'master', 1, true) ~= nil
+        and string.find(flags, 'fail', 1, true) == nil
+        and link == 'connected'
+    end
+  end
+  return false
 end
 
 local function fresh_epoch(old)
@@ -76,22 +109,18 @@ local function fresh_epoch(old)
   return epoch
 end
 
--- Moves the channel to a new epoch that inherits offsets up to `top` of `epoch`; `lossless`
--- says nothing after `top` was lost. Older entries keep the smaller cap and become lossy if
--- this move is.
-local function move_epoch(meta_key, epoch, top, lineage, lossless)
-  local entries = { epoch .. (lossless and '~' or ':') .. top }
-  for old_epoch, sep, cap in string.gmatch(lineage or '', '(%x+)([:~])(%d+)') do
+-- Moves the channel to a new epoch that inherits offsets up to `top` of `epoch`; older
+-- ancestors keep the smaller cap.
+local function move_epoch(meta_key, epoch, top, lineage)
+  local entries = { epoch .. ':' .. top }
+  for old_epoch, cap in string.gmatch(lineage or '', '(%x+):(%d+)') do
     if #entries >= 8 then
       break
     end
     if tonumber(cap) > tonumber(top) then
       cap = top
     end
-    if not lossless then
-      sep = ':'
-    end
-    entries[#entries + 1] = old_epoch .. sep .. cap
+    entries[#entries + 1] = old_epoch .. ':' .. cap
   end
   local next_epoch = fresh_epoch(epoch)
   lineage = table.concat(entries, ' ')
@@ -101,7 +130,7 @@ end
 
 -- The channel's head as { epoch, offset, lineage }: created at offset 0 when the channel has no
 -- history (a stream left without its meta hash belongs to a forgotten epoch and is dropped), and
--- moved to a new epoch when another server lifetime wrote it last.
+-- taken over or moved to a new epoch when another server wrote it last (see the header).
 local function head(stream_key, meta_key, ttl_ms)
   local meta = redis.call('HMGET', meta_key, 'epoch', 'offset', 'writer', 'lineage')
   local epoch, top, writer, lineage = meta[1], meta[2] or '0', meta[3], meta[4] or ''
@@ -113,7 +142,11 @@ local function head(stream_key, meta_key, ttl_ms)
     return epoch, '0', ''
   end
   if writer ~= writer_token() then
-    epoch, lineage = move_epoch(meta_key, epoch, top, lineage, DURABLE)
+    if handed_over(writer) then
+      redis.call('HSET', meta_key, 'writer', writer_token())
+    else
+      epoch, lineage = move_epoch(meta_key, epoch, top, lineage)
+    end
   end
   return epoch, top, lineage
 end
@@ -164,7 +197,7 @@ local function publish(keys, args)
   redis.call('XADD', stream_key, 'MAXLEN', '~', string.format('%d', maxlen), offset .. '-0', unpack(fields))
   redis.call('PEXPIRE', stream_key, ttl_ms)
   redis.call('PEXPIRE', meta_key, ttl_ms)
-  redis.call('PUBLISH', live, epoch .. ' ' .. offset .. ' ' .. ms .. ' ' .. kind .. ' ' .. name .. '\n' .. data)
+  redis.call(CLUSTER and 'SPUBLISH' or 'PUBLISH', live, epoch .. ' ' .. offset .. ' ' .. ms .. ' ' .. kind .. ' ' .. name .. '\n' .. data)
   return epoch .. ':' .. offset
 end
 
@@ -197,7 +230,7 @@ end
 
 -- FCALL gw_fence 2 <stream> <meta> <epoch> <offset> [ttl_ms]
 -- Someone saw <epoch>:<offset>, beyond the head of the current epoch: the store lost writes
--- without a change of lifetime. Moves to a new epoch (unless the epoch already moved), so the
+-- without a change of server. Moves to a new epoch (unless the epoch already moved), so the
 -- offsets after the head are never handed out again under the old name. Returns the epoch.
 local function fence(keys, args)
   local stream_key, meta_key = keys[1], keys[2]
@@ -215,7 +248,7 @@ local function fence(keys, args)
   end
   local epoch, top, lineage = head(stream_key, meta_key, ttl_ms)
   if epoch == seen_epoch and tonumber(seen) > tonumber(top) then
-    epoch = move_epoch(meta_key, epoch, top, lineage, false)
+    epoch = move_epoch(meta_key, epoch, top, lineage)
   end
   return epoch
 end

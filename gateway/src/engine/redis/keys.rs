@@ -35,7 +35,12 @@ impl Keys {
     /// `<prefix>{ctl:<instance>}:probe`, an instance's liveness-probe channel; its suffix keeps
     /// it apart from every channel's live name.
     pub fn control(&self, instance: &str) -> String {
-        format!("{}{{ctl:{}}}:probe", self.prefix, instance)
+        format!("{}{{{}}}:probe", self.prefix, self.control_tag(instance))
+    }
+
+    /// The hash tag of [`Keys::control`]: what decides its Cluster slot.
+    pub fn control_tag(&self, instance: &str) -> String {
+        format!("ctl:{instance}")
     }
 
     /// The channel a live pub/sub name belongs to, if it is one of ours.

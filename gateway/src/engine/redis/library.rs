@@ -1,16 +1,14 @@
 //! The Redis Functions library (`gateway.lua`): its source as this instance loads it, and
 //! loading it only when Redis lacks exactly that code.
 //!
-//! Loading is not free of effects: each load starts a new Lua state, and with it a new writer
-//! token, so every channel moves to a new epoch on its next command (see `gateway.lua`). The
-//! move costs clients nothing, as the new epoch inherits the old offsets, but an instance that
-//! reloaded on every reconnect would make every channel move after every gateway restart. So an
-//! identical library already in Redis is left alone.
+//! An identical library already in Redis is left alone: reloading it would be harmless (the
+//! writer token is the server's run_id, which a reload does not change) but costs a script
+//! compilation on every reconnect of every instance.
 
 use std::time::Duration;
 
-use redis::Value;
 use redis::aio::ConnectionLike;
+use redis::{FromRedisValue, Value};
 
 /// Name of the library in `FUNCTION LIST`.
 pub const NAME: &str = "gateway_v1";
@@ -18,14 +16,40 @@ pub const NAME: &str = "gateway_v1";
 /// Source of the library, with the defaults filled in by [`source`].
 const TEMPLATE: &str = include_str!("gateway.lua");
 
-/// The library as loaded into Redis: defaults for callers that omit `maxlen`/`ttl_ms`, and
-/// whether Redis keeps every acknowledged write (`redis.durable`), come from this instance's
-/// settings. Instances sharing a Redis must agree on them, or each reloads its own.
-pub fn source(history_size: usize, ttl: Duration, durable: bool) -> String {
+/// How the library is built for one deployment: instances sharing a Redis must agree on all
+/// of it, or each reloads its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Flavour {
+    /// Default history length for callers that omit `maxlen`.
+    pub history_size: usize,
+    /// Default history lifetime for callers that omit `ttl_ms`.
+    pub ttl: Duration,
+    /// Redis keeps every acknowledged write (`redis.durable`).
+    pub durable: bool,
+    /// Redis Cluster: live messages go out with `SPUBLISH`, writers are named by node.
+    pub cluster: bool,
+}
+
+impl Flavour {
+    /// The flavour these settings ask for.
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        Self {
+            history_size: settings.history.size,
+            ttl: settings.history_ttl(),
+            durable: settings.redis.durable,
+            cluster: !settings.redis.cluster_nodes.is_empty(),
+        }
+    }
+}
+
+/// The library as loaded into Redis, with this deployment's [`Flavour`] filled in.
+pub fn source(flavour: Flavour) -> String {
+    let flag = |on: bool| if on { "true" } else { "false" };
     TEMPLATE
-        .replace("__MAXLEN__", &history_size.to_string())
-        .replace("__TTL_MS__", &ttl.as_millis().to_string())
-        .replace("__DURABLE__", if durable { "true" } else { "false" })
+        .replace("__MAXLEN__", &flavour.history_size.to_string())
+        .replace("__TTL_MS__", &flavour.ttl.as_millis().to_string())
+        .replace("__DURABLE__", flag(flavour.durable))
+        .replace("__CLUSTER__", flag(flavour.cluster))
 }
 
 /// Loads `code` unless Redis already has exactly it; `true` when it was loaded.
@@ -50,6 +74,51 @@ pub async fn ensure<C: ConnectionLike + Send>(
         .query_async(conn)
         .await?;
     Ok(true)
+}
+
+/// [`ensure`] on every primary of a cluster: the library is checked on all of them at once and
+/// loaded only on those that lack this exact code (a node added by resharding, or one that
+/// restarted empty); a promoted replica already has it, as functions are replicated.
+pub async fn ensure_cluster(
+    conn: &mut redis::cluster_async::ClusterConnection,
+    code: &str,
+) -> redis::RedisResult<bool> {
+    use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+    let list = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg(NAME)
+        .arg("WITHCODE")
+        .clone();
+    let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+    let Value::Map(per_node) = conn.route_command(list, all).await? else {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "FUNCTION LIST on every primary did not answer per node",
+        )));
+    };
+    let mut loaded = false;
+    for (address, reply) in per_node {
+        if has_code(&reply, code.as_bytes()) {
+            continue;
+        }
+        let address = String::from_redis_value(address)?;
+        let Some((host, port)) = address
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+        else {
+            continue;
+        };
+        let load = redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(code)
+            .clone();
+        let node = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        conn.route_command(load, node).await?;
+        loaded = true;
+    }
+    Ok(loaded)
 }
 
 /// Whether a `FUNCTION LIST ... WITHCODE` reply (RESP2 arrays or RESP3 maps) holds a library
@@ -102,10 +171,16 @@ mod tests {
 
     #[test]
     fn the_source_fills_in_the_defaults() {
-        let code = source(100, Duration::from_secs(2), true);
+        let code = source(Flavour {
+            history_size: 100,
+            ttl: Duration::from_secs(2),
+            durable: true,
+            cluster: false,
+        });
         assert!(code.contains("local DEFAULT_MAXLEN = 100\n"));
         assert!(code.contains("local DEFAULT_TTL_MS = 2000\n"));
         assert!(code.contains("local DURABLE = true\n"));
+        assert!(code.contains("local CLUSTER = false\n"));
         assert!(!code.contains("__"), "every placeholder is filled");
         assert!(code.starts_with(&format!("#!lua name={NAME}\n")));
     }

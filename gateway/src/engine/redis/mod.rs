@@ -5,25 +5,28 @@
 //! per instance (see `pubsub`). Both are opened through `dial` (single URL, TLS, or the primary
 //! found through Sentinel).
 
+mod conn;
 mod conns;
 mod dial;
 pub mod keys;
 pub mod library;
 mod pubsub;
+mod shards;
 pub mod wire;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, Value};
 use shared::{ChannelName, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::conn::Conn;
 use self::conns::Connections;
 use self::dial::Dialer;
 use self::keys::Keys;
 use self::pubsub::{Command, Probe, PubsubTask};
+use self::shards::ShardsTask;
 use super::{EngineError, HistoryPage, Listener, PublishRequest};
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -71,11 +74,7 @@ impl RedisEngine {
                 keys: Keys::new(&settings.redis.key_prefix),
                 maxlen: settings.history.size.to_string(),
                 ttl_ms: settings.history_ttl().as_millis().to_string(),
-                library: library::source(
-                    settings.history.size,
-                    settings.history_ttl(),
-                    settings.redis.durable,
-                ),
+                library: library::source(library::Flavour::of(settings)),
                 timeout,
                 probe_interval: Duration::from_secs(settings.redis.probe_seconds),
                 commands,
@@ -87,12 +86,31 @@ impl RedisEngine {
         })
     }
 
-    /// Starts the pub/sub task, which also (re)loads the function library on every connect.
+    /// Starts the live-delivery task (pub/sub, or sharded pub/sub on a cluster), which also
+    /// checks the function library on every connect.
     pub fn start(&self, listener: Arc<dyn Listener>) {
         let Some(commands) = self.inner.pending.lock().take() else {
             return;
         };
         let _ = self.inner.listener.set(listener.clone());
+        let instance = format!("{:016x}", fastrand::u64(..));
+        if self.inner.dialer.is_cluster() {
+            let task = ShardsTask {
+                dialer: self.inner.dialer.clone(),
+                keys: self.inner.keys.clone(),
+                listener,
+                commands,
+                stop: self.inner.stop.subscribe(),
+                timeout: self.inner.timeout,
+                instance,
+                probe_interval: self.inner.probe_interval,
+                library: self.inner.library.clone(),
+                conns: self.inner.conns.clone(),
+                metrics: self.inner.metrics.clone(),
+            };
+            tokio::spawn(task.run());
+            return;
+        }
         let task = PubsubTask {
             dialer: self.inner.dialer.clone(),
             keys: self.inner.keys.clone(),
@@ -102,10 +120,7 @@ impl RedisEngine {
             timeout: self.inner.timeout,
             probe: Probe {
                 conns: self.inner.conns.clone(),
-                channel: self
-                    .inner
-                    .keys
-                    .control(&format!("{:016x}", fastrand::u64(..))),
+                channel: self.inner.keys.control(&instance),
                 interval: self.inner.probe_interval,
             },
             library: self.inner.library.clone(),
@@ -125,17 +140,18 @@ impl RedisEngine {
         &self.inner.keys
     }
 
-    /// Loads the function library unless Redis already has this exact code; called at start
-    /// and whenever Redis lost it (e.g. a restart without persistence).
-    pub async fn load_library(&self) -> Result<(), EngineError> {
+    /// Loads the function library wherever Redis lacks this exact code (on every primary of a
+    /// cluster); `true` when it had to be loaded somewhere. Called at start and whenever a
+    /// function call is refused (e.g. after a restart without persistence).
+    pub async fn load_library(&self) -> Result<bool, EngineError> {
         let code = self.inner.library.clone();
-        let loaded = self
-            .run(|mut conn| async move { library::ensure(&mut conn, &code).await })
-            .await?;
-        if loaded {
-            tracing::debug!("Redis function library {} loaded", library::NAME);
-        }
-        Ok(())
+        self.run(|conn| async move {
+            match conn {
+                Conn::Cluster(mut c) => library::ensure_cluster(&mut c, &code).await,
+                mut node => library::ensure(&mut node, &code).await,
+            }
+        })
+        .await
     }
 
     /// Publishes through `gw_publish`.
@@ -197,16 +213,27 @@ impl RedisEngine {
         if channels.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for c in channels {
-            pipe.cmd("HMGET")
-                .arg(self.inner.keys.meta(c))
-                .arg("epoch")
-                .arg("offset");
-        }
-        let replies: Vec<(Option<String>, Option<String>)> = self
-            .run(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await?;
+        let head = |c: &ChannelName| {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.inner.keys.meta(c)).arg("epoch").arg("offset");
+            cmd
+        };
+        let replies: Vec<(Option<String>, Option<String>)> = if self.inner.dialer.is_cluster() {
+            // A cluster pipeline must stay in one slot: one command each, all in flight at
+            // once on the multiplexed connections to the primaries.
+            let reads = channels.iter().map(|c| {
+                let cmd = head(c);
+                async move { self.query_once(&cmd).await }
+            });
+            futures_util::future::try_join_all(reads).await?
+        } else {
+            let mut pipe = redis::pipe();
+            for c in channels {
+                pipe.add_command(head(c));
+            }
+            self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
+                .await?
+        };
         Ok(replies
             .into_iter()
             .map(|(epoch, offset)| {
@@ -262,11 +289,19 @@ impl RedisEngine {
         cmd: &redis::Cmd,
     ) -> Result<T, EngineError> {
         match self.query_once(cmd).await {
-            Err(EngineError::Refused(msg)) if msg.contains("Function not found") => {
-                tracing::info!("Redis lost the function library; reloading it");
-                self.load_library().await?;
-                self.query_once(cmd).await
-            }
+            // A plain error reply from Redis (`ERR`, not the library's own `GATEWAY` errors)
+            // means the function did not run: the node lacks the library (restarted empty, a
+            // primary added by resharding, or an instance publishing before its own load
+            // finished). Make sure it is there and call once more.
+            Err(refused @ EngineError::Refused(_)) => match self.load_library().await {
+                Ok(loaded) => {
+                    if loaded {
+                        tracing::info!("Redis lacked the function library; loaded it");
+                    }
+                    self.query_once(cmd).await
+                }
+                Err(_) => Err(refused),
+            },
             other => other,
         }
     }
@@ -284,7 +319,7 @@ impl RedisEngine {
     /// failure to an [`EngineError`].
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, EngineError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let mut slot = None;
@@ -310,6 +345,7 @@ impl RedisEngine {
                 EngineError::Unavailable(_) => "unavailable",
                 EngineError::Protocol(_) => "protocol",
                 EngineError::Refused(_) => "refused",
+                EngineError::Rejected(_) => "rejected",
             };
             self.inner
                 .metrics
@@ -345,6 +381,8 @@ fn classify(e: redis::RedisError) -> EngineError {
         redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
     ) {
         EngineError::Protocol(e.to_string())
+    } else if e.code() == Some("GATEWAY") {
+        EngineError::Rejected(e.to_string())
     } else {
         EngineError::Refused(e.to_string())
     }

@@ -217,19 +217,12 @@ impl PubsubTask {
     }
 
     fn deliver(&self, msg: &redis::Msg) {
-        let Some(name) = self.keys.channel_of_live(msg.get_channel_name()) else {
-            return;
-        };
-        let Ok(channel) = ChannelName::new(name) else {
-            return;
-        };
-        match wire::parse_live(channel.clone(), msg.get_payload_bytes()) {
-            Ok(event) => self.listener.on_event(event),
-            Err(e) => {
-                tracing::warn!(channel = %channel, error = %e, "undecodable live message; re-reading history");
-                self.listener.on_hint(&channel);
-            }
-        }
+        deliver(
+            &self.keys,
+            &*self.listener,
+            msg.get_channel_name(),
+            msg.get_payload_bytes(),
+        );
     }
 
     /// Applies a batch of commands (the first one plus whatever else is already queued) with at
@@ -304,7 +297,26 @@ impl PubsubTask {
     }
 }
 
-fn refuse(replies: Vec<oneshot::Sender<Result<(), EngineError>>>, why: &str) {
+/// Hands one live message on `name` (a pub/sub channel name) to the listener; one that cannot be
+/// decoded makes the hub re-read the channel's history instead.
+pub(super) fn deliver(keys: &Keys, listener: &dyn Listener, name: &str, payload: &[u8]) {
+    let Some(name) = keys.channel_of_live(name) else {
+        return;
+    };
+    let Ok(channel) = ChannelName::new(name) else {
+        return;
+    };
+    match wire::parse_live(channel.clone(), payload) {
+        Ok(event) => listener.on_event(event),
+        Err(e) => {
+            tracing::warn!(channel = %channel, error = %e, "undecodable live message; re-reading history");
+            listener.on_hint(&channel);
+        }
+    }
+}
+
+/// Answers every waiting subscribe with "unavailable".
+pub(super) fn refuse(replies: Vec<oneshot::Sender<Result<(), EngineError>>>, why: &str) {
     for reply in replies {
         let _ = reply.send(Err(EngineError::Unavailable(why.to_owned())));
     }

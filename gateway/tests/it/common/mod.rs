@@ -14,6 +14,7 @@ pub mod follow;
 pub mod nginx;
 pub mod proxy;
 pub mod raw;
+pub mod redis_cluster;
 pub mod relay;
 pub mod sentinel;
 pub mod test_ca;
