@@ -67,12 +67,7 @@ impl Grant {
     }
 }
 
-fn matches(pattern: &str, channel: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => channel.starts_with(prefix),
-        None => pattern == channel,
-    }
-}
+use shared::pattern_matches as matches;
 
 /// Verifies tokens; a no-op when no secret is configured.
 pub struct Authenticator {
@@ -86,7 +81,10 @@ impl Authenticator {
             let mut validation = Validation::new(Algorithm::HS256);
             validation.leeway = 5;
             validation.set_required_spec_claims(&["exp"]);
-            (DecodingKey::from_secret(secret.as_bytes()), validation)
+            (
+                DecodingKey::from_secret(secret.expose().as_bytes()),
+                validation,
+            )
         });
         Self { verifier }
     }
@@ -186,7 +184,7 @@ mod tests {
 
     fn auth() -> Authenticator {
         Authenticator::new(&AuthSettings {
-            jwt_secret: Some(SECRET.into()),
+            jwt_secret: Some(crate::config::Secret::new(SECRET)),
         })
     }
 

@@ -14,8 +14,15 @@ use crate::publish::{self, PublishBody};
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
 pub struct Cli {
-    /// TOML settings file; GATEWAY__<SECTION>__<KEY> environment variables override it.
-    #[arg(long, short, global = true, value_name = "FILE")]
+    /// TOML settings file (or `GATEWAY_CONFIG`); GATEWAY__<SECTION>__<KEY> environment
+    /// variables override it.
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        env = "GATEWAY_CONFIG"
+    )]
     pub config: Option<PathBuf>,
     /// What to do (default: serve).
     #[command(subcommand)]
@@ -78,7 +85,11 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<S
     let url = args
         .url
         .unwrap_or_else(|| format!("http://{}", settings.server.listen));
-    http_publish(&url, settings.publish.api_key.as_deref(), &body).await
+    let key = (settings.publish.api_key.iter())
+        .chain(settings.publish.keys.iter().filter_map(|k| k.key.as_ref()))
+        .next()
+        .map(crate::config::Secret::expose);
+    http_publish(&url, key, &body).await
 }
 
 /// `POST <url>/publish` with an HTTP client (reqwest, plain `http://`: the CLI talks to a

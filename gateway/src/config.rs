@@ -6,9 +6,14 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
+mod publish;
 mod redis_topology;
+mod secret;
+
+pub use publish::{ApiKeySettings, PublishSettings};
+pub use secret::Secret;
 
 /// Why the settings could not be used; `main` prints it and exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +32,7 @@ pub enum ConfigError {
 }
 
 /// All gateway settings; every field has a default so an empty environment runs a dev server.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// HTTP listener and process behaviour.
@@ -53,7 +58,7 @@ pub struct Settings {
 }
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     /// Address to listen on (`GATEWAY__SERVER__LISTEN`).
@@ -79,6 +84,11 @@ pub struct ServerSettings {
     pub http2: bool,
     /// Most concurrent streams (e.g. SSE subscriptions) on one HTTP/2 connection.
     pub http2_max_streams: u32,
+    /// Host names (`gw.example.com`, `*.example.com`, `host:port`) the gateway answers to;
+    /// other `Host`s get 403 (DNS rebinding defence). Empty: any Host, and only loopback names
+    /// count as the gateway's own origin. In the environment, a comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -95,28 +105,36 @@ impl Default for ServerSettings {
             tls_key: None,
             http2: true,
             http2_max_streams: 256,
+            allowed_hosts: Vec::new(),
         }
     }
 }
 
 /// `[redis]` (its `Debug`, in `redis_topology`, hides URL passwords)
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// `redis://host:port/db` (or `rediss://` for TLS); unset (and no `sentinels`) runs the
     /// single-instance in-memory engine.
+    #[serde(serialize_with = "redis_topology::serialize_redacted")]
     pub url: Option<String>,
     /// Sentinel URLs (`redis://host:26379`, or `rediss://` for TLS to sentinels and data nodes);
     /// instead of `url`, the primary is found through them and followed across failovers. In the
     /// environment, a comma-separated list.
-    #[serde(deserialize_with = "string_or_list")]
+    #[serde(
+        deserialize_with = "string_or_list",
+        serialize_with = "redis_topology::serialize_redacted_list"
+    )]
     pub sentinels: Vec<String>,
     /// Name of the monitored primary the sentinels are asked about (`sentinel monitor <name>`).
     pub sentinel_master: Option<String>,
     /// Redis Cluster seed nodes (`redis://host:7000`, ...); instead of `url` and `sentinels`,
     /// the cluster's primaries are discovered from them and followed across failovers and
     /// resharding. In the environment, a comma-separated list.
-    #[serde(deserialize_with = "string_or_list")]
+    #[serde(
+        deserialize_with = "string_or_list",
+        serialize_with = "redis_topology::serialize_redacted_list"
+    )]
     pub cluster_nodes: Vec<String>,
     /// PEM file of the CA that signs the Redis servers' certificates (`rediss://` only); unset:
     /// the public web roots.
@@ -182,7 +200,7 @@ impl RedisSettings {
 }
 
 /// `[history]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistorySettings {
     /// Events kept per channel (at least; Redis trims approximately).
@@ -200,27 +218,8 @@ impl Default for HistorySettings {
     }
 }
 
-/// `[publish]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PublishSettings {
-    /// When set, `POST /publish` needs `Authorization: Bearer <key>`.
-    pub api_key: Option<String>,
-    /// Largest accepted publish request body, bytes.
-    pub max_bytes: usize,
-}
-
-impl Default for PublishSettings {
-    fn default() -> Self {
-        Self {
-            api_key: None,
-            max_bytes: 64 * 1024,
-        }
-    }
-}
-
 /// `[sse]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SseSettings {
     /// Reconnect delay advertised to clients with `retry:`, milliseconds.
@@ -239,7 +238,7 @@ impl Default for SseSettings {
 }
 
 /// `[ws]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WsSettings {
     /// Whether WebSocket clients may publish (`publish` command or binary publish frames).
@@ -271,16 +270,16 @@ impl Default for WsSettings {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// HS256 secret; when set, subscribers need a token whose `channels` claim covers every
     /// channel they subscribe to (and `publish` for client publishing).
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
 }
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitSettings {
     /// Channels one connection may watch.
@@ -306,7 +305,7 @@ impl Default for LimitSettings {
 }
 
 /// `[cors]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsSettings {
     /// Origins allowed to call the gateway from a browser; `*` allows any. Empty: same-origin
@@ -316,7 +315,7 @@ pub struct CorsSettings {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// `tracing` filter, e.g. `info` or `gateway=debug,actix_web=info`; `RUST_LOG` overrides it.
@@ -372,7 +371,8 @@ impl Settings {
             .separator("__")
             .ignore_empty(true)
             .source(env);
-        let settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
+        settings.publish.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -423,17 +423,7 @@ impl Settings {
         if self.history.ttl_seconds == 0 {
             return Err(invalid("history.ttl_seconds", "must be at least 1"));
         }
-        if let Some(key) = &self.publish.api_key
-            && key.trim().is_empty()
-        {
-            return Err(invalid(
-                "publish.api_key",
-                "must not be blank (unset it to disable the check)",
-            ));
-        }
-        if self.publish.max_bytes < 64 {
-            return Err(invalid("publish.max_bytes", "must be at least 64"));
-        }
+        self.validate_publish()?;
         if self.sse.heartbeat_seconds == 0 {
             return Err(invalid("sse.heartbeat_seconds", "must be at least 1"));
         }
@@ -453,7 +443,7 @@ impl Settings {
             return Err(invalid("ws.commands_per_second", "must be at least 1"));
         }
         if let Some(secret) = &self.auth.jwt_secret
-            && secret.len() < 16
+            && secret.expose().len() < 16
         {
             return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
         }
@@ -493,6 +483,11 @@ impl Settings {
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| invalid("log.filter", e.to_string()))?;
         Ok(())
+    }
+
+    /// Whether subscribers must authenticate (then publishing must too, unless allowed).
+    pub fn auth_required(&self) -> bool {
+        self.auth.jwt_secret.is_some()
     }
 
     /// The listen address, parsed.
@@ -562,7 +557,10 @@ mod tests {
         assert_eq!(s.redis.url.as_deref(), Some("redis://127.0.0.1:6379/0"));
         assert_eq!(s.history.size, 50);
         assert_eq!(s.history.ttl_seconds, 60);
-        assert_eq!(s.publish.api_key.as_deref(), Some("12345"));
+        assert_eq!(
+            s.publish.api_key.as_ref().map(Secret::expose),
+            Some("12345")
+        );
         assert_eq!(
             s.cors.allow_origins,
             ["https://a.example", "https://b.example"]

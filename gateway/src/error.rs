@@ -42,6 +42,12 @@ impl ApiError {
         }
     }
 
+    /// The same error telling the client when to try again (`Retry-After`, seconds).
+    pub fn with_retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
     /// The stable code, for tests and logs.
     pub fn code(&self) -> ErrorCode {
         self.code

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod browser;
 pub mod cli;
 pub mod config;
 pub mod engine;

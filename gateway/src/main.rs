@@ -57,10 +57,18 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::CheckConfig => {
-            println!("{settings:#?}");
-            ExitCode::SUCCESS
-        }
+        Command::CheckConfig => match toml::to_string_pretty(&settings) {
+            // The effective settings as a TOML file would give them; secrets print as
+            // "<redacted>" (`config::Secret`, URL passwords).
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway: cannot print the settings: {e}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 

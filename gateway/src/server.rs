@@ -20,6 +20,7 @@ use crate::engine::redis::RedisEngine;
 use crate::front::{self, Front, tls::Tls};
 use crate::hub::{Hook, Hub, HubConfig};
 use crate::metrics::Metrics;
+use crate::publish::Publishers;
 use crate::state::{AppState, ConnectionLimiter};
 
 /// Extras for embedding the gateway (tests).
@@ -97,6 +98,7 @@ pub async fn run(
         metrics,
         limiter: ConnectionLimiter::new(settings.server.max_connections),
         auth: Arc::new(Authenticator::new(&settings.auth)),
+        publishers: Arc::new(Publishers::new(&settings.publish)),
     };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

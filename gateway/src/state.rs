@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::publish::Publishers;
 
 /// What handlers need; cloned into each actix worker.
 #[derive(Clone)]
@@ -24,6 +25,8 @@ pub struct AppState {
     pub limiter: Arc<ConnectionLimiter>,
     /// Token verification for subscribers.
     pub auth: Arc<Authenticator>,
+    /// The publish API keys and their rates.
+    pub publishers: Arc<Publishers>,
 }
 
 /// The streaming transports.

@@ -82,6 +82,15 @@ fn validate(name: &str) -> Result<(), ChannelError> {
     Ok(())
 }
 
+/// Whether a channel pattern from a token or an API key covers `channel`: an exact name, a
+/// prefix ending in `*` (`chat:*`), or `*` for every channel. One rule for every grant.
+pub fn pattern_matches(pattern: &str, channel: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => channel.starts_with(prefix),
+        None => pattern == channel,
+    }
+}
+
 impl fmt::Display for ChannelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

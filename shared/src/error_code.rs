@@ -40,6 +40,8 @@ codes! {
     NotWebsocket = "not_websocket",
     /// A WebSocket from an origin that is not allowed.
     OriginNotAllowed = "origin_not_allowed",
+    /// A `Host` that is not in `server.allowed_hosts` (DNS rebinding).
+    HostNotAllowed = "host_not_allowed",
     /// No token, or a token that is not valid.
     Unauthorized = "unauthorized",
     /// The token does not allow the channel.
@@ -89,7 +91,8 @@ codes! {
     InvalidMessage = "invalid_message",
     /// A binary frame that is not a valid publish frame.
     BadBinary = "bad_binary",
-    /// Commands faster than `ws.commands_per_second`.
+    /// Commands faster than `ws.commands_per_second`, or publishes faster than the API key's
+    /// rate (HTTP 429 with `Retry-After`).
     RateLimited = "rate_limited",
     // The store and the instance.
     /// The history store cannot be reached.

@@ -15,7 +15,7 @@ pub mod position;
 pub mod sse;
 pub mod ws;
 
-pub use channel::{ChannelError, ChannelName};
+pub use channel::{ChannelError, ChannelName, pattern_matches};
 pub use disconnect::Disconnect;
 pub use error_code::ErrorCode;
 pub use event::{Event, EventName, EventNameError, PayloadKind};

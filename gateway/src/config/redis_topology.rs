@@ -8,7 +8,7 @@ use std::path::Path;
 use super::{ConfigError, RedisSettings, Settings};
 
 impl fmt::Debug for RedisSettings {
-    /// Like a derived `Debug`, but URL passwords are shown as `***` (`check-config` prints it).
+    /// Like a derived `Debug`, but URL passwords are shown as `<redacted>` (`check-config` prints it).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Self {
             url,
@@ -47,7 +47,24 @@ impl fmt::Debug for RedisSettings {
     }
 }
 
-/// `url` with the password of its user info (`scheme://user:password@host`) replaced by `***`.
+/// Serializes a URL setting with its password shown as `<redacted>` (`check-config`).
+pub(super) fn serialize_redacted<S: serde::Serializer>(
+    url: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&url.as_deref().map(redact), s)
+}
+
+/// Serializes a list of URL settings with their passwords shown as `<redacted>`.
+pub(super) fn serialize_redacted_list<S: serde::Serializer>(
+    urls: &[String],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let urls: Vec<String> = urls.iter().map(|u| redact(u)).collect();
+    serde::Serialize::serialize(&urls, s)
+}
+
+/// `url` with the password of its user info (`scheme://user:password@host`) replaced by `<redacted>`.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
@@ -59,7 +76,11 @@ fn redact(url: &str) -> String {
     let Some((user, _password)) = userinfo.split_once(':') else {
         return url.to_owned();
     };
-    format!("{scheme}://{user}:***@{}", &rest[userinfo.len() + 1..])
+    format!(
+        "{scheme}://{user}:{}@{}",
+        super::secret::REDACTED,
+        &rest[userinfo.len() + 1..]
+    )
 }
 
 impl Settings {
@@ -396,12 +417,15 @@ mod tests {
             !text.contains("s3cret") && !text.contains("p%40ss"),
             "{text}"
         );
-        assert!(text.contains("redis://:***@127.0.0.1:26379"), "{text}");
-        assert!(text.contains("redis://user:***@h:1/2"), "{text}");
+        assert!(
+            text.contains("redis://:<redacted>@127.0.0.1:26379"),
+            "{text}"
+        );
+        assert!(text.contains("redis://user:<redacted>@h:1/2"), "{text}");
         assert!(text.contains("redis://h:3"), "{text}");
         assert_eq!(
             redact("rediss://u:x@h:6380/0?a=b"),
-            "rediss://u:***@h:6380/0?a=b"
+            "rediss://u:<redacted>@h:6380/0?a=b"
         );
         assert_eq!(redact("unix:///run/redis.sock"), "unix:///run/redis.sock");
     }

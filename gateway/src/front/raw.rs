@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::head::RequestHead;
 use super::pump::{Pump, pump};
 use super::{cors, refuse};
+use crate::browser;
 use crate::state::AppState;
 use crate::transport::sse::{STREAM_HEADERS, SseStream, open};
 
@@ -28,7 +29,16 @@ pub fn serve(state: AppState, head: RequestHead, stream: TcpStream) -> impl Futu
 /// Everything before streaming: the response head and the body, or the error already written.
 async fn start(state: AppState, head: RequestHead, stream: TcpStream) -> Option<Pump<SseStream>> {
     let cors = cors::lines(&state.settings.cors.allow_origins, &head.headers);
-    let body = match open(&state, &head.query, &head.headers).await {
+    let host = browser::host_of(&head.headers, None);
+    let checked = browser::check_host(&state.settings, "/sse", host);
+    let opened = match checked {
+        Ok(()) => open(&state, &head.query, &head.headers).await,
+        Err(e) => {
+            state.metrics.rejected.with_label_values(&[e.code()]).inc();
+            Err(e)
+        }
+    };
+    let body = match opened {
         Ok(body) => body,
         Err(e) => {
             refuse(&stream, &e, &cors).await;

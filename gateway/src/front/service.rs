@@ -14,6 +14,7 @@ use shared::ErrorCode;
 
 use super::idle::Tracker;
 use super::{Front, cors, limits, upgraded};
+use crate::browser;
 use crate::error::ApiError;
 use crate::response::{self, Body};
 use crate::state::AppState;
@@ -93,7 +94,10 @@ async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     let state = &inner.state;
     let allowed = &state.settings.cors.allow_origins;
     let origin = req.headers().get(ORIGIN).cloned();
-    let mut res = match limits::check_head(req.version(), req.headers()) {
+    let host = browser::host_of(req.headers(), req.uri().authority().map(|a| a.as_str()));
+    let checked = limits::check_head(req.version(), req.headers())
+        .and_then(|()| browser::check_host(&state.settings, req.uri().path(), host));
+    let mut res = match checked {
         Ok(()) => route(inner, req).await,
         Err(e) => {
             state.metrics.rejected.with_label_values(&[e.code()]).inc();

@@ -2,11 +2,10 @@
 //! order for both transports: the Origin (WebSocket only: a browser's cross-site WebSocket is
 //! not subject to CORS), the token, then the connection limit.
 
-use http::StatusCode;
-use http::header::{HOST, HeaderMap, ORIGIN};
-use shared::ErrorCode;
+use http::header::HeaderMap;
 
 use crate::auth::Grant;
+use crate::browser;
 use crate::error::ApiError;
 use crate::state::{AppState, ConnectionGuard, Transport};
 
@@ -48,7 +47,8 @@ pub fn admit(
 ) -> Result<Admitted, Refusal> {
     let metrics = &state.metrics;
     if transport == Transport::Ws {
-        check_origin(headers, &state.settings.cors.allow_origins).map_err(|e| {
+        let host = browser::host_of(headers, None);
+        browser::check_origin(&state.settings, headers, host, "open WebSockets").map_err(|e| {
             metrics.rejected.with_label_values(&[e.code()]).inc();
             Refusal::Origin(e)
         })?;
@@ -62,71 +62,4 @@ pub fn admit(
         .admit(metrics, transport)
         .map_err(Refusal::Full)?;
     Ok(Admitted { grant, guard })
-}
-
-/// The origin check: refused unless [`origin_allowed`].
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
-    if origin_allowed(origin, host, allowed) {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::FORBIDDEN,
-        ErrorCode::OriginNotAllowed,
-        format!(
-            "origin {} may not open WebSockets here",
-            origin.unwrap_or("")
-        ),
-    ))
-}
-
-/// Cross-site WebSocket hijacking defence: a browser always sends `Origin`; it must be listed,
-/// or be the gateway's own origin. Non-browser clients send none.
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
-    let Some(origin) = origin else { return true };
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
-    }
-    let authority = origin
-        .split_once("://")
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origins() {
-        let allowed = vec!["https://app.example".to_owned()];
-        assert!(
-            origin_allowed(None, Some("gw:8080"), &allowed),
-            "non-browser clients"
-        );
-        assert!(origin_allowed(
-            Some("https://app.example"),
-            Some("gw:8080"),
-            &allowed
-        ));
-        assert!(
-            origin_allowed(Some("http://gw:8080"), Some("gw:8080"), &allowed),
-            "same origin"
-        );
-        assert!(!origin_allowed(
-            Some("https://evil.example"),
-            Some("gw:8080"),
-            &allowed
-        ));
-        assert!(!origin_allowed(Some("null"), Some("gw:8080"), &allowed));
-        assert!(origin_allowed(
-            Some("https://evil.example"),
-            None,
-            &["*".to_owned()]
-        ));
-    }
 }

@@ -6,5 +6,5 @@ pub mod admit;
 pub mod subscribe;
 
 pub use crate::state::Transport;
-pub use admit::{Admitted, Refusal, admit, origin_allowed};
+pub use admit::{Admitted, Refusal, admit};
 pub use subscribe::{Attached, attach, join};

@@ -75,6 +75,12 @@ async fn invalid_settings_exit_2_naming_the_key() {
             "server.max_connections",
         ),
         ("GATEWAY__LOG__FORMAT", "xml", "log.format"),
+        // Authenticated subscribers beside an open publish endpoint.
+        (
+            "GATEWAY__AUTH__JWT_SECRET",
+            "a-secret-of-enough-length",
+            "publish.api_key",
+        ),
     ];
     for &(key, value, named) in cases {
         assert_config_error(&["check-config"], &[(key, value)], named).await;
@@ -136,9 +142,60 @@ async fn bad_config_files_exit_2() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.contains("size: 7") && text.contains("ttl_seconds: 9"),
+        text.contains("size = 7") && text.contains("ttl_seconds = 9"),
         "{text}"
     );
+    // What it prints is itself a configuration file that loads.
+    let printed = dir.join("printed.toml");
+    std::fs::write(&printed, &text).unwrap();
+    let out = run(
+        &["--config", printed.to_str().unwrap(), "check-config"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), text);
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// `check-config` prints every setting but no secret: API keys, the token secret and Redis
+/// passwords (inline or from `*_file`) show as `<redacted>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_prints_no_secret() {
+    let dir = std::env::temp_dir().join(unique("gw-cli-secrets-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("publish-key");
+    std::fs::write(&key_file, "key-from-a-file-SECRET-3\n").unwrap();
+    let file = dir.join("keys.toml");
+    std::fs::write(
+        &file,
+        "[[publish.keys]]\nname = \"billing\"\nkey = \"inline-key-SECRET-4-long\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[
+            (
+                "GATEWAY__AUTH__JWT_SECRET",
+                "jwt-secret-SECRET-1-long-enough",
+            ),
+            ("GATEWAY__PUBLISH__API_KEY_FILE", key_file.to_str().unwrap()),
+            (
+                "GATEWAY__REDIS__URL",
+                "redis://user:redis-SECRET-2@127.0.0.1:6379/0",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("SECRET"), "a secret was printed:\n{text}");
+    assert!(text.contains("<redacted>"), "{text}");
+    assert!(
+        text.contains("redis://user:<redacted>@127.0.0.1:6379/0"),
+        "{text}"
+    );
+    assert!(text.contains("name = \"billing\""), "{text}");
     std::fs::remove_dir_all(dir).ok();
 }
 

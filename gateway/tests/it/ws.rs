@@ -404,6 +404,7 @@ async fn tokens_limit_channels_and_publishing() {
     const SECRET: &str = "a-test-secret-of-enough-length";
     let gw = memory_gateway(&[
         ("GATEWAY__AUTH__JWT_SECRET", SECRET),
+        ("GATEWAY__PUBLISH__ALLOW_ANONYMOUS", "true"),
         ("GATEWAY__WS__ALLOW_PUBLISH", "true"),
     ]);
     let claims = gateway::auth::Claims {

@@ -14,7 +14,10 @@ use crate::common::arrival::*;
 async fn missing_tokens_are_refused_alike_on_every_arrival() {
     each(&Arrival::ALL, |arrival| async move {
         let gw = arrival
-            .gateway(&[("GATEWAY__AUTH__JWT_SECRET", SECRET)])
+            .gateway(&[
+                ("GATEWAY__AUTH__JWT_SECRET", SECRET),
+                ("GATEWAY__PUBLISH__ALLOW_ANONYMOUS", "true"),
+            ])
             .await;
         for headers in [&[][..], &[("authorization", "Bearer not.a.token")][..]] {
             let reply = open_sse(arrival, &gw, "/sse?channel=news", headers).await;
@@ -110,6 +113,21 @@ async fn origins_are_judged_alike_on_every_arrival() {
                 .await
                 .expect("a listed origin is upgraded");
             ws.subscribe("c", None).await;
+            // The gateway's own origin on a loopback name is its own page...
+            let own = format!("http://{}", gw.addr);
+            open_ws(arrival, &gw, "", &[("origin", &own)])
+                .await
+                .expect("the gateway's own origin is upgraded");
+            // ...but a rebound DNS name that matches Host is not (DNS rebinding).
+            let rebound = [
+                ("host", "rebind.example:8080"),
+                ("origin", "http://rebind.example:8080"),
+            ];
+            let (status, body) = open_ws(arrival, &gw, "", &rebound)
+                .await
+                .err()
+                .expect("a rebound origin is refused");
+            assert_eq!(status, 403, "{body}");
         }
     })
     .await;

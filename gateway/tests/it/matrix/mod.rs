@@ -7,12 +7,14 @@
 //! - `delivery`: resume, gaps, slow consumers, the SIGTERM drain.
 //! - `admission`: tokens, origins and CORS, the connection limit, WebSockets over HTTP/2.
 //! - `hostile`: oversized heads and frames, head rules, trickled heads and bodies.
+//! - `publishing`: API keys, cross-site publishes, the Host allowlist.
 //! - `curl`: a real HTTP/2 client (Debian's curl) over TLS and h2c.
 
 mod admission;
 mod curl;
 mod delivery;
 mod hostile;
+mod publishing;
 
 /// The WebSocket close code of an upgrade whose token was refused.
 pub const CLOSE_UNAUTHORIZED: u16 = 4500;

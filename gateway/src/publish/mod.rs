@@ -5,20 +5,24 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use shared::ErrorCode;
 use shared::{ChannelName, EventName, PayloadKind, Position};
-use subtle::ConstantTimeEq;
 
+use crate::browser;
 use crate::engine::{Engine, PublishRequest};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::response::{self, Body};
 use crate::state::AppState;
+
+mod keys;
+
+pub use keys::{Caller, Publishers};
 
 /// The `POST /publish` body.
 #[derive(Debug, Deserialize, Serialize)]
@@ -93,7 +97,11 @@ async fn handle(
     req: Request<Incoming>,
     body_timeout: Duration,
 ) -> Result<Position, ApiError> {
-    check_api_key(req.headers(), state.settings.publish.api_key.as_deref())?;
+    // A browser's publish must come from an allowed origin (a cross-site `text/plain` POST
+    // needs no preflight), then the caller is identified by its key and charged its rate.
+    let host = browser::host_of(req.headers(), req.uri().authority().map(|a| a.as_str()));
+    browser::check_origin(&state.settings, req.headers(), host, "publish")?;
+    let caller = state.publishers.identify(req.headers())?;
     let limit = state.settings.publish.max_bytes;
     let content_type = req
         .headers()
@@ -116,6 +124,7 @@ async fn handle(
     } else {
         validate(parse_body(&raw)?)?
     };
+    caller.may_publish(&request.channel)?;
     let counted = Some((&state.metrics, "http"));
     publish(state.hub.engine(), request, counted).await
 }
@@ -158,31 +167,6 @@ fn raw_request(query: &str, kind: PayloadKind, data: Bytes) -> Result<PublishReq
     request.kind = kind;
     request.data = data;
     Ok(request)
-}
-
-/// Requires `Authorization: Bearer <key>` when a key is configured (compared in constant time).
-fn check_api_key(headers: &HeaderMap, key: Option<&str>) -> Result<(), ApiError> {
-    let Some(key) = key else { return Ok(()) };
-    let given = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        // The scheme name is case-insensitive (RFC 9110, section 11.1).
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    match given {
-        Some(given) if bool::from(given.as_bytes().ct_eq(key.as_bytes())) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "the API key is wrong",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthorized,
-            "publishing needs the header Authorization: Bearer <api key>",
-        )),
-    }
 }
 
 /// The request's body, at most `limit` bytes, arriving within `timeout`: 413 from the
