@@ -58,6 +58,19 @@ impl Grant {
         }
     }
 
+    /// A grant of no channel at all: a WebSocket's until its first `auth` message.
+    pub fn nothing() -> Self {
+        Self::Token(Arc::new(Claims::default()))
+    }
+
+    /// When the grant ends, Unix seconds: a token's `exp` (streams end there unless refreshed).
+    pub fn expires(&self) -> Option<u64> {
+        match self {
+            Self::Anyone => None,
+            Self::Token(c) => Some(c.exp),
+        }
+    }
+
     /// Whether the holder may publish to `channel` (client publishing must also be enabled).
     pub fn may_publish(&self, channel: &ChannelName) -> bool {
         match self {
@@ -92,9 +105,9 @@ impl Authenticator {
     /// Checks the request's token, if authentication is on. Takes the head's parts, as every way
     /// a request arrives (raw socket, HTTP/1.1, HTTP/2) has them.
     pub fn authenticate(&self, headers: &HeaderMap, query: &str) -> Result<Grant, ApiError> {
-        let Some((key, validation)) = &self.verifier else {
+        if self.verifier.is_none() {
             return Ok(Grant::Anyone);
-        };
+        }
         let token = token_of(headers, query).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -102,7 +115,20 @@ impl Authenticator {
                 "a token is required: Authorization: Bearer <token> or ?token=<token>",
             )
         })?;
-        jsonwebtoken::decode::<Claims>(&token, key, validation)
+        self.verify(&token)
+    }
+
+    /// Whether subscribers must present a token.
+    pub fn required(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    /// Verifies one token (a WebSocket `auth` message, or the request's token).
+    pub fn verify(&self, token: &str) -> Result<Grant, ApiError> {
+        let Some((key, validation)) = &self.verifier else {
+            return Ok(Grant::Anyone);
+        };
+        jsonwebtoken::decode::<Claims>(token, key, validation)
             .map(|data| Grant::Token(Arc::new(data.claims)))
             .map_err(|e| {
                 ApiError::new(

@@ -254,6 +254,13 @@ pub struct WsSettings {
     pub max_protocol_errors: u32,
     /// Sustained commands per second per connection (bursts of twice that are allowed).
     pub commands_per_second: u32,
+    /// With authentication on, a WebSocket opened without a token has this many seconds to send
+    /// it as its first message (`{"type":"auth","token":...}`) before it is closed with 4500;
+    /// 0: a token is required on the upgrade request.
+    pub auth_timeout_seconds: u64,
+    /// Seconds before a token's `exp` that the client is sent `token_expiring`, time to send
+    /// a fresh token with `auth`.
+    pub token_warning_seconds: u64,
 }
 
 impl Default for WsSettings {
@@ -265,6 +272,8 @@ impl Default for WsSettings {
             timeout_seconds: 45,
             max_protocol_errors: 20,
             commands_per_second: 100,
+            auth_timeout_seconds: 10,
+            token_warning_seconds: 60,
         }
     }
 }

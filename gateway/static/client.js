@@ -2,7 +2,9 @@
 // dependencies. The wire protocol is documented in shared/src/ws.rs.
 //
 //   import { connect } from "/client.js";
-//   const client = connect("/ws", { token });
+//   const client = connect("/ws", { token });   // a string, or a function (async or not)
+//                                                // that mints one: called at every connect and
+//                                                // when the gateway warns that it expires
 //   const sub = client.subscribe("news", (e) => console.log(e.id, e.data));
 //   await client.publish("news", "hello");   // only where the gateway allows client publishing
 //
@@ -22,6 +24,7 @@ const shouldReconnect = (code) => !(code >= 4500 && code <= 4999) && code !== 10
 const TRANSIENT = new Set(["unavailable", "shutting_down", "rate_limited", "closed"]);
 
 const HEARTBEAT_TIMEOUT = 4002;
+const TOKEN_EXPIRED = 4501;
 
 function failure(code, message, channel) {
   return Object.assign(new Error(message), { code, channel });
@@ -226,7 +229,10 @@ class Client {
     if (ws !== this.#ws) return; // a socket we already dropped
     this.#detach(ws, code, reason);
     if (this.#finished) return;
-    if (!shouldReconnect(code)) {
+    // An expired token ends the connection for good, unless the app gave a token callback
+    // that can mint a fresh one for the reconnect.
+    const refreshable = code === TOKEN_EXPIRED && typeof this.#opts.token === "function";
+    if (!shouldReconnect(code) && !refreshable) {
       this.#finished = true;
       for (const sub of this.#subs.values()) call(sub.onError, { code, message: reason || `closed with code ${code}` });
       this.#setState("closed", { code, reason });
@@ -361,7 +367,20 @@ class Client {
         break;
       }
       case "unsubscribed":
-        this.#acknowledgeUnsubscribe(entry);
+        if (msg.reason) {
+          // A fresh token no longer allows the channel: the subscription ends here.
+          const sub = this.#subs.get(msg.channel);
+          if (sub) {
+            this.#subs.delete(msg.channel);
+            call(sub.onError, { code: msg.reason, message: `no longer allowed: ${msg.channel}` });
+          }
+        } else {
+          this.#acknowledgeUnsubscribe(entry);
+        }
+        break;
+      case "token_expiring":
+        // With a token callback, refresh in place: the connection and its subscriptions go on.
+        if (typeof this.#opts.token === "function") this.#refreshToken();
         break;
       case "published":
         entry?.resolve?.(msg.id);
@@ -370,6 +389,16 @@ class Client {
         this.#onError(msg, entry);
         break;
       // "pong": nothing to do beyond having arrived.
+    }
+  }
+
+  async #refreshToken() {
+    const ws = this.#ws;
+    try {
+      const token = await this.#opts.token();
+      if (ws === this.#ws && ws?.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "auth", token }));
+    } catch (e) {
+      reportError(e); // the connection closes at exp with 4501 and reconnects with a new token
     }
   }
 

@@ -23,11 +23,13 @@ pub enum Disconnect {
     HeartbeatTimeout,
     /// The token is missing or invalid; do not retry with the same token.
     Unauthorized,
+    /// The token expired and no fresh one came by `auth`; reconnect with a fresh token.
+    TokenExpired,
 }
 
 impl Disconnect {
     /// Every disconnect, for tables and tests.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Normal,
         Self::Shutdown,
         Self::Policy,
@@ -37,6 +39,7 @@ impl Disconnect {
         Self::Unavailable,
         Self::HeartbeatTimeout,
         Self::Unauthorized,
+        Self::TokenExpired,
     ];
 
     /// The WebSocket close code.
@@ -51,6 +54,7 @@ impl Disconnect {
             Self::Unavailable => 4001,
             Self::HeartbeatTimeout => 4002,
             Self::Unauthorized => 4500,
+            Self::TokenExpired => 4501,
         }
     }
 
@@ -66,6 +70,7 @@ impl Disconnect {
             Self::Unavailable => "unavailable",
             Self::HeartbeatTimeout => "heartbeat_timeout",
             Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
         }
     }
 
@@ -81,15 +86,16 @@ impl Disconnect {
             Self::Unavailable => "history store unavailable: reconnect later",
             Self::HeartbeatTimeout => "no pong within the heartbeat timeout",
             Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token expired: reconnect with a fresh token",
         }
     }
 
     /// Whether a client should reconnect after it: not after misuse (the same input would be
-    /// refused again) nor after an auth refusal (not with the same token).
+    /// refused again) nor after an auth refusal or expiry (not with the same token).
     pub const fn reconnect(self) -> bool {
         !matches!(
             self,
-            Self::Policy | Self::TooBig | Self::Protocol | Self::Unauthorized
+            Self::Policy | Self::TooBig | Self::Protocol | Self::Unauthorized | Self::TokenExpired
         )
     }
 
@@ -123,6 +129,6 @@ mod tests {
             .filter(|d| !d.reconnect())
             .map(Disconnect::code)
             .collect();
-        assert_eq!(final_, [1008, 1009, 1002, 4500]);
+        assert_eq!(final_, [1008, 1009, 1002, 4500, 4501]);
     }
 }

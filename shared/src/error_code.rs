@@ -46,6 +46,8 @@ codes! {
     Unauthorized = "unauthorized",
     /// The token does not allow the channel.
     Forbidden = "forbidden",
+    /// The token has expired (an SSE stream's final `error` event; a refused `auth`).
+    TokenExpired = "token_expired",
     /// The instance is at its connection limit.
     ConnectionLimit = "connection_limit",
     // Subscribing.

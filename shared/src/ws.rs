@@ -40,6 +40,8 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = Disconnect::HeartbeatTimeout.code();
     /// The token is missing or invalid; do not retry with the same token.
     pub const UNAUTHORIZED: u16 = Disconnect::Unauthorized.code();
+    /// The token expired without a fresh one sent by `auth`; reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = Disconnect::TokenExpired.code();
 
     /// Whether a client should reconnect after this code: per [`Disconnect::reconnect`] for
     /// the gateway's codes; codes 4500–4999 are reserved for "do not retry".
@@ -93,6 +95,15 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
     },
+    /// A token: the first message of a connection opened without one, or a fresh token
+    /// replacing one that is about to expire; answered with `authenticated`.
+    Auth {
+        /// The token (a JWT).
+        token: String,
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Value>,
+    },
 }
 
 /// A message from the gateway.
@@ -124,10 +135,14 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
     },
-    /// A subscription ended at the client's request.
+    /// A subscription ended: at the client's request, or (with `reason`) because a fresh
+    /// token no longer allows the channel.
     Unsubscribed {
         /// Channel name.
         channel: String,
+        /// Why the gateway ended it (`forbidden`); absent when the client asked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
         /// The request's `req`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
@@ -168,6 +183,21 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
     },
+    /// A token was accepted (`auth`); it is valid until `exp`.
+    Authenticated {
+        /// The token's expiry, Unix seconds.
+        exp: u64,
+        /// The request's `req`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Value>,
+    },
+    /// The connection's token expires at `exp`: send `auth` with a fresh one before then, or
+    /// the connection is closed with 4501.
+    #[serde(rename = "token_expiring")]
+    TokenExpiring {
+        /// The token's expiry, Unix seconds.
+        exp: u64,
+    },
 }
 
 /// Why a client text message was refused.
@@ -204,7 +234,7 @@ impl ParseError {
     }
 }
 
-const TYPES: &[&str] = &["subscribe", "unsubscribe", "publish", "ping"];
+const TYPES: &[&str] = &["subscribe", "unsubscribe", "publish", "ping", "auth"];
 
 /// Parses a client text message; on failure also returns the `req` (if one could be read) so
 /// the error reply can echo it.

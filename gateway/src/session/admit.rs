@@ -3,6 +3,7 @@
 //! not subject to CORS), the token, then the connection limit.
 
 use http::header::HeaderMap;
+use shared::ErrorCode;
 
 use crate::auth::Grant;
 use crate::browser;
@@ -11,8 +12,10 @@ use crate::state::{AppState, ConnectionGuard, Transport};
 
 /// A connection that passed admission: what its token grants, and its slot under the limit.
 pub struct Admitted {
-    /// What the token grants.
+    /// What the token grants (nothing yet while `awaiting_token`).
     pub grant: Grant,
+    /// A WebSocket opened without a token, which must send one as its first message.
+    pub awaiting_token: bool,
     /// The connection's slot, released when dropped.
     pub guard: ConnectionGuard,
 }
@@ -53,13 +56,31 @@ pub fn admit(
             Refusal::Origin(e)
         })?;
     }
-    let grant = state.auth.authenticate(headers, query).map_err(|e| {
-        metrics.rejected.with_label_values(&[e.code()]).inc();
-        Refusal::Unauthorized(e)
-    })?;
+    let mut awaiting_token = false;
+    let grant = match state.auth.authenticate(headers, query) {
+        Ok(grant) => grant,
+        // No token at all on a WebSocket: it may come as the first message instead (a token
+        // in an `auth` message stays out of URLs and access logs).
+        Err(e)
+            if transport == Transport::Ws
+                && e.code() == ErrorCode::Unauthorized
+                && state.settings.ws.auth_timeout_seconds > 0 =>
+        {
+            awaiting_token = true;
+            Grant::nothing()
+        }
+        Err(e) => {
+            metrics.rejected.with_label_values(&[e.code()]).inc();
+            return Err(Refusal::Unauthorized(e));
+        }
+    };
     let guard = state
         .limiter
         .admit(metrics, transport)
         .map_err(Refusal::Full)?;
-    Ok(Admitted { grant, guard })
+    Ok(Admitted {
+        grant,
+        awaiting_token,
+        guard,
+    })
 }

@@ -23,8 +23,8 @@ use http::Response;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use shared::ErrorCode;
 use shared::{ChannelName, Cursor, Position};
+use shared::{Disconnect, ErrorCode};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ApiError;
@@ -148,7 +148,7 @@ pub async fn open(
             }
             metrics.rejected.with_label_values(&[e.code()]).inc();
         })?;
-    let Admitted { grant, guard } =
+    let Admitted { grant, guard, .. } =
         session::admit(state, Transport::Sse, headers, query).map_err(Refusal::into_error)?;
     if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
         return Err(ApiError::new(
@@ -206,8 +206,22 @@ pub async fn open(
         heartbeat: settings.heartbeat(),
         retry_ms: settings.sse.retry_ms,
         metrics: metrics.clone(),
+        expires: grant.expires().map(instant_of),
         guard,
     }))
+}
+
+/// The instant of Unix second `exp` (now, when it is past).
+fn instant_of(exp: u64) -> Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Instant::now() + Duration::from_secs(exp).saturating_sub(now)
+}
+
+/// `at`, or `other` when that is earlier.
+fn earliest(at: Instant, other: Option<Instant>) -> Instant {
+    other.map_or(at, |o| o.min(at))
 }
 
 /// Runs every channel's resume concurrently; a failure ends the connection so the client
@@ -246,6 +260,8 @@ struct SseParts {
     heartbeat: Duration,
     retry_ms: u64,
     metrics: Metrics,
+    /// When the token expires: the stream ends there with an `error` event.
+    expires: Option<Instant>,
     guard: ConnectionGuard,
 }
 
@@ -265,6 +281,7 @@ pub struct SseStream {
     retry_ms: u64,
     batch: Vec<Item>,
     metrics: Metrics,
+    expires: Option<Instant>,
     _guard: ConnectionGuard,
 }
 
@@ -277,12 +294,16 @@ impl SseStream {
             positions: p.positions,
             prelude: Some(p.prelude),
             heartbeat: p.heartbeat,
-            idle_timer: Box::pin(tokio::time::sleep_until(now + p.heartbeat)),
+            idle_timer: Box::pin(tokio::time::sleep_until(earliest(
+                now + p.heartbeat,
+                p.expires,
+            ))),
             last_write: now,
             finished: false,
             retry_ms: p.retry_ms,
             batch: Vec::new(),
             metrics: p.metrics,
+            expires: p.expires,
             _guard: p.guard,
         }
     }
@@ -370,6 +391,24 @@ impl SseStream {
         }
     }
 
+    /// The stream's last frame when its token expires: an `error` event without `id:` (the
+    /// browser keeps its last event id to resume with a fresh token), then the closing comment.
+    fn expired_frame(&self) -> Bytes {
+        let disconnect = Disconnect::TokenExpired;
+        let data = serde_json::json!({
+            "code": ErrorCode::TokenExpired.as_str(),
+            "detail": disconnect.reason(),
+        });
+        let mut out = Vec::new();
+        shared::sse::write_event(&mut out, None, Some("error"), data.to_string().as_bytes());
+        shared::sse::write_comment(&mut out, &format!("closing: {}", disconnect.label()));
+        self.metrics
+            .disconnects
+            .with_label_values(&[disconnect.label()])
+            .inc();
+        Bytes::from(out)
+    }
+
     fn closing_frame(&self, reason: CloseReason) -> Bytes {
         let mut out = Vec::new();
         shared::sse::write_comment(&mut out, &format!("closing: {}", reason.as_str()));
@@ -409,16 +448,21 @@ impl Stream for SseStream {
                 Poll::Pending => break,
             }
         }
+        // One timer for heartbeats and the token's expiry, whichever is first.
         while this.idle_timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if this.expires.is_some_and(|at| now >= at) {
+                this.finished = true;
+                return Poll::Ready(Some(Ok(this.expired_frame())));
+            }
             let due = this.last_write + this.heartbeat;
-            if Instant::now() >= due {
-                this.last_write = Instant::now();
-                this.idle_timer
-                    .as_mut()
-                    .reset(this.last_write + this.heartbeat);
+            if now >= due {
+                this.last_write = now;
+                let next = earliest(now + this.heartbeat, this.expires);
+                this.idle_timer.as_mut().reset(next);
                 return Poll::Ready(Some(Ok(Bytes::from_static(b": ping\n\n"))));
             }
-            this.idle_timer.as_mut().reset(due);
+            this.idle_timer.as_mut().reset(earliest(due, this.expires));
         }
         Poll::Pending
     }

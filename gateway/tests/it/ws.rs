@@ -406,6 +406,7 @@ async fn tokens_limit_channels_and_publishing() {
         ("GATEWAY__AUTH__JWT_SECRET", SECRET),
         ("GATEWAY__PUBLISH__ALLOW_ANONYMOUS", "true"),
         ("GATEWAY__WS__ALLOW_PUBLISH", "true"),
+        ("GATEWAY__WS__AUTH_TIMEOUT_SECONDS", "1"),
     ]);
     let claims = gateway::auth::Claims {
         sub: Some("u1".into()),
@@ -420,7 +421,8 @@ async fn tokens_limit_channels_and_publishing() {
     )
     .unwrap();
 
-    // Browsers cannot see the status of a refused upgrade, so the refusal is a close code.
+    // Browsers cannot see the status of a refused upgrade, so the refusal is a close code
+    // (for a WebSocket without a token, once it has not sent one within the auth timeout).
     let mut anonymous = Ws::connect(&ws_url(gw.addr)).await;
     assert_eq!(anonymous.closed().await, Some(close::UNAUTHORIZED));
     let mut forged = Ws::connect(&format!("{}?token=not.a.token", ws_url(gw.addr))).await;

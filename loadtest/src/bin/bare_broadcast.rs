@@ -569,12 +569,18 @@ fn command(
                 Some(i) => {
                     names.remove(i);
                     rxs.remove(i);
-                    ServerMessage::Unsubscribed { channel, req }
+                    ServerMessage::Unsubscribed {
+                        channel,
+                        reason: None,
+                        req,
+                    }
                 }
                 None => error("not_subscribed", channel, req),
             }
         }
         Ok(ClientMessage::Ping { req }) => ServerMessage::Pong { req },
+        // No tokens here.
+        Ok(ClientMessage::Auth { req, .. }) => error("unknown_type", String::new(), req),
         // Like the gateway's default (`ws.allow_publish` off).
         Ok(ClientMessage::Publish { channel, req, .. }) => error("publish_forbidden", channel, req),
         Err((e, req)) => ServerMessage::Error {

@@ -13,6 +13,7 @@ use super::End;
 use super::connection::{Connection, Slot};
 use super::inbox::{Inbox, Report};
 use super::io::{Message, Session};
+use super::token::TokenClock;
 use crate::engine::PublishRequest;
 use crate::hub::queue::Queue;
 use crate::hub::{Announce, HubError, Membership};
@@ -62,7 +63,8 @@ fn req_of(cmd: &ClientMessage) -> Option<Value> {
         ClientMessage::Subscribe { req, .. }
         | ClientMessage::Unsubscribe { req, .. }
         | ClientMessage::Publish { req, .. }
-        | ClientMessage::Ping { req } => req.clone(),
+        | ClientMessage::Ping { req }
+        | ClientMessage::Auth { req, .. } => req.clone(),
     }
 }
 
@@ -194,7 +196,14 @@ impl Connection {
         session: &mut Session,
         timeout: Duration,
     ) -> Result<(), Outcome> {
+        if self.clock.awaiting_token() && !matches!(cmd, ClientMessage::Auth { .. }) {
+            let message = "send the token first: {\"type\":\"auth\",\"token\":...}";
+            return Err(Refused::new(ErrorCode::Unauthorized, message, req_of(&cmd)).into());
+        }
         match cmd {
+            ClientMessage::Auth { token, req } => {
+                self.authenticate(&token, req, session, timeout).await
+            }
             ClientMessage::Ping { req } => self
                 .reply(session, &ServerMessage::Pong { req }, timeout)
                 .await
@@ -217,7 +226,11 @@ impl Connection {
                 {
                     task.abort();
                 }
-                let reply = ServerMessage::Unsubscribed { channel, req };
+                let reply = ServerMessage::Unsubscribed {
+                    channel,
+                    reason: None,
+                    req,
+                };
                 self.reply(session, &reply, timeout)
                     .await
                     .map_err(Outcome::End)
@@ -239,6 +252,59 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// A token sent as a message: the first one of a connection opened without, or a fresh one
+    /// before the current expires. Channels the new token does not cover are unsubscribed
+    /// (`unsubscribed` with reason `forbidden`); the rest go on untouched, so nothing is lost
+    /// or repeated across a refresh. A refused first token ends the connection (4500); a
+    /// refused refresh leaves the current token in force until it expires.
+    async fn authenticate(
+        &mut self,
+        token: &str,
+        req: Option<Value>,
+        session: &mut Session,
+        timeout: Duration,
+    ) -> Result<(), Outcome> {
+        if !self.state.auth.required() {
+            let message = "this gateway does not use tokens";
+            return Err(Refused::new(ErrorCode::Unauthorized, message, req).into());
+        }
+        let grant = match self.state.auth.verify(token) {
+            Ok(grant) => grant,
+            Err(_) if self.clock.awaiting_token() => {
+                return Err(Outcome::End(Some(Disconnect::Unauthorized)));
+            }
+            Err(e) => return Err(Refused::new(e.code(), e.detail(), req).into()),
+        };
+        let dropped: Vec<u32> = (self.slots.0.iter())
+            .filter(|s| !grant.may_subscribe(&s.channel))
+            .map(|s| s.id)
+            .collect();
+        for id in dropped {
+            let Some(mut slot) = self.slots.remove(id) else {
+                continue;
+            };
+            if let Some(task) = slot.task.take() {
+                task.abort();
+            }
+            let reply = ServerMessage::Unsubscribed {
+                channel: slot.channel.to_string(),
+                reason: Some(ErrorCode::Forbidden.as_str().to_owned()),
+                req: None,
+            };
+            self.reply(session, &reply, timeout)
+                .await
+                .map_err(Outcome::End)?;
+        }
+        let warning = Duration::from_secs(self.state.settings.ws.token_warning_seconds);
+        self.clock = TokenClock::for_grant(&grant, warning);
+        let exp = grant.expires().unwrap_or_default();
+        self.grant = grant;
+        let reply = ServerMessage::Authenticated { exp, req };
+        self.reply(session, &reply, timeout)
+            .await
+            .map_err(Outcome::End)
     }
 
     /// Checks a subscribe and starts its resume in a side task, which reports back.

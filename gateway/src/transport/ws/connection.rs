@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::inbox::Inbox;
 use super::limits::Budget;
+use super::token::TokenClock;
 use crate::auth::Grant;
 use crate::hub::Membership;
 use crate::hub::queue::Queue;
@@ -39,6 +40,8 @@ pub(super) struct Connection {
     /// When the client last sent anything (heartbeat timeout).
     pub last_seen: Instant,
     pub reports: Arc<Inbox>,
+    /// When the token is due (first `auth`, expiry warning, expiry).
+    pub clock: TokenClock,
     pub _guard: ConnectionGuard,
 }
 

@@ -12,6 +12,7 @@
 //! - `session`: the loop and how a connection ends
 //! - `commands`: what the client asks for, and refusals
 //! - `writer`: frames out, with deadlines, batched
+//! - `token`: the token's clock (first `auth` deadline, expiry warning, close at `exp`)
 //! - `connection`, `inbox`, `limits`: the state they share
 //! - `io`: WebSocket framing on the socket
 
@@ -22,6 +23,7 @@ mod inbox;
 pub mod io;
 mod limits;
 mod session;
+mod token;
 mod writer;
 
 pub use accept::{Accepted, Upgrade, respond};

@@ -14,9 +14,11 @@ use super::connection::{Connection, Slots};
 use super::inbox::Inbox;
 use super::io::{MessageStream, Session};
 use super::limits::Budget;
+use super::token::{Due, TokenClock};
 use crate::hub::queue::{CloseReason, Drained};
 use crate::session::Admitted;
 use crate::state::AppState;
+use shared::ws::ServerMessage;
 
 /// The connection together with the receiving end of its report channel.
 pub(super) struct Running {
@@ -64,6 +66,16 @@ impl Running {
                     Some(Ok(msg)) => {
                         conn.last_seen = Instant::now();
                         if let Err(end) = Box::pin(conn.on_client(msg, &mut session, timeout)).await {
+                            break end;
+                        }
+                    }
+                },
+                due = conn.clock.fire() => match due {
+                    Due::NoToken => break Some(Disconnect::Unauthorized),
+                    Due::Expired => break Some(Disconnect::TokenExpired),
+                    Due::Warn { exp } => {
+                        let msg = ServerMessage::TokenExpiring { exp };
+                        if let Err(end) = Box::pin(conn.reply(&mut session, &msg, timeout)).await {
                             break end;
                         }
                     }
@@ -136,6 +148,14 @@ impl Running {
         let queue = state.hub.new_queue();
         let ws = &state.settings.ws;
         let budget = Budget::new(ws.commands_per_second, ws.max_protocol_errors);
+        let clock = if admitted.awaiting_token {
+            TokenClock::awaiting(Duration::from_secs(ws.auth_timeout_seconds))
+        } else {
+            TokenClock::for_grant(
+                &admitted.grant,
+                Duration::from_secs(ws.token_warning_seconds),
+            )
+        };
         let conn = Connection {
             state,
             grant: admitted.grant,
@@ -145,6 +165,7 @@ impl Running {
             budget,
             last_seen: Instant::now(),
             reports,
+            clock,
             _guard: admitted.guard,
         };
         Running { conn, inbox }

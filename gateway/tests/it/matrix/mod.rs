@@ -7,6 +7,7 @@
 //! - `delivery`: resume, gaps, slow consumers, the SIGTERM drain.
 //! - `admission`: tokens, origins and CORS, the connection limit, WebSockets over HTTP/2.
 //! - `hostile`: oversized heads and frames, head rules, trickled heads and bodies.
+//! - `token_expiry`: streams at a token's `exp`, WebSocket refresh and first-message auth.
 //! - `publishing`: API keys, cross-site publishes, the Host allowlist.
 //! - `curl`: a real HTTP/2 client (Debian's curl) over TLS and h2c.
 
@@ -15,6 +16,7 @@ mod curl;
 mod delivery;
 mod hostile;
 mod publishing;
+mod token_expiry;
 
 /// The WebSocket close code of an upgrade whose token was refused.
 pub const CLOSE_UNAUTHORIZED: u16 = 4500;
@@ -40,9 +42,22 @@ pub fn ev(id: &str, data: &str) -> (String, String) {
 
 /// A token for `channels`, signed with [`SECRET`].
 pub fn token(channels: &[&str]) -> String {
+    token_until(channels, 4_000_000_000)
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A token for `channels` that expires at `exp` (Unix seconds), signed with [`SECRET`].
+pub fn token_until(channels: &[&str], exp: u64) -> String {
     let claims = gateway::auth::Claims {
         sub: Some("matrix".into()),
-        exp: 4_000_000_000,
+        exp,
         channels: channels.iter().map(|c| c.to_string()).collect(),
         publish: Vec::new(),
     };
