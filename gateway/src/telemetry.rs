@@ -1,6 +1,10 @@
-//! Logging setup: `tracing` to stderr, text or JSON, filter from `RUST_LOG` or settings.
+//! Logging setup: `tracing` to stderr, text or JSON, filter from `RUST_LOG` or settings; and
+//! the rate-limited account of malformed input.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
@@ -18,4 +22,37 @@ pub fn init(log: &LogSettings) {
     } else {
         builder.try_init()
     };
+}
+
+/// How often at most the summary of malformed input is logged at WARN.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// Malformed input since the last summary, and when that was (ms since `START`).
+static MALFORMED: AtomicU64 = AtomicU64::new(0);
+static LAST_SUMMARY_MS: AtomicU64 = AtomicU64::new(0);
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Notes input the gateway refused as malformed (a broken request head, a failed TLS
+/// handshake, invalid WebSocket framing): the detail goes to DEBUG, and at most once a minute
+/// a WARN line says how many there were, so a flood of garbage cannot flood the logs.
+pub fn malformed(what: &'static str, detail: &dyn std::fmt::Display) {
+    tracing::debug!(what, detail = %detail, "refused malformed input");
+    let count = MALFORMED.fetch_add(1, Ordering::Relaxed) + 1;
+    let start = *START.get_or_init(Instant::now);
+    let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let last = LAST_SUMMARY_MS.load(Ordering::Relaxed);
+    let due = last == 0 || now_ms.saturating_sub(last) >= SUMMARY_EVERY.as_millis() as u64;
+    if due
+        && LAST_SUMMARY_MS
+            .compare_exchange(last, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let total = MALFORMED.swap(0, Ordering::Relaxed).max(count.min(1));
+        // (`count` keeps the line truthful if another thread swapped in between.)
+        tracing::warn!(
+            count = total,
+            latest = what,
+            "refused malformed input (details at DEBUG; at most one such line a minute)"
+        );
+    }
 }

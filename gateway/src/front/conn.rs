@@ -76,7 +76,7 @@ async fn serve_tls(front: Rc<Front>, stream: TcpStream) {
     let stream = match tokio::time::timeout(front.request_timeout, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
+            crate::telemetry::malformed("tls", &e);
             return;
         }
         Err(_) => {
@@ -187,13 +187,12 @@ where
 /// Runs `conn`; once the instance shuts down, asks it to finish: an idle HTTP/1.1 connection
 /// closes, HTTP/2 sends GOAWAY, and streams in flight end as the hub closes them. With `idle`,
 /// the connection is also asked to finish once it has had no open stream for that long.
-async fn graceful<C, E>(
+async fn graceful<C>(
     conn: C,
     mut shutdown: watch::Receiver<bool>,
     idle: Option<(Tracker, Duration)>,
 ) where
-    C: Graceful<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    C: Graceful<Output = Result<(), hyper::Error>>,
 {
     let mut conn = pin!(conn);
     let idle_out = async {
@@ -222,7 +221,11 @@ async fn graceful<C, E>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, "HTTP connection ended with an error");
+        if e.is_parse() || e.is_parse_too_large() {
+            crate::telemetry::malformed("http", &e);
+        } else {
+            tracing::debug!(error = %e, "HTTP connection ended with an error");
+        }
     }
 }
 

@@ -100,6 +100,9 @@ async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     let mut res = match checked {
         Ok(()) => route(inner, req).await,
         Err(e) => {
+            if e.code() == ErrorCode::BadRequestHead {
+                crate::telemetry::malformed("head", &e);
+            }
             state.metrics.rejected.with_label_values(&[e.code()]).inc();
             e.into_response()
         }

@@ -12,6 +12,7 @@ mod front;
 mod gap;
 mod hostile;
 mod http_api;
+mod logs;
 mod lost_writes;
 mod matrix;
 mod pubsub_drop;

@@ -62,7 +62,10 @@ impl Running {
                 }
                 msg = stream.recv() => match msg {
                     None => break None,
-                    Some(Err(e)) => break Some(protocol_error_close(&e)),
+                    Some(Err(e)) => {
+                        crate::telemetry::malformed("websocket", &e);
+                        break Some(protocol_error_close(&e));
+                    }
                     Some(Ok(msg)) => {
                         conn.last_seen = Instant::now();
                         if let Err(end) = Box::pin(conn.on_client(msg, &mut session, timeout)).await {

@@ -225,6 +225,9 @@ pub struct Gateway {
     pub scheme: &'static str,
 }
 
+/// A pseudo-variable for [`Gateway::spawn`]: the gateway's stderr (its logs) goes to this file.
+pub const LOG_CAPTURE_FILE: &str = "LOG_CAPTURE_FILE";
+
 impl Gateway {
     /// Starts the binary with `GATEWAY__...` variables; waits for its "listening" line.
     pub fn spawn(env: &[(&str, &str)]) -> Self {
@@ -238,12 +241,18 @@ impl Gateway {
                 "RUST_LOG",
                 std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
             );
+        // `LOG_CAPTURE_FILE` is the test's, not the gateway's: its logs go to that file.
+        let mut stderr = Stdio::inherit();
         for (k, v) in env {
-            cmd.env(k, v);
+            if *k == LOG_CAPTURE_FILE {
+                stderr = Stdio::from(std::fs::File::create(v).expect("log capture file"));
+            } else {
+                cmd.env(k, v);
+            }
         }
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn gateway");
         let stdout = child.stdout.take().expect("stdout");
