@@ -36,6 +36,16 @@ async fn query_tokens_never_reach_the_log_at_any_level() {
         let good = token(&["c"]);
         let mut stream = sse(arrival, &gw, &format!("/sse?channel=c&token={good}"), &[]).await;
         stream.ready().await;
+        let bearer = format!("Bearer {good}");
+        let mut header = sse(
+            arrival,
+            &gw,
+            "/sse?channel=c",
+            &[("authorization", &bearer)],
+        )
+        .await;
+        header.ready().await;
+        drop(header);
         // Refused tokens too: a bad token is as secret as a good one.
         let bad = format!("{good}x");
         let reply = open_sse(arrival, &gw, &format!("/sse?channel=c&token={bad}"), &[]).await;
