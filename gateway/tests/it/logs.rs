@@ -14,10 +14,14 @@ fn capture_file(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
-/// A gateway's log after it stopped.
+/// A gateway's log after it stopped (its capture directory removed).
 fn log_of(gw: Gateway, path: &std::path::Path) -> String {
     drop(gw);
-    std::fs::read_to_string(path).expect("captured log")
+    let log = std::fs::read_to_string(path).expect("captured log");
+    if let Some(dir) = path.parent() {
+        std::fs::remove_dir_all(dir).ok();
+    }
+    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

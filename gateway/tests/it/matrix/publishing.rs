@@ -60,6 +60,7 @@ async fn post(
 async fn api_keys_grant_channels_and_rates_on_every_arrival() {
     let file = keys_file();
     let file = file.to_str().expect("path").to_owned();
+    let dir = std::path::Path::new(&file).parent().map(|d| d.to_owned());
     each(&Arrival::ALL, move |arrival| {
         let file = file.clone();
         async move {
@@ -98,6 +99,9 @@ async fn api_keys_grant_channels_and_rates_on_every_arrival() {
         }
     })
     .await;
+    if let Some(dir) = dir {
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
 
 /// A page on another site can make a browser POST `text/plain` without a preflight; such a
