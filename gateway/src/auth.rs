@@ -67,7 +67,8 @@ impl Grant {
     pub fn expires(&self) -> Option<u64> {
         match self {
             Self::Anyone => None,
-            Self::Token(c) => Some(c.exp),
+            // A hook's grant without `exp` does not end.
+            Self::Token(c) => (c.exp != u64::MAX).then_some(c.exp),
         }
     }
 
@@ -211,6 +212,7 @@ mod tests {
     fn auth() -> Authenticator {
         Authenticator::new(&AuthSettings {
             jwt_secret: Some(crate::config::Secret::new(SECRET)),
+            ..AuthSettings::default()
         })
     }
 

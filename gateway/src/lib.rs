@@ -3,6 +3,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod auth;
+pub mod auth_hook;
 pub mod backoff;
 pub mod browser;
 pub mod cli;

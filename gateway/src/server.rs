@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use tokio::net::TcpStream;
 
 use crate::auth::Authenticator;
+use crate::auth_hook::AuthHook;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
@@ -99,6 +100,7 @@ pub async fn run(
         limiter: ConnectionLimiter::new(settings.server.max_connections),
         auth: Arc::new(Authenticator::new(&settings.auth)),
         publishers: Arc::new(Publishers::new(&settings.publish)),
+        hook: AuthHook::new(&settings.auth).map(Arc::new),
     };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use shared::ErrorCode;
 
 use crate::auth::Authenticator;
+use crate::auth_hook::AuthHook;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::hub::Hub;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     /// The publish API keys and their rates.
     pub publishers: Arc<Publishers>,
+    /// The backend authorization hook, when configured.
+    pub hook: Option<Arc<AuthHook>>,
 }
 
 /// The streaming transports.

@@ -50,6 +50,8 @@ codes! {
     TokenExpired = "token_expired",
     /// The instance is at its connection limit.
     ConnectionLimit = "connection_limit",
+    /// The authorization hook (`auth.hook_url`) did not answer, or failed.
+    AuthUnavailable = "auth_unavailable",
     // Subscribing.
     /// No channel named.
     MissingChannel = "missing_channel",

@@ -127,7 +127,7 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             transport::sse::respond(state, query, req.headers()).await
         }
         "/ws" if get => {
-            let (res, upgrade) = transport::ws::respond(state, &mut req);
+            let (res, upgrade) = transport::ws::respond(state, &mut req).await;
             if let Some(upgrade) = upgrade {
                 inner.upgrade.0.set(Some(upgrade));
             }

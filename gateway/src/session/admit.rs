@@ -1,9 +1,9 @@
 //! Admission: the checks every streaming connection passes before it holds anything, in one
 //! order for both transports: the Origin (WebSocket only: a browser's cross-site WebSocket is
-//! not subject to CORS), the token, then the connection limit.
+//! not subject to CORS), the token (or the authorization hook), then the connection limit.
 
 use http::header::HeaderMap;
-use shared::ErrorCode;
+use shared::{ChannelName, ErrorCode};
 
 use crate::auth::Grant;
 use crate::browser;
@@ -30,50 +30,48 @@ pub enum Refusal {
     Unauthorized(ApiError),
     /// The instance is at its connection limit (503).
     Full(ApiError),
+    /// The authorization hook is down (503).
+    Unavailable(ApiError),
 }
 
 impl Refusal {
     /// The HTTP error for this refusal.
     pub fn into_error(self) -> ApiError {
         match self {
-            Self::Origin(e) | Self::Unauthorized(e) | Self::Full(e) => e,
+            Self::Origin(e) | Self::Unauthorized(e) | Self::Full(e) | Self::Unavailable(e) => e,
+        }
+    }
+
+    /// The HTTP error of this refusal.
+    pub fn error(&self) -> &ApiError {
+        match self {
+            Self::Origin(e) | Self::Unauthorized(e) | Self::Full(e) | Self::Unavailable(e) => e,
         }
     }
 }
 
 /// Runs the checks in order; every refusal is counted in `gateway_requests_rejected_total`.
-pub fn admit(
+/// `channels` are those the request names (an SSE request's; none for a WebSocket), for the
+/// authorization hook.
+pub async fn admit(
     state: &AppState,
     transport: Transport,
     headers: &HeaderMap,
     query: &str,
+    channels: &[ChannelName],
 ) -> Result<Admitted, Refusal> {
     let metrics = &state.metrics;
+    let counted = |e: &ApiError| metrics.rejected.with_label_values(&[e.code()]).inc();
     if transport == Transport::Ws {
         let host = browser::host_of(headers, None);
         browser::check_origin(&state.settings, headers, host, "open WebSockets").map_err(|e| {
-            metrics.rejected.with_label_values(&[e.code()]).inc();
+            counted(&e);
             Refusal::Origin(e)
         })?;
     }
-    let mut awaiting_token = false;
-    let grant = match state.auth.authenticate(headers, query) {
-        Ok(grant) => grant,
-        // No token at all on a WebSocket: it may come as the first message instead (a token
-        // in an `auth` message stays out of URLs and access logs).
-        Err(e)
-            if transport == Transport::Ws
-                && e.code() == ErrorCode::Unauthorized
-                && state.settings.ws.auth_timeout_seconds > 0 =>
-        {
-            awaiting_token = true;
-            Grant::nothing()
-        }
-        Err(e) => {
-            metrics.rejected.with_label_values(&[e.code()]).inc();
-            return Err(Refusal::Unauthorized(e));
-        }
-    };
+    let (grant, awaiting_token) = credentials(state, transport, headers, query, channels)
+        .await
+        .inspect_err(|r| counted(r.error()))?;
     let guard = state
         .limiter
         .admit(metrics, transport)
@@ -83,4 +81,39 @@ pub fn admit(
         awaiting_token,
         guard,
     })
+}
+
+/// What the connection may do: its token's grant; without a token, the authorization hook's
+/// answer; or, on a WebSocket, nothing until its first `auth` message (`true`).
+async fn credentials(
+    state: &AppState,
+    transport: Transport,
+    headers: &HeaderMap,
+    query: &str,
+    channels: &[ChannelName],
+) -> Result<(Grant, bool), Refusal> {
+    let missing = match state.auth.authenticate(headers, query) {
+        Ok(grant) if state.auth.required() => return Ok((grant, false)),
+        // Tokens are off: none was looked for.
+        Ok(_) => None,
+        // No token at all (a bad one is refused: it never falls through to the hook).
+        Err(e) if e.code() == ErrorCode::Unauthorized => Some(e),
+        Err(e) => return Err(Refusal::Unauthorized(e)),
+    };
+    if let Some(hook) = &state.hook {
+        return match hook.authorize(transport, headers, channels).await {
+            Ok(grant) => Ok((grant, false)),
+            Err(e) if e.code() == ErrorCode::AuthUnavailable => Err(Refusal::Unavailable(e)),
+            Err(e) => Err(Refusal::Unauthorized(e)),
+        };
+    }
+    match missing {
+        None => Ok((Grant::Anyone, false)),
+        // It may come as the WebSocket's first message instead (a token in an `auth` message
+        // stays out of URLs and access logs).
+        Some(_) if transport == Transport::Ws && state.settings.ws.auth_timeout_seconds > 0 => {
+            Ok((Grant::nothing(), true))
+        }
+        Some(e) => Err(Refusal::Unauthorized(e)),
+    }
 }

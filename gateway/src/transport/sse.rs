@@ -149,7 +149,9 @@ pub async fn open(
             metrics.rejected.with_label_values(&[e.code()]).inc();
         })?;
     let Admitted { grant, guard, .. } =
-        session::admit(state, Transport::Sse, headers, query).map_err(Refusal::into_error)?;
+        session::admit(state, Transport::Sse, headers, query, &request.channels)
+            .await
+            .map_err(Refusal::into_error)?;
     if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
         return Err(ApiError::new(
             http::StatusCode::FORBIDDEN,
@@ -206,17 +208,18 @@ pub async fn open(
         heartbeat: settings.heartbeat(),
         retry_ms: settings.sse.retry_ms,
         metrics: metrics.clone(),
-        expires: grant.expires().map(instant_of),
+        expires: grant.expires().and_then(instant_of),
         guard,
     }))
 }
 
-/// The instant of Unix second `exp` (now, when it is past).
-fn instant_of(exp: u64) -> Instant {
+/// The instant of Unix second `exp` (now, when it is past; none when it is beyond what the
+/// clock can represent, i.e. never).
+fn instant_of(exp: u64) -> Option<Instant> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    Instant::now() + Duration::from_secs(exp).saturating_sub(now)
+    Instant::now().checked_add(Duration::from_secs(exp).saturating_sub(now))
 }
 
 /// `at`, or `other` when that is earlier.

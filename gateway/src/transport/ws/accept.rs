@@ -56,8 +56,11 @@ impl Accepted {
 
 /// The `GET /ws` handler: origin, handshake, token and capacity, then 101 and the upgrade to
 /// run; or the refusal, as an HTTP error.
-pub fn respond(state: &AppState, req: &mut Request<Incoming>) -> (Response<Body>, Option<Upgrade>) {
-    match admit(state, req) {
+pub async fn respond(
+    state: &AppState,
+    req: &mut Request<Incoming>,
+) -> (Response<Body>, Option<Upgrade>) {
+    match admit(state, req).await {
         Ok((accept, accepted)) => {
             let upgrade = Upgrade {
                 on_upgrade: hyper::upgrade::on(req),
@@ -78,11 +81,14 @@ pub fn respond(state: &AppState, req: &mut Request<Incoming>) -> (Response<Body>
 /// The handshake (400), then admission: the origin (403), the token (refused after the upgrade
 /// with close code 4500: browsers cannot read the status of a refused upgrade, they only see 1006
 /// and would retry forever), the connection limit (503).
-fn admit(state: &AppState, req: &Request<Incoming>) -> Result<(HeaderValue, Accepted), ApiError> {
+async fn admit(
+    state: &AppState,
+    req: &Request<Incoming>,
+) -> Result<(HeaderValue, Accepted), ApiError> {
     let headers = req.headers();
     let accept = handshake(headers)?;
     let query = req.uri().query().unwrap_or("");
-    let admitted = match session::admit(state, Transport::Ws, headers, query) {
+    let admitted = match session::admit(state, Transport::Ws, headers, query, &[]).await {
         Ok(admitted) => Ok(admitted),
         Err(Refusal::Unauthorized(e)) => Err(unauthorized_reason(&e)),
         Err(refusal) => return Err(refusal.into_error()),

@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 use crate::auth::Grant;
 
@@ -68,8 +68,11 @@ impl TokenClock {
         let due = *due;
         self.next = match (due, self.exp) {
             (Due::Warn { .. }, Some(exp)) => {
-                let at = Instant::now() + seconds_until(exp);
-                Some((Due::Expired, Box::pin(tokio::time::sleep_until(at))))
+                // `sleep` saturates a duration beyond the clock's range: never.
+                Some((
+                    Due::Expired,
+                    Box::pin(tokio::time::sleep(seconds_until(exp))),
+                ))
             }
             _ => None,
         };
@@ -90,6 +93,7 @@ mod tests {
     use super::*;
     use crate::auth::Claims;
     use std::sync::Arc;
+    use tokio::time::Instant;
 
     fn unix_now() -> u64 {
         SystemTime::now()

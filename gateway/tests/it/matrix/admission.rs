@@ -17,6 +17,7 @@ async fn missing_tokens_are_refused_alike_on_every_arrival() {
             .gateway(&[
                 ("GATEWAY__AUTH__JWT_SECRET", SECRET),
                 ("GATEWAY__PUBLISH__ALLOW_ANONYMOUS", "true"),
+                ("GATEWAY__WS__AUTH_TIMEOUT_SECONDS", "1"),
             ])
             .await;
         for headers in [&[][..], &[("authorization", "Bearer not.a.token")][..]] {
@@ -41,10 +42,14 @@ async fn missing_tokens_are_refused_alike_on_every_arrival() {
         stream.ready().await;
 
         if arrival.websocket() {
-            let mut ws = open_ws(arrival, &gw, "", &[])
-                .await
-                .expect("a refused token is told after the upgrade");
-            assert_eq!(ws.closed().await, Some(CLOSE_UNAUTHORIZED));
+            // A bad token is told right after the upgrade; none at all once no `auth` message
+            // came within the auth timeout.
+            for query in ["?token=not.a.token", ""] {
+                let mut ws = open_ws(arrival, &gw, query, &[])
+                    .await
+                    .expect("a refused token is told after the upgrade");
+                assert_eq!(ws.closed().await, Some(CLOSE_UNAUTHORIZED), "{query}");
+            }
             let mut ws = open_ws(arrival, &gw, &format!("?token={token}"), &[])
                 .await
                 .expect("upgrade");
