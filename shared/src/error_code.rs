@@ -30,6 +30,10 @@ codes! {
     // Requests and their heads.
     /// A head breaks HTTP/1.1's framing rules (Host, Content-Length).
     BadRequestHead = "bad_request_head",
+    /// A request head beyond the head limit (16 KiB, 64 header lines): 431.
+    HeadTooLarge = "head_too_large",
+    /// A request target too long to parse: 414.
+    UriTooLong = "uri_too_long",
     /// The request head did not arrive within the request timeout.
     RequestTimeout = "request_timeout",
     /// No such endpoint.

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::head::{self, Sniffed};
 use super::idle::Tracker;
 use super::limits::{MAX_HEAD, MAX_HEADERS};
+use super::parse_errors::JsonParseErrors;
 use super::service::{Service, UpgradeSlot};
 use super::{Front, Prefixed, raw, refuse};
 use crate::error::ApiError;
@@ -105,9 +106,9 @@ where
 {
     let upgrade = UpgradeSlot::new();
     let shutdown = front.state.hub.shutdown_signal();
-    let io = TokioIo::new(io);
     let served: LocalBoxFuture<'static, ()> = match protocol {
         Protocol::Http1 => {
+            let io = TokioIo::new(JsonParseErrors::new(io));
             let service = Service::new(front.state.clone(), upgrade.clone(), None, &front);
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -121,6 +122,7 @@ where
             Box::pin(graceful(conn, shutdown, None))
         }
         Protocol::Http2 => {
+            let io = TokioIo::new(io);
             let tracker = Tracker::new();
             let service = Service::new(
                 front.state.clone(),

@@ -18,6 +18,7 @@ pub mod cors;
 pub mod head;
 mod idle;
 pub mod limits;
+mod parse_errors;
 mod prefixed;
 pub mod pump;
 mod raw;

@@ -8,6 +8,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
 use super::Prefixed;
+use super::parse_errors::JsonParseErrors;
 use crate::transport::ws::Upgrade;
 use crate::transport::ws::io::{ReadIo, WriteIo};
 
@@ -32,9 +33,9 @@ pub fn run(upgrade: Upgrade) -> LocalBoxFuture<'static, ()> {
 
 /// The socket's halves, and the bytes already read past the upgrade request.
 fn split(upgraded: Upgraded) -> (ReadIo, WriteIo, BytesMut) {
-    match upgraded.downcast::<TokioIo<Prefixed>>() {
+    match upgraded.downcast::<TokioIo<JsonParseErrors<Prefixed>>>() {
         Ok(parts) => {
-            let (replay, stream) = parts.io.into_inner().into_parts();
+            let (replay, stream) = parts.io.into_inner().into_inner().into_parts();
             // What hyper had read past the head, then what it never read.
             let mut pending = BytesMut::from(parts.read_buf);
             pending.extend_from_slice(&replay);

@@ -11,8 +11,8 @@ use super::{CLOSE_TOO_BIG, WS_KEY, assert_error};
 use crate::common::arrival::*;
 use crate::common::rss_kib;
 
-/// A request head beyond 16 KiB is refused: 431 on HTTP/1.1, never served on HTTP/2; the
-/// connection's gateway keeps serving.
+/// A request head beyond 16 KiB is refused: 431 with the JSON error body on HTTP/1.1, never
+/// served on HTTP/2; the connection's gateway keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversized_heads_are_refused_on_every_arrival() {
     each(&Arrival::ALL, |arrival| async move {
@@ -25,7 +25,10 @@ async fn oversized_heads_are_refused_on_every_arrival() {
                 reply.as_ref().map(|r| r.status)
             );
             match (arrival.http2(), reply) {
-                (false, Ok(reply)) => assert_eq!(reply.status, 431, "GET {path}"),
+                (false, Ok(reply)) => {
+                    assert_eq!(reply.status, 431, "GET {path}");
+                    assert_error(&reply.json().await, "head_too_large");
+                }
                 (false, Err(e)) => panic!("GET {path}: no 431 but {e}"),
                 (true, Ok(reply)) => assert_eq!(
                     reply.status, 431,
@@ -153,6 +156,18 @@ async fn head_rules_are_the_same_on_every_http1_arrival() {
             (
                 "GET /sse without Host",
                 format!("{stream}\r\n"),
+                400,
+                refused,
+            ),
+            (
+                "GET /sse with a header line that is not a header",
+                format!("{stream}Host: x\r\nthis is not a header\r\n\r\n"),
+                400,
+                refused,
+            ),
+            (
+                "a request line that is not HTTP",
+                "GET /sse?channel=x HTTP/9.9\r\nHost: x\r\n\r\n".to_owned(),
                 400,
                 refused,
             ),
