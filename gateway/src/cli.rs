@@ -46,11 +46,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// Channel to publish to.
-    #[arg(long)]
-    pub channel: String,
+    #[arg(long, required_unless_present = "batch")]
+    pub channel: Option<String>,
     /// Payload; published as text unless --json is given.
-    #[arg(long)]
-    pub data: String,
+    #[arg(long, required_unless_present = "batch")]
+    pub data: Option<String>,
     /// Optional SSE event name.
     #[arg(long)]
     pub event: Option<String>,
@@ -60,17 +60,27 @@ pub struct PublishArgs {
     /// Publish through this gateway's HTTP API (default without Redis: http://<server.listen>).
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// Publish a batch in one call: a file (`-`: stdin) holding a JSON array of
+    /// `{"channel", "data", "event"?}` objects, as `POST /publish` takes; prints one id per line.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["channel", "data", "event", "json"])]
+    pub batch: Option<PathBuf>,
 }
 
-/// Runs `gateway publish`; returns the new event's id.
+/// Runs `gateway publish`; returns the new event's id (a batch's, one per line).
 pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<String> {
+    if let Some(path) = &args.batch {
+        return publish_batch(settings, path, args.url.as_deref()).await;
+    }
+    let (Some(channel), Some(data)) = (args.channel, args.data) else {
+        bail!("--channel and --data are required");
+    };
     let data = if args.json {
-        serde_json::from_str(&args.data).context("--data is not valid JSON")?
+        serde_json::from_str(&data).context("--data is not valid JSON")?
     } else {
-        serde_json::Value::String(args.data)
+        serde_json::Value::String(data)
     };
     let body = PublishBody {
-        channel: args.channel,
+        channel,
         data,
         event: args.event,
     };
@@ -85,11 +95,70 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<S
     let url = args
         .url
         .unwrap_or_else(|| format!("http://{}", settings.server.listen));
-    let key = (settings.publish.api_key.iter())
+    let reply = http_publish(&url, api_key(settings), &body).await?;
+    reply["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the gateway's answer has no id")
+}
+
+/// The key the CLI presents: `publish.api_key`, else the first of `publish.keys`.
+fn api_key(settings: &Settings) -> Option<&str> {
+    (settings.publish.api_key.iter())
         .chain(settings.publish.keys.iter().filter_map(|k| k.key.as_ref()))
         .next()
-        .map(crate::config::Secret::expose);
-    http_publish(&url, key, &body).await
+        .map(crate::config::Secret::expose)
+}
+
+/// `gateway publish --batch FILE`: into Redis in one round trip when configured, else one
+/// `POST /publish` with the array.
+async fn publish_batch(
+    settings: &Settings,
+    path: &std::path::Path,
+    url: Option<&str>,
+) -> anyhow::Result<String> {
+    let raw = if path == std::path::Path::new("-") {
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut raw).context("reading stdin")?;
+        raw
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+    };
+    let ids: Vec<String> = if url.is_none() && settings.redis.enabled() {
+        let requests = publish::batch::parse(&raw, settings.publish.max_batch)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let engine = crate::server::build_engine(settings, &Metrics::new())?;
+        let results = engine
+            .publish_batch(&requests)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut ids = Vec::with_capacity(results.len());
+        for (i, r) in results.into_iter().enumerate() {
+            ids.push(r.map_err(|e| anyhow::anyhow!("item {i}: {e}"))?.to_string());
+        }
+        ids
+    } else {
+        let body: serde_json::Value =
+            serde_json::from_slice(&raw).context("the batch is not JSON")?;
+        let url = url.map_or_else(
+            || format!("http://{}", settings.server.listen),
+            str::to_owned,
+        );
+        let reply = http_publish(&url, api_key(settings), &body).await?;
+        let results = reply["results"]
+            .as_array()
+            .context("the gateway's answer has no results")?;
+        results
+            .iter()
+            .map(|r| {
+                r["id"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("an item has no id")
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    Ok(ids.join("\n"))
 }
 
 /// `POST <url>/publish` with an HTTP client (reqwest, plain `http://`: the CLI talks to a
@@ -98,8 +167,8 @@ pub async fn publish(settings: &Settings, args: PublishArgs) -> anyhow::Result<S
 async fn http_publish(
     url: &str,
     api_key: Option<&str>,
-    body: &PublishBody,
-) -> anyhow::Result<String> {
+    body: &impl serde::Serialize,
+) -> anyhow::Result<serde_json::Value> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
         .build()
@@ -118,10 +187,5 @@ async fn http_publish(
     if !status.is_success() {
         bail!("the gateway answered {}: {text}", status.as_u16());
     }
-    let reply: serde_json::Value =
-        serde_json::from_str(&text).context("unexpected response body")?;
-    reply["id"]
-        .as_str()
-        .map(str::to_owned)
-        .context("response without id")
+    serde_json::from_str(&text).context("unexpected response body")
 }

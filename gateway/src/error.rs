@@ -48,6 +48,11 @@ impl ApiError {
         self
     }
 
+    /// The HTTP status (a batch's answer takes its first failure's).
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The stable code, for tests and logs.
     pub fn code(&self) -> ErrorCode {
         self.code

@@ -78,6 +78,8 @@ codes! {
     InvalidBody = "invalid_body",
     /// An event name breaks the naming rules.
     InvalidEvent = "invalid_event",
+    /// A batch of more events than `publish.max_batch`.
+    BatchTooLarge = "batch_too_large",
     /// A publish body beyond `publish.max_bytes`.
     BodyTooLarge = "body_too_large",
     /// A publish body that did not arrive within the request timeout.

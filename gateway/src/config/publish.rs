@@ -23,8 +23,10 @@ pub struct PublishSettings {
     pub rate_per_second: u32,
     /// Publishes a key may make at once before the rate applies; 0: twice the rate.
     pub burst: u32,
-    /// Largest accepted publish request body, bytes.
+    /// Largest accepted publish request body, bytes (a batch's whole body).
     pub max_bytes: usize,
+    /// Most events in one batch (`POST /publish` with a JSON array).
+    pub max_batch: usize,
 }
 
 impl Default for PublishSettings {
@@ -37,6 +39,7 @@ impl Default for PublishSettings {
             rate_per_second: 0,
             burst: 0,
             max_bytes: 64 * 1024,
+            max_batch: 1000,
         }
     }
 }
@@ -150,6 +153,9 @@ impl Settings {
         }
         if p.max_bytes < 64 {
             return Err(invalid("publish.max_bytes", "must be at least 64"));
+        }
+        if p.max_batch == 0 {
+            return Err(invalid("publish.max_batch", "must be at least 1"));
         }
         Ok(())
     }

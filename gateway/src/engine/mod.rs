@@ -120,6 +120,18 @@ impl Engine {
         }
     }
 
+    /// Stores and pushes many events in one round trip, each stored or refused by itself (not
+    /// a transaction); the outer error when the batch did not reach the store.
+    pub async fn publish_batch(
+        &self,
+        requests: &[PublishRequest],
+    ) -> Result<Vec<Result<Position, EngineError>>, EngineError> {
+        match self {
+            Self::Memory(e) => Ok(requests.iter().map(|r| e.publish(r.clone())).collect()),
+            Self::Redis(e) => e.publish_batch(requests).await,
+        }
+    }
+
     /// Reads history after `after`; see the module contract.
     pub async fn read(
         &self,

@@ -89,18 +89,27 @@ impl Publishers {
         if let Some(bucket) = &key.bucket
             && let Err(wait) = bucket.lock().take(Instant::now())
         {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                format!("the API key {:?} is over its publish rate", key.name),
-            )
-            .with_retry_after(wait));
+            return Err(over_rate(key, wait));
         }
         Ok(Caller { key: Some(key) })
     }
 }
 
 impl Caller<'_> {
+    /// Charges `extra` more publishes (a batch's events beyond its first) to the key's rate:
+    /// 429 with `Retry-After` when the bucket does not hold them all (then none is taken).
+    pub fn charge(&self, extra: usize) -> Result<(), ApiError> {
+        let Some(key) = self.key else { return Ok(()) };
+        let Some(bucket) = &key.bucket else {
+            return Ok(());
+        };
+        let extra = u32::try_from(extra).unwrap_or(u32::MAX);
+        bucket
+            .lock()
+            .take_n(extra, Instant::now())
+            .map_err(|wait| over_rate(key, wait))
+    }
+
     /// 403 unless this caller's key covers `channel`.
     pub fn may_publish(&self, channel: &ChannelName) -> Result<(), ApiError> {
         let Some(key) = self.key else { return Ok(()) };
@@ -133,6 +142,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(|(_, token)| token.trim())
 }
 
+fn over_rate(key: &Key, wait: u32) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        format!("the API key {:?} is over its publish rate", key.name),
+    )
+    .with_retry_after(wait)
+}
+
 fn unauthorized(detail: &'static str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, detail)
 }
@@ -158,17 +176,29 @@ impl Bucket {
 
     /// Takes one token, or says how many whole seconds until one is there.
     fn take(&mut self, now: Instant) -> Result<(), u32> {
+        self.take_n(1, now)
+    }
+
+    /// Takes `n` tokens at once, or none and says how many whole seconds until they are there.
+    /// A batch beyond the burst passes on a full bucket and leaves it in debt, so the rate
+    /// holds on average and no batch is refused forever.
+    fn take_n(&mut self, n: u32, now: Instant) -> Result<(), u32> {
+        if n == 0 {
+            return Ok(());
+        }
         if let Some(last) = self.last {
             let earned = now.saturating_duration_since(last).as_secs_f64() * self.rate;
             self.tokens = (self.tokens + earned).min(self.burst);
         }
         self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n);
+        let needed = n.min(self.burst);
+        if self.tokens >= needed {
+            self.tokens -= n;
             return Ok(());
         }
-        let wait = ((1.0 - self.tokens) / self.rate).ceil().max(1.0);
-        // Bounded by 1/rate with rate >= 1: the cast cannot truncate meaningfully.
+        let wait = ((needed - self.tokens) / self.rate).ceil().max(1.0);
+        // Bounded by burst/rate: the cast cannot truncate meaningfully.
         Err(wait.min(f64::from(u32::MAX)) as u32)
     }
 }
@@ -239,6 +269,24 @@ mod tests {
         for _ in 0..10 {
             assert!(p.identify(&headers("the-default-key")).is_ok());
         }
+    }
+
+    #[test]
+    fn a_batch_takes_all_its_tokens_or_none() {
+        let mut b = Bucket::new(10, 20);
+        let t0 = Instant::now();
+        assert!(b.take_n(15, t0).is_ok());
+        assert_eq!(b.take_n(6, t0), Err(1), "5 left: none taken");
+        assert!(b.take_n(5, t0).is_ok());
+        assert_eq!(
+            b.take_n(50, t0),
+            Err(2),
+            "beyond the burst: wait for a full bucket"
+        );
+        assert!(b.take_n(0, t0).is_ok());
+        let t2 = t0 + std::time::Duration::from_secs(2);
+        assert!(b.take_n(50, t2).is_ok(), "then it passes, in debt");
+        assert_eq!(b.take_n(1, t2), Err(4), "and the debt is paid at the rate");
     }
 
     #[test]

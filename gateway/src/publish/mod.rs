@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::response::{self, Body};
 use crate::state::AppState;
 
+pub mod batch;
 mod keys;
 
 pub use keys::{Caller, Publishers};
@@ -84,19 +85,26 @@ pub async fn respond(
     body_timeout: Duration,
 ) -> Response<Body> {
     match handle(state, req, body_timeout).await {
-        Ok(position) => response::json(
+        Ok(Published::One(position)) => response::json(
             StatusCode::OK,
             &serde_json::json!({ "id": position.to_string() }),
         ),
+        Ok(Published::Batch(results)) => batch::answer(&results),
         Err(e) => e.into_response(),
     }
+}
+
+/// What a `POST /publish` stored: one event, or a batch's outcome per event.
+enum Published {
+    One(Position),
+    Batch(Vec<Result<Position, ApiError>>),
 }
 
 async fn handle(
     state: &AppState,
     req: Request<Incoming>,
     body_timeout: Duration,
-) -> Result<Position, ApiError> {
+) -> Result<Published, ApiError> {
     // A browser's publish must come from an allowed origin (a cross-site `text/plain` POST
     // needs no preflight), then the caller is identified by its key and charged its rate.
     let host = browser::host_of(req.headers(), req.uri().authority().map(|a| a.as_str()));
@@ -121,12 +129,22 @@ async fn handle(
             ));
         }
         raw_request(&query, PayloadKind::Text, raw)?
+    } else if batch::is_batch(&raw) {
+        let requests = batch::parse(&raw, state.settings.publish.max_batch)?;
+        for r in &requests {
+            caller.may_publish(&r.channel)?;
+        }
+        // The key's rate counts events: the first was charged when it was identified.
+        caller.charge(requests.len().saturating_sub(1))?;
+        let results = batch::publish(state, &requests).await?;
+        return Ok(Published::Batch(results));
     } else {
         validate(parse_body(&raw)?)?
     };
     caller.may_publish(&request.channel)?;
     let counted = Some((&state.metrics, "http"));
-    publish(state.hub.engine(), request, counted).await
+    let position = publish(state.hub.engine(), request, counted).await?;
+    Ok(Published::One(position))
 }
 
 /// Parses a publish body, which must be a JSON object (serde would also accept a positional

@@ -441,3 +441,49 @@ async fn publish_cli_reports_unreachable_targets() {
         "{err}"
     );
 }
+
+/// `gateway publish --batch FILE` publishes a JSON array in one call, through a gateway's URL
+/// and straight into Redis, printing one id per line in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_cli_sends_batches() {
+    let dir = std::env::temp_dir().join(unique("gw-cli-batch-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("batch.json");
+    std::fs::write(
+        &file,
+        r#"[{"channel":"b1","data":"one"},{"channel":"b1","data":{"n":2}}]"#,
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+
+    let redis = Redis::start();
+    let prefix = format!("{}:", unique("clibatch"));
+    let gw = Gateway::on_redis(&redis, &prefix, &[]);
+    let mut sse = Sse::connect(&gw.url("/sse?channel=b1"), None).await;
+    sse.ready().await;
+    let base = format!("http://{}", gw.addr);
+    let redis_url = redis.url();
+    for env in [
+        vec![],
+        vec![
+            ("GATEWAY__REDIS__URL", redis_url.as_str()),
+            ("GATEWAY__REDIS__KEY_PREFIX", prefix.as_str()),
+        ],
+    ] {
+        let args: Vec<&str> = if env.is_empty() {
+            vec!["publish", "--url", &base, "--batch", file]
+        } else {
+            vec!["publish", "--batch", file]
+        };
+        let out = run(&args, &env).await;
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let ids: Vec<Position> = stdout(&out).lines().map(|l| l.parse().unwrap()).collect();
+        assert_eq!(ids.len(), 2, "{}", stdout(&out));
+        assert_eq!(ids[1].offset, ids[0].offset + 1);
+        let got: Vec<String> = sse.take(2).await.into_iter().map(|e| e.data).collect();
+        assert_eq!(got, ["one", r#"{"n":2}"#]);
+    }
+    let out = run(&["publish", "--batch", file, "--channel", "x"], &[]).await;
+    assert_ne!(out.status.code(), Some(0), "--batch excludes --channel");
+    std::fs::remove_dir_all(dir).ok();
+}

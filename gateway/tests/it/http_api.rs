@@ -779,3 +779,100 @@ async fn connection_limit_refuses_then_admits_after_a_close() {
     expect_error(sse_get(&url, None).await, 503, "connection_limit").await;
     assert_eq!(second.next().await.data, "still works");
 }
+
+/// A JSON array publishes a batch in one call, on both engines: every event in order with its
+/// id; a bad item refuses the whole batch with nothing stored; a batch beyond
+/// `publish.max_batch` is refused; after Redis lost its library, the batch loads it and goes
+/// through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_batches_in_one_call() {
+    let redis = Redis::start();
+    let on_redis = Gateway::on_redis(
+        &redis,
+        &format!("{}:", unique("batch")),
+        &[("GATEWAY__PUBLISH__MAX_BATCH", "4")],
+    );
+    let in_memory = Gateway::spawn(&[("GATEWAY__PUBLISH__MAX_BATCH", "4")]);
+    for gw in [&on_redis, &in_memory] {
+        let mut a = Sse::connect(&gw.url("/sse?channel=a"), None).await;
+        a.ready().await;
+        let mut b = Sse::connect(&gw.url("/sse?channel=b"), None).await;
+        b.ready().await;
+        let batch = json!([
+            { "channel": "a", "data": "a1" },
+            { "channel": "b", "data": { "n": 1 }, "event": "tick" },
+            { "channel": "a", "data": "a2" },
+        ]);
+        let res = http()
+            .post(gw.url("/publish"))
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let reply: Value = res.json().await.unwrap();
+        let results = reply["results"].as_array().expect("results");
+        let ids: Vec<Position> = results
+            .iter()
+            .map(|r| r["id"].as_str().expect("id").parse().unwrap())
+            .collect();
+        assert_eq!(
+            ids.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            [1, 1, 2],
+            "{reply}"
+        );
+        let got: Vec<String> = a.take(2).await.into_iter().map(|e| e.data).collect();
+        assert_eq!(got, ["a1", "a2"]);
+        let tick = b.next().await;
+        assert_eq!(
+            (tick.event.as_str(), tick.data.as_str()),
+            ("tick", r#"{"n":1}"#)
+        );
+
+        // A bad item: nothing of the batch is stored.
+        let bad = json!([{ "channel": "a", "data": "never" }, { "channel": "a{", "data": 1 }]);
+        let res = http()
+            .post(gw.url("/publish"))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        expect_error(res, 400, "invalid_channel").await;
+        let five = Value::Array(vec![json!({ "channel": "a", "data": 0 }); 5]);
+        let res = http()
+            .post(gw.url("/publish"))
+            .json(&five)
+            .send()
+            .await
+            .unwrap();
+        expect_error(res, 400, "batch_too_large").await;
+        a.assert_quiet(Duration::from_millis(300)).await;
+    }
+
+    let mut admin = redis.conn().await;
+    let _: () = ::redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let batch = json!([{ "channel": "a", "data": "a3" }, { "channel": "c", "data": "c1" }]);
+    let res = http()
+        .post(on_redis.url("/publish"))
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        200,
+        "the library is loaded again for the batch"
+    );
+    let reply: Value = res.json().await.unwrap();
+    assert_eq!(
+        reply["results"][0]["id"]
+            .as_str()
+            .map(|id| id.ends_with(":3")),
+        Some(true),
+        "{reply}"
+    );
+}

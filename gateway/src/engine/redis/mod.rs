@@ -5,6 +5,7 @@
 //! per instance (see `pubsub`). Both are opened through `dial` (single URL, TLS, or the primary
 //! found through Sentinel).
 
+mod batch;
 mod conn;
 mod conns;
 mod dial;
@@ -156,6 +157,12 @@ impl RedisEngine {
 
     /// Publishes through `gw_publish`.
     pub async fn publish(&self, req: PublishRequest) -> Result<Position, EngineError> {
+        let id: String = self.query(&self.publish_cmd(&req)).await?;
+        parse_id(&id)
+    }
+
+    /// The `FCALL gw_publish` of one request.
+    fn publish_cmd(&self, req: &PublishRequest) -> redis::Cmd {
         let mut cmd = redis::cmd("FCALL");
         cmd.arg("gw_publish")
             .arg(2)
@@ -166,9 +173,7 @@ impl RedisEngine {
             .arg(req.kind.as_str())
             .arg(&self.inner.maxlen)
             .arg(&self.inner.ttl_ms);
-        let id: String = self.query(&cmd).await?;
-        id.parse()
-            .map_err(|e| EngineError::Protocol(format!("gw_publish returned {id:?}: {e}")))
+        cmd
     }
 
     /// Reads history through `gw_read`.
@@ -366,6 +371,12 @@ impl RedisEngine {
 fn demoted(e: &redis::RedisError) -> bool {
     use redis::ServerErrorKind::{MasterDown, ReadOnly};
     matches!(e.kind(), redis::ErrorKind::Server(ReadOnly | MasterDown))
+}
+
+/// The position `gw_publish` answered.
+fn parse_id(id: &str) -> Result<Position, EngineError> {
+    id.parse()
+        .map_err(|e| EngineError::Protocol(format!("gw_publish returned {id:?}: {e}")))
 }
 
 fn classify(e: redis::RedisError) -> EngineError {

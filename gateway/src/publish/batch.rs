@@ -1,0 +1,127 @@
+//! Batch publishing: `POST /publish` with a JSON array of publish objects stores them all in
+//! one round trip to the store (`Engine::publish_batch`). Every item is validated before any is
+//! stored, so a malformed batch publishes nothing; once stored, each event succeeds or fails by
+//! itself and the answer lists the outcome of each, in order.
+
+use http::StatusCode;
+use serde_json::Value;
+use shared::{ErrorCode, Position};
+
+use super::{PublishBody, validate};
+use crate::engine::PublishRequest;
+use crate::error::ApiError;
+use crate::response::{self, Body};
+use crate::state::AppState;
+
+/// Whether a JSON body is a batch (an array) rather than one publish.
+pub fn is_batch(raw: &[u8]) -> bool {
+    raw.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+/// The requests of a batch body, each validated; the first bad item refuses the whole batch,
+/// naming its index.
+pub fn parse(raw: &[u8], max: usize) -> Result<Vec<PublishRequest>, ApiError> {
+    let items: Vec<Value> = serde_json::from_slice(raw).map_err(|e| {
+        ApiError::bad_request(
+            ErrorCode::InvalidJson,
+            format!("the batch is not JSON: {e}"),
+        )
+    })?;
+    if items.is_empty() {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidJson,
+            "the batch is empty",
+        ));
+    }
+    if items.len() > max {
+        return Err(ApiError::bad_request(
+            ErrorCode::BatchTooLarge,
+            format!("at most {max} events per batch (publish.max_batch)"),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at =
+                |e: ApiError| ApiError::bad_request(e.code(), format!("item {i}: {}", e.detail()));
+            if !item.is_object() {
+                return Err(at(ApiError::bad_request(
+                    ErrorCode::InvalidJson,
+                    "each item must be a JSON object {\"channel\": ..., \"data\": ...}",
+                )));
+            }
+            let body: PublishBody = serde_json::from_value(item)
+                .map_err(|e| at(ApiError::bad_request(ErrorCode::InvalidJson, e.to_string())))?;
+            validate(body).map_err(at)
+        })
+        .collect()
+}
+
+/// Publishes a validated batch; each event's position or error, in order.
+pub async fn publish(
+    state: &AppState,
+    requests: &[PublishRequest],
+) -> Result<Vec<Result<Position, ApiError>>, ApiError> {
+    let results = state.hub.engine().publish_batch(requests).await?;
+    let stored = results.iter().filter(|r| r.is_ok()).count();
+    state
+        .metrics
+        .published
+        .with_label_values(&["http"])
+        .inc_by(stored as u64);
+    Ok(results
+        .into_iter()
+        .map(|r| r.map_err(ApiError::from))
+        .collect())
+}
+
+/// The answer to a batch: `{"results": [{"id": ...} | {"error": code, "detail": text}]}`, 200
+/// when every event was stored, else the status of the first failure (the body still says
+/// which events were stored, so a retry can leave them out).
+pub fn answer(results: &[Result<Position, ApiError>]) -> http::Response<Body> {
+    let status = results
+        .iter()
+        .find_map(|r| r.as_ref().err().map(ApiError::status))
+        .unwrap_or(StatusCode::OK);
+    let items: Vec<Value> = results
+        .iter()
+        .map(|r| match r {
+            Ok(position) => serde_json::json!({ "id": position.to_string() }),
+            Err(e) => serde_json::json!({ "error": e.code().as_str(), "detail": e.detail() }),
+        })
+        .collect();
+    response::json(status, &serde_json::json!({ "results": items }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_told_from_single_publishes() {
+        assert!(is_batch(b"  \n[{}]"));
+        assert!(!is_batch(b"{\"channel\":\"a\"}"));
+        assert!(!is_batch(b""));
+    }
+
+    #[test]
+    fn a_bad_item_refuses_the_batch_naming_it() {
+        let ok = br#"[{"channel":"a","data":1},{"channel":"b","data":"x","event":"e"}]"#;
+        let requests = parse(ok, 10).unwrap();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].channel.as_str(), "b");
+        let bad = br#"[{"channel":"a","data":1},{"channel":"a{b","data":1}]"#;
+        let e = parse(bad, 10).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidChannel);
+        assert!(e.detail().starts_with("item 1:"), "{}", e.detail());
+        let e = parse(br#"[{"channel":"a","data":1}, 5]"#, 10).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidJson);
+        assert_eq!(parse(b"[]", 10).unwrap_err().code(), ErrorCode::InvalidJson);
+        let big = format!("[{}]", [r#"{"channel":"a","data":1}"#; 3].join(","));
+        assert_eq!(
+            parse(big.as_bytes(), 2).unwrap_err().code(),
+            ErrorCode::BatchTooLarge
+        );
+    }
+}
