@@ -89,6 +89,14 @@ pub struct ServerSettings {
     /// count as the gateway's own origin. In the environment, a comma-separated list.
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_hosts: Vec<String>,
+    /// Load balancers and proxies (CIDRs or addresses) whose word about the client's address
+    /// is taken: their `X-Forwarded-For` / `Forwarded`, or PROXY protocol header. Empty: every
+    /// peer is the client. In the environment, a comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
+    /// Connections from trusted proxies (every connection when none are listed) start with a
+    /// PROXY protocol v1 or v2 header (HAProxy `send-proxy-v2`), which names the client.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServerSettings {
@@ -106,6 +114,8 @@ impl Default for ServerSettings {
             http2: true,
             http2_max_streams: 256,
             allowed_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -324,6 +334,10 @@ pub struct LimitSettings {
     pub channel_cache: usize,
     /// Seconds a new subscription may wait for Redis before the request fails with 503.
     pub subscribe_timeout_seconds: u64,
+    /// Streams one client address may hold at once (IPv6: per /64); 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// New streams one client address may open per second; 0: no limit.
+    pub new_connections_per_ip_per_second: u32,
 }
 
 impl Default for LimitSettings {
@@ -333,6 +347,8 @@ impl Default for LimitSettings {
             queue_size: 1024,
             channel_cache: 128,
             subscribe_timeout_seconds: 10,
+            max_connections_per_ip: 0,
+            new_connections_per_ip_per_second: 0,
         }
     }
 }
@@ -515,6 +531,8 @@ impl Settings {
                 "set both server.tls_cert and server.tls_key, or neither",
             ));
         }
+        crate::client_ip::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|problem| invalid("server.trusted_proxies", problem))?;
         if self.server.http2_max_streams == 0 {
             return Err(invalid("server.http2_max_streams", "must be at least 1"));
         }

@@ -14,12 +14,14 @@ use tokio::net::TcpStream;
 
 use crate::auth::Authenticator;
 use crate::auth_hook::AuthHook;
+use crate::client_ip::TrustedProxies;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::front::{self, Front, tls::Tls};
 use crate::hub::{Hook, Hub, HubConfig};
+use crate::ip_limits::IpLimits;
 use crate::metrics::Metrics;
 use crate::publish::Publishers;
 use crate::state::{AppState, ConnectionLimiter};
@@ -101,6 +103,14 @@ pub async fn run(
         auth: Arc::new(Authenticator::new(&settings.auth)),
         publishers: Arc::new(Publishers::new(&settings.publish)),
         hook: AuthHook::new(&settings.auth).map(Arc::new),
+        // Validated with the settings.
+        trusted: Arc::new(
+            TrustedProxies::parse(&settings.server.trusted_proxies).unwrap_or_default(),
+        ),
+        ip_limits: IpLimits::new(
+            settings.limits.max_connections_per_ip,
+            settings.limits.new_connections_per_ip_per_second,
+        ),
     };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -130,6 +140,7 @@ pub async fn run(
                 user_timeout,
                 tls: tls.clone(),
                 http2: state.settings.server.http2,
+                proxy_protocol: state.settings.server.proxy_protocol,
             });
             fn_service(move |stream: TcpStream| {
                 front::serve(front.clone(), stream).map(Ok::<_, ()>)

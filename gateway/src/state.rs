@@ -7,9 +7,11 @@ use shared::ErrorCode;
 
 use crate::auth::Authenticator;
 use crate::auth_hook::AuthHook;
+use crate::client_ip::TrustedProxies;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::ip_limits::{IpLimits, IpSlot};
 use crate::metrics::Metrics;
 use crate::publish::Publishers;
 
@@ -30,6 +32,10 @@ pub struct AppState {
     pub publishers: Arc<Publishers>,
     /// The backend authorization hook, when configured.
     pub hook: Option<Arc<AuthHook>>,
+    /// Whose word about a client's address is taken.
+    pub trusted: Arc<TrustedProxies>,
+    /// Streams per client address.
+    pub ip_limits: Arc<IpLimits>,
 }
 
 /// The streaming transports.
@@ -100,6 +106,7 @@ impl ConnectionLimiter {
             limiter: self.clone(),
             metrics: metrics.clone(),
             transport,
+            _ip: None,
         })
     }
 }
@@ -109,6 +116,16 @@ pub struct ConnectionGuard {
     limiter: Arc<ConnectionLimiter>,
     metrics: Metrics,
     transport: &'static str,
+    /// The client address's slot, when per-address limits are on.
+    _ip: Option<IpSlot>,
+}
+
+impl ConnectionGuard {
+    /// The guard holding the client address's slot too, so both are released together.
+    pub fn with_ip(mut self, slot: Option<IpSlot>) -> Self {
+        self._ip = slot;
+        self
+    }
 }
 
 impl Drop for ConnectionGuard {

@@ -54,6 +54,10 @@ codes! {
     TokenExpired = "token_expired",
     /// The instance is at its connection limit.
     ConnectionLimit = "connection_limit",
+    /// The client address holds `limits.max_connections_per_ip` streams already (429).
+    TooManyConnections = "too_many_connections",
+    /// The client address opened more than `limits.new_connections_per_ip_per_second` (429).
+    ConnectionRateLimited = "connection_rate_limited",
     /// The authorization hook (`auth.hook_url`) did not answer, or failed.
     AuthUnavailable = "auth_unavailable",
     // Subscribing.

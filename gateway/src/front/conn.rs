@@ -3,6 +3,7 @@
 //! connection's task lives as long as the connection, so graceful shutdown waits for it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use super::head::{self, Sniffed};
 use super::idle::Tracker;
 use super::limits::{MAX_HEAD, MAX_HEADERS};
 use super::parse_errors::JsonParseErrors;
+use super::proxy_header;
 use super::service::{Service, UpgradeSlot};
 use super::{Front, Prefixed, raw, refuse};
 use crate::error::ApiError;
@@ -30,33 +32,63 @@ use crate::error::ApiError;
 const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Serves one accepted connection to its end.
-pub async fn serve(front: Rc<Front>, stream: TcpStream) {
+pub async fn serve(front: Rc<Front>, mut stream: TcpStream) {
     tune_socket(&stream, front.user_timeout);
-    if front.tls.is_some() {
-        return Box::pin(serve_tls(front, stream)).await;
-    }
     let deadline = Instant::now() + front.request_timeout;
     // Boxed, like every step after it: the connection's future is sized for its largest state
     // and lives as long as the connection, so a large step that finishes early (reading the
     // head, an HTTP connection before its upgrade) must not be stored inline.
+    let Some(peer) = Box::pin(peer_of(&front, &mut stream, deadline)).await else {
+        return;
+    };
+    if front.tls.is_some() {
+        return Box::pin(serve_tls(front, stream, peer)).await;
+    }
     let sniffed = Box::pin(head::sniff(&stream, deadline)).await;
-    route(&front, stream, sniffed).await;
+    route(&front, stream, sniffed, peer).await;
+}
+
+/// The connection's peer: the socket's, or the client a trusted proxy names in its PROXY
+/// header; `None` when a header that must be there is not (the connection is dropped).
+async fn peer_of(front: &Front, stream: &mut TcpStream, deadline: Instant) -> Option<IpAddr> {
+    let socket = stream
+        .peer_addr()
+        .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let trusted = &front.state.trusted;
+    if !front.proxy_protocol || !(trusted.is_empty() || trusted.contains(socket)) {
+        return Some(socket);
+    }
+    match proxy_header::read(stream, deadline).await {
+        // A header without an address: the proxy's own connection (a health check).
+        Ok(client) => Some(client.unwrap_or(socket)),
+        Err(e) => {
+            crate::telemetry::malformed("proxy", &e);
+            None
+        }
+    }
 }
 
 /// The rest of a plain connection's life, boxed to its own size: an idle SSE connection must not
 /// pay for the larger HTTP state, nor any connection for the steps it has finished.
-fn route(front: &Rc<Front>, stream: TcpStream, sniffed: Sniffed) -> LocalBoxFuture<'static, ()> {
+fn route(
+    front: &Rc<Front>,
+    stream: TcpStream,
+    sniffed: Sniffed,
+    peer: IpAddr,
+) -> LocalBoxFuture<'static, ()> {
     match sniffed {
-        Sniffed::Sse(head) => Box::pin(raw::serve(front.state.clone(), head, stream)),
+        Sniffed::Sse(head) => Box::pin(raw::serve(front.state.clone(), head, stream, peer)),
         Sniffed::Http2(prefix) if front.http2 => http(
             front.clone(),
             Prefixed::new(prefix, stream),
             Protocol::Http2,
+            peer,
         ),
         Sniffed::Http2(prefix) | Sniffed::Other(prefix) => http(
             front.clone(),
             Prefixed::new(prefix, stream),
             Protocol::Http1,
+            peer,
         ),
         Sniffed::TimedOut => Box::pin(async move {
             let e = ApiError::new(
@@ -71,7 +103,7 @@ fn route(front: &Rc<Front>, stream: TcpStream, sniffed: Sniffed) -> LocalBoxFutu
 }
 
 /// The TLS handshake (bounded by the request timeout), then HTTP/2 or HTTP/1.1 as ALPN agreed.
-async fn serve_tls(front: Rc<Front>, stream: TcpStream) {
+async fn serve_tls(front: Rc<Front>, stream: TcpStream, peer: IpAddr) {
     let Some(tls) = &front.tls else { return };
     let accept = tls.acceptor().accept(stream);
     let stream = match tokio::time::timeout(front.request_timeout, accept).await {
@@ -87,7 +119,7 @@ async fn serve_tls(front: Rc<Front>, stream: TcpStream) {
     };
     let h2 = front.http2 && stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
-    http(front.clone(), stream, protocol).await;
+    http(front.clone(), stream, protocol, peer).await;
 }
 
 /// Which HTTP version a connection speaks.
@@ -100,7 +132,7 @@ enum Protocol {
 /// Serves HTTP on `io` until the connection ends; after a WebSocket upgrade, runs the session on
 /// the socket hyper hands back. The hyper connection is boxed and freed before the session
 /// starts, so an idle WebSocket holds only its session.
-fn http<I>(front: Rc<Front>, io: I, protocol: Protocol) -> LocalBoxFuture<'static, ()>
+fn http<I>(front: Rc<Front>, io: I, protocol: Protocol, peer: IpAddr) -> LocalBoxFuture<'static, ()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -109,7 +141,7 @@ where
     let served: LocalBoxFuture<'static, ()> = match protocol {
         Protocol::Http1 => {
             let io = TokioIo::new(JsonParseErrors::new(io));
-            let service = Service::new(front.state.clone(), upgrade.clone(), None, &front);
+            let service = Service::new(front.state.clone(), upgrade.clone(), None, &front, peer);
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(front.request_timeout)
@@ -129,6 +161,7 @@ where
                 upgrade.clone(),
                 Some(tracker.clone()),
                 &front,
+                peer,
             );
             let conn = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())
@@ -269,12 +302,12 @@ mod tests {
         fn size2<A, B, F>(_: fn(A, B) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        fn size3<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        fn size4<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let front = size2::<Rc<Front>, TcpStream, _>(serve);
         assert!(front <= 192, "the front door's future is {front} bytes");
-        let sse = size3::<AppState, RequestHead, TcpStream, _>(raw::serve);
+        let sse = size4::<AppState, RequestHead, TcpStream, IpAddr, _>(raw::serve);
         assert!(sse <= 320, "a raw SSE stream's future is {sse} bytes");
     }
 }

@@ -20,6 +20,7 @@ mod idle;
 pub mod limits;
 mod parse_errors;
 mod prefixed;
+mod proxy_header;
 pub mod pump;
 mod raw;
 pub mod service;
@@ -68,4 +69,6 @@ pub struct Front {
     pub tls: Option<tls::Tls>,
     /// Whether HTTP/2 is offered (ALPN `h2`, h2c prior knowledge).
     pub http2: bool,
+    /// Whether trusted peers start with a PROXY protocol header (`server.proxy_protocol`).
+    pub proxy_protocol: bool,
 }

@@ -4,6 +4,7 @@
 //! around each event.
 
 use std::future::Future;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -18,21 +19,31 @@ use crate::state::AppState;
 use crate::transport::sse::{STREAM_HEADERS, SseStream, open};
 
 /// Serves the stream until the client leaves or the gateway ends it.
-pub fn serve(state: AppState, head: RequestHead, stream: TcpStream) -> impl Future<Output = ()> {
+pub fn serve(
+    state: AppState,
+    head: RequestHead,
+    stream: TcpStream,
+    peer: IpAddr,
+) -> impl Future<Output = ()> {
     // The setup is a large future, boxed and freed once done; after it, the connection's state
     // is the pump alone (an async fn would keep room for both side by side).
-    Box::pin(start(state, head, stream))
+    Box::pin(start(state, head, stream, peer))
         .then(OptionFuture::from)
         .map(drop)
 }
 
 /// Everything before streaming: the response head and the body, or the error already written.
-async fn start(state: AppState, head: RequestHead, stream: TcpStream) -> Option<Pump<SseStream>> {
+async fn start(
+    state: AppState,
+    head: RequestHead,
+    stream: TcpStream,
+    peer: IpAddr,
+) -> Option<Pump<SseStream>> {
     let cors = cors::lines(&state.settings.cors.allow_origins, &head.headers);
     let host = browser::host_of(&head.headers, None);
     let checked = browser::check_host(&state.settings, "/sse", host);
     let opened = match checked {
-        Ok(()) => open(&state, &head.query, &head.headers).await,
+        Ok(()) => open(&state, &head.query, &head.headers, peer).await,
         Err(e) => {
             state.metrics.rejected.with_label_values(&[e.code()]).inc();
             Err(e)

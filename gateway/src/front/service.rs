@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ struct Inner {
     /// Counts open streams (HTTP/2, where idle connections are closed by it).
     tracker: Option<Tracker>,
     body_timeout: Duration,
+    /// The connection's peer (the client, or the proxy that names it).
+    peer: IpAddr,
 }
 
 impl Service {
@@ -59,6 +62,7 @@ impl Service {
         upgrade: UpgradeSlot,
         tracker: Option<Tracker>,
         front: &Front,
+        peer: IpAddr,
     ) -> Self {
         Self {
             inner: Rc::new(Inner {
@@ -66,6 +70,7 @@ impl Service {
                 upgrade,
                 tracker,
                 body_timeout: front.request_timeout,
+                peer,
             }),
         }
     }
@@ -124,10 +129,10 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/sse" if get => {
             let query = req.uri().query().unwrap_or("");
-            transport::sse::respond(state, query, req.headers()).await
+            transport::sse::respond(state, query, req.headers(), inner.peer).await
         }
         "/ws" if get => {
-            let (res, upgrade) = transport::ws::respond(state, &mut req).await;
+            let (res, upgrade) = transport::ws::respond(state, &mut req, inner.peer).await;
             if let Some(upgrade) = upgrade {
                 inner.upgrade.0.set(Some(upgrade));
             }

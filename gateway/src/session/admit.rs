@@ -1,6 +1,9 @@
 //! Admission: the checks every streaming connection passes before it holds anything, in one
 //! order for both transports: the Origin (WebSocket only: a browser's cross-site WebSocket is
-//! not subject to CORS), the token (or the authorization hook), then the connection limit.
+//! not subject to CORS), the token (or the authorization hook), the client address's limits,
+//! then the instance's connection limit.
+
+use std::net::IpAddr;
 
 use http::header::HeaderMap;
 use shared::{ChannelName, ErrorCode};
@@ -32,20 +35,30 @@ pub enum Refusal {
     Full(ApiError),
     /// The authorization hook is down (503).
     Unavailable(ApiError),
+    /// The client address has too many streams, or opens them too fast (429).
+    TooMany(ApiError),
 }
 
 impl Refusal {
     /// The HTTP error for this refusal.
     pub fn into_error(self) -> ApiError {
         match self {
-            Self::Origin(e) | Self::Unauthorized(e) | Self::Full(e) | Self::Unavailable(e) => e,
+            Self::Origin(e)
+            | Self::Unauthorized(e)
+            | Self::Full(e)
+            | Self::Unavailable(e)
+            | Self::TooMany(e) => e,
         }
     }
 
     /// The HTTP error of this refusal.
     pub fn error(&self) -> &ApiError {
         match self {
-            Self::Origin(e) | Self::Unauthorized(e) | Self::Full(e) | Self::Unavailable(e) => e,
+            Self::Origin(e)
+            | Self::Unauthorized(e)
+            | Self::Full(e)
+            | Self::Unavailable(e)
+            | Self::TooMany(e) => e,
         }
     }
 }
@@ -59,6 +72,7 @@ pub async fn admit(
     headers: &HeaderMap,
     query: &str,
     channels: &[ChannelName],
+    peer: IpAddr,
 ) -> Result<Admitted, Refusal> {
     let metrics = &state.metrics;
     let counted = |e: &ApiError| metrics.rejected.with_label_values(&[e.code()]).inc();
@@ -72,10 +86,18 @@ pub async fn admit(
     let (grant, awaiting_token) = credentials(state, transport, headers, query, channels)
         .await
         .inspect_err(|r| counted(r.error()))?;
+    // Per client address, then for the instance (the address's slot is given back if the
+    // instance is full).
+    let client = state.trusted.client(peer, headers);
+    let per_ip = state.ip_limits.admit(client).map_err(|e| {
+        counted(&e);
+        Refusal::TooMany(e)
+    })?;
     let guard = state
         .limiter
         .admit(metrics, transport)
-        .map_err(Refusal::Full)?;
+        .map_err(Refusal::Full)?
+        .with_ip(per_ip);
     Ok(Admitted {
         grant,
         awaiting_token,

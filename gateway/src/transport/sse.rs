@@ -12,6 +12,7 @@
 //! channel order, so any instance can resume every channel of the connection from it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -115,8 +116,13 @@ pub const STREAM_HEADERS: [(&str, &str); 3] = [
 
 /// The `GET /sse` handler for requests hyper serves (HTTP/1.1 keep-alive, HTTP/2, TLS): the
 /// stream [`open`] starts, as a streaming body, or the refusal.
-pub async fn respond(state: &AppState, query: &str, headers: &HeaderMap) -> Response<Body> {
-    match open(state, query, headers).await {
+pub async fn respond(
+    state: &AppState,
+    query: &str,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> Response<Body> {
+    match open(state, query, headers, peer).await {
         Ok(stream) => {
             let body = StreamBody::new(stream.map(|chunk| chunk.map(Frame::data)));
             let mut res = Response::new(body.boxed_unsync());
@@ -139,6 +145,7 @@ pub async fn open(
     state: &AppState,
     query: &str,
     headers: &HeaderMap,
+    peer: IpAddr,
 ) -> Result<SseStream, ApiError> {
     let metrics = &state.metrics;
     let request =
@@ -148,10 +155,16 @@ pub async fn open(
             }
             metrics.rejected.with_label_values(&[e.code()]).inc();
         })?;
-    let Admitted { grant, guard, .. } =
-        session::admit(state, Transport::Sse, headers, query, &request.channels)
-            .await
-            .map_err(Refusal::into_error)?;
+    let Admitted { grant, guard, .. } = session::admit(
+        state,
+        Transport::Sse,
+        headers,
+        query,
+        &request.channels,
+        peer,
+    )
+    .await
+    .map_err(Refusal::into_error)?;
     if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
         return Err(ApiError::new(
             http::StatusCode::FORBIDDEN,

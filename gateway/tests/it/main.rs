@@ -3,6 +3,7 @@
 
 mod auth_hook;
 mod cli;
+mod client_ip;
 mod cluster;
 mod common;
 mod connections;

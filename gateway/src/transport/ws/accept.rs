@@ -2,6 +2,8 @@
 //! request, the 101 answer, and once hyper hands the socket back, the session (or the 4500
 //! close of a request whose token was refused).
 
+use std::net::IpAddr;
+
 use bytes::BytesMut;
 use http::header::{
     CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
@@ -59,8 +61,9 @@ impl Accepted {
 pub async fn respond(
     state: &AppState,
     req: &mut Request<Incoming>,
+    peer: IpAddr,
 ) -> (Response<Body>, Option<Upgrade>) {
-    match admit(state, req).await {
+    match admit(state, req, peer).await {
         Ok((accept, accepted)) => {
             let upgrade = Upgrade {
                 on_upgrade: hyper::upgrade::on(req),
@@ -84,11 +87,12 @@ pub async fn respond(
 async fn admit(
     state: &AppState,
     req: &Request<Incoming>,
+    peer: IpAddr,
 ) -> Result<(HeaderValue, Accepted), ApiError> {
     let headers = req.headers();
     let accept = handshake(headers)?;
     let query = req.uri().query().unwrap_or("");
-    let admitted = match session::admit(state, Transport::Ws, headers, query, &[]).await {
+    let admitted = match session::admit(state, Transport::Ws, headers, query, &[], peer).await {
         Ok(admitted) => Ok(admitted),
         Err(Refusal::Unauthorized(e)) => Err(unauthorized_reason(&e)),
         Err(refusal) => return Err(refusal.into_error()),
