@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+mod auth;
 mod redis_topology;
+
+pub use auth::{AuthSettings, PublicKeySettings};
 
 /// Why the settings could not be used; `main` prints it and exits with code 2.
 #[derive(Debug, thiserror::Error)]
@@ -270,15 +273,6 @@ impl Default for WsSettings {
     }
 }
 
-/// `[auth]`
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSettings {
-    /// HS256 secret; when set, subscribers need a token whose `channels` claim covers every
-    /// channel they subscribe to (and `publish` for client publishing).
-    pub jwt_secret: Option<String>,
-}
-
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -452,11 +446,7 @@ impl Settings {
         if self.ws.commands_per_second == 0 {
             return Err(invalid("ws.commands_per_second", "must be at least 1"));
         }
-        if let Some(secret) = &self.auth.jwt_secret
-            && secret.len() < 16
-        {
-            return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
-        }
+        self.validate_auth()?;
         if self.limits.max_channels == 0 {
             return Err(invalid("limits.max_channels", "must be at least 1"));
         }

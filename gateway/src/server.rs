@@ -91,12 +91,14 @@ pub async fn run(
         metrics.clone(),
         options.hook,
     );
+    let auth = Arc::new(Authenticator::new(&settings.auth).map_err(std::io::Error::other)?);
+    auth.start().await.map_err(std::io::Error::other)?;
     let state = AppState {
         hub: hub.clone(),
         settings: settings.clone(),
         metrics,
         limiter: ConnectionLimiter::new(settings.server.max_connections),
-        auth: Arc::new(Authenticator::new(&settings.auth)),
+        auth,
     };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

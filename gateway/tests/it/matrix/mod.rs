@@ -43,6 +43,7 @@ pub fn token(channels: &[&str]) -> String {
         exp: 4_000_000_000,
         channels: channels.iter().map(|c| c.to_string()).collect(),
         publish: Vec::new(),
+        info: None,
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
