@@ -63,6 +63,8 @@ struct Allowed {
     sub: Option<String>,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default)]
+    info: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl AuthHook {
@@ -167,6 +169,7 @@ impl AuthHook {
                 publish: Vec::new(),
                 sub: None,
                 exp: None,
+                info: None,
             }
         } else {
             serde_json::from_slice(&bytes).map_err(|e| {
@@ -180,6 +183,7 @@ impl AuthHook {
             exp: allowed.exp.unwrap_or(u64::MAX),
             channels: allowed.channels,
             publish: allowed.publish,
+            info: allowed.info,
         })))
     }
 

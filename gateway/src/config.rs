@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod auth;
 mod publish;
 mod redis_topology;
 mod secret;
 
+pub use auth::{AuthSettings, PublicKeySettings};
 pub use publish::{ApiKeySettings, PublishSettings};
 pub use secret::Secret;
 
@@ -288,39 +290,6 @@ impl Default for WsSettings {
     }
 }
 
-/// `[auth]`
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSettings {
-    /// HS256 secret; when set, subscribers need a token whose `channels` claim covers every
-    /// channel they subscribe to (and `publish` for client publishing).
-    pub jwt_secret: Option<Secret>,
-    /// The backend's authorization endpoint: a connection without a token is allowed by what
-    /// it answers for the client's cookies and `Authorization` header (see Security).
-    pub hook_url: Option<String>,
-    /// How long the hook may take before the client gets 503, milliseconds.
-    pub hook_timeout_ms: u64,
-    /// Seconds an allowing answer is reused for the same credentials and channels.
-    pub hook_cache_seconds: u64,
-    /// Seconds a refusing answer is reused.
-    pub hook_negative_cache_seconds: u64,
-    /// Most answers kept (bounded memory whatever clients send).
-    pub hook_cache_entries: usize,
-}
-
-impl Default for AuthSettings {
-    fn default() -> Self {
-        Self {
-            jwt_secret: None,
-            hook_url: None,
-            hook_timeout_ms: 2000,
-            hook_cache_seconds: 30,
-            hook_negative_cache_seconds: 5,
-            hook_cache_entries: 10_000,
-        }
-    }
-}
-
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -472,7 +441,6 @@ impl Settings {
         if self.history.ttl_seconds == 0 {
             return Err(invalid("history.ttl_seconds", "must be at least 1"));
         }
-        self.validate_publish()?;
         if self.sse.heartbeat_seconds == 0 {
             return Err(invalid("sse.heartbeat_seconds", "must be at least 1"));
         }
@@ -491,22 +459,8 @@ impl Settings {
         if self.ws.commands_per_second == 0 {
             return Err(invalid("ws.commands_per_second", "must be at least 1"));
         }
-        if let Some(secret) = &self.auth.jwt_secret
-            && secret.expose().len() < 16
-        {
-            return Err(invalid("auth.jwt_secret", "must be at least 16 bytes"));
-        }
-        if let Some(url) = &self.auth.hook_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(invalid(
-                "auth.hook_url",
-                "must start with http:// or https://",
-            ));
-        }
-        if self.auth.hook_timeout_ms == 0 {
-            return Err(invalid("auth.hook_timeout_ms", "must be at least 1"));
-        }
+        self.validate_auth()?;
+        self.validate_publish()?;
         if self.limits.max_channels == 0 {
             return Err(invalid("limits.max_channels", "must be at least 1"));
         }
@@ -549,7 +503,7 @@ impl Settings {
 
     /// Whether subscribers must authenticate (then publishing must too, unless allowed).
     pub fn auth_required(&self) -> bool {
-        self.auth.jwt_secret.is_some() || self.auth.hook_url.is_some()
+        self.auth.enabled() || self.auth.hook_url.is_some()
     }
 
     /// The listen address, parsed.

@@ -95,12 +95,14 @@ pub async fn run(
         metrics.clone(),
         options.hook,
     );
+    let auth = Arc::new(Authenticator::new(&settings.auth).map_err(std::io::Error::other)?);
+    auth.start().await.map_err(std::io::Error::other)?;
     let state = AppState {
         hub: hub.clone(),
         settings: settings.clone(),
         metrics,
         limiter: ConnectionLimiter::new(settings.server.max_connections),
-        auth: Arc::new(Authenticator::new(&settings.auth)),
+        auth,
         publishers: Arc::new(Publishers::new(&settings.publish)),
         hook: AuthHook::new(&settings.auth).map(Arc::new),
         // Validated with the settings.

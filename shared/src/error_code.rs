@@ -46,12 +46,31 @@ codes! {
     OriginNotAllowed = "origin_not_allowed",
     /// A `Host` that is not in `server.allowed_hosts` (DNS rebinding).
     HostNotAllowed = "host_not_allowed",
-    /// No token, or a token that is not valid.
+    /// No token (and authentication is on).
     Unauthorized = "unauthorized",
+    /// A token that is not a signed JWT the gateway can read (shape, encoding, JSON, claim
+    /// types, no `exp`).
+    TokenMalformed = "token_malformed",
+    /// A token whose signature does not verify with the key it names (or any key of its
+    /// algorithm).
+    TokenBadSignature = "token_bad_signature",
+    /// A token naming a key (`kid`) the gateway does not know (yet: it refreshes its JWKS).
+    TokenUnknownKey = "token_unknown_key",
+    /// A token whose `alg` is not the one its key is configured for (or `none`).
+    TokenAlgorithmNotAllowed = "token_algorithm_not_allowed",
+    /// A token past its `exp` (beyond the leeway); also the code of an SSE stream's final
+    /// `error` event when its token expires.
+    TokenExpired = "token_expired",
+    /// A token before its `nbf` (beyond the leeway).
+    TokenNotYetValid = "token_not_yet_valid",
+    /// A token whose `aud` does not name this gateway's configured audience.
+    TokenWrongAudience = "token_wrong_audience",
+    /// A token whose `iss` is not a configured issuer.
+    TokenWrongIssuer = "token_wrong_issuer",
+    /// A token with a `crit` header: it requires extensions the gateway does not implement.
+    TokenUnsupportedCrit = "token_unsupported_crit",
     /// The token does not allow the channel.
     Forbidden = "forbidden",
-    /// The token has expired (an SSE stream's final `error` event; a refused `auth`).
-    TokenExpired = "token_expired",
     /// The instance is at its connection limit.
     ConnectionLimit = "connection_limit",
     /// The client address holds `limits.max_connections_per_ip` streams already (429).

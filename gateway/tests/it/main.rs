@@ -2,6 +2,7 @@
 //! test needs hooks), each test on its own free ports.
 
 mod auth_hook;
+mod auth_tokens;
 mod cli;
 mod client_ip;
 mod cluster;

@@ -413,6 +413,7 @@ async fn tokens_limit_channels_and_publishing() {
         exp: 4_000_000_000,
         channels: vec!["user:u1:*".into(), "news".into()],
         publish: vec!["user:u1:*".into()],
+        info: None,
     };
     let token = jsonwebtoken::encode(
         &Header::default(),

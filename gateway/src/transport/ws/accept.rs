@@ -141,7 +141,7 @@ fn handshake(headers: &HeaderMap) -> Result<HeaderValue, ApiError> {
 /// The reason of the 4500 close sent after upgrading a request with a bad token, short enough
 /// for a close frame.
 fn unauthorized_reason(e: &ApiError) -> String {
-    format!("unauthorized: {}", e.detail())
+    format!("{}: {}", e.code().as_str(), e.detail())
         .chars()
         .take(120)
         .collect()

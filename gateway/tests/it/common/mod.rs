@@ -11,6 +11,7 @@
 pub mod arrival;
 pub mod exactly_once;
 pub mod follow;
+pub mod jwt;
 pub mod nginx;
 pub mod proxy;
 pub mod raw;

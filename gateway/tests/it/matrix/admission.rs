@@ -20,7 +20,13 @@ async fn missing_tokens_are_refused_alike_on_every_arrival() {
                 ("GATEWAY__WS__AUTH_TIMEOUT_SECONDS", "1"),
             ])
             .await;
-        for headers in [&[][..], &[("authorization", "Bearer not.a.token")][..]] {
+        for (headers, code) in [
+            (&[][..], "unauthorized"),
+            (
+                &[("authorization", "Bearer not.a.token")][..],
+                "token_malformed",
+            ),
+        ] {
             let reply = open_sse(arrival, &gw, "/sse?channel=news", headers).await;
             assert_eq!(reply.status, 401, "with {headers:?}");
             assert_eq!(reply.header("www-authenticate").as_deref(), Some("Bearer"));
@@ -28,7 +34,7 @@ async fn missing_tokens_are_refused_alike_on_every_arrival() {
                 reply.header("content-type").as_deref(),
                 Some("application/json")
             );
-            assert_error(&reply.json().await, "unauthorized");
+            assert_error(&reply.json().await, code);
         }
         let token = token(&["news"]);
         let bearer = format!("Bearer {token}");

@@ -60,6 +60,7 @@ pub fn token_until(channels: &[&str], exp: u64) -> String {
         exp,
         channels: channels.iter().map(|c| c.to_string()).collect(),
         publish: Vec::new(),
+        info: None,
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
