@@ -257,7 +257,9 @@ if [ "$gateways" -gt 0 ]; then
   gateway_env=(env -u GATEWAY__REDIS__URL -u GATEWAY__REDIS__SENTINELS
     -u GATEWAY__REDIS__SENTINEL_MASTER -u GATEWAY__REDIS__CLUSTER_NODES
     -u GATEWAY__SERVER__LISTEN -u GATEWAY__SERVER__TLS_CERT -u GATEWAY__SERVER__TLS_KEY
-    "GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS=$drain")
+    "GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS=$drain"
+    # The balancer on loopback names the client (X-Forwarded-For, or HAProxy's PROXY header).
+    GATEWAY__SERVER__TRUSTED_PROXIES=127.0.0.1 GATEWAY__SERVER__PROXY_PROTOCOL=true)
 
   # Sentinel and cluster support are newer than some gateway builds: ask the binary whether it
   # accepts this topology's settings (check-config parses, it does not connect, so stand-in
@@ -429,7 +431,7 @@ http {
     fastcgi_temp_path $dir/nginx/fastcgi;
     uwsgi_temp_path $dir/nginx/uwsgi;
     scgi_temp_path $dir/nginx/scgi;
-    log_format upstream '\$remote_addr [\$time_local] "\$request" \$status \$body_bytes_sent '
+    log_format upstream '\$remote_addr [\$time_local] "\$request_method \$uri \$server_protocol" \$status \$body_bytes_sent '
                         'up=\$upstream_addr up_status=\$upstream_status rt=\$request_time';
     access_log $dir/nginx/access.log upstream;
     # "upgrade" for WebSocket, otherwise no Connection header (keeps the keepalive pool usable).
@@ -487,7 +489,7 @@ global
 defaults
     mode http
     log global
-    option httplog
+    log-format "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq \\"%HM %HP %HV\\""
     option dontlognull
     option forwardfor
     # Fail over on connection errors and 503 (not ready, draining); never replay a POST.
@@ -520,13 +522,14 @@ backend be_gateway
     # Active readiness check: an instance without Redis, or draining, leaves the rotation.
     option httpchk GET /readyz
     http-check expect status 200
-    default-server check inter 2s fall 2 rise 2
+    default-server check inter 2s fall 2 rise 2 send-proxy-v2 check-send-proxy
 $servers
 backend be_streams
     http-reuse never
     balance roundrobin
     timeout server 1h
     option srvtcpka
+    default-server send-proxy-v2
 $stream_servers
 EOF
     start haproxy 3 "$dir/haproxy.log" "$lb_bin" -f "$dir/haproxy/haproxy.cfg" -db

@@ -96,8 +96,8 @@ pub struct ServerSettings {
     /// peer is the client. In the environment, a comma-separated list.
     #[serde(deserialize_with = "string_or_list")]
     pub trusted_proxies: Vec<String>,
-    /// Connections from trusted proxies (every connection when none are listed) start with a
-    /// PROXY protocol v1 or v2 header (HAProxy `send-proxy-v2`), which names the client.
+    /// Take a PROXY protocol v1 or v2 header (HAProxy `send-proxy-v2`) that a connection from a
+    /// trusted proxy starts with as naming the client. Needs `trusted_proxies`.
     pub proxy_protocol: bool,
 }
 
@@ -487,6 +487,12 @@ impl Settings {
         }
         crate::client_ip::TrustedProxies::parse(&self.server.trusted_proxies)
             .map_err(|problem| invalid("server.trusted_proxies", problem))?;
+        if self.server.proxy_protocol && self.server.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: only proxies may name the client",
+            ));
+        }
         if self.server.http2_max_streams == 0 {
             return Err(invalid("server.http2_max_streams", "must be at least 1"));
         }

@@ -49,13 +49,13 @@ pub async fn serve(front: Rc<Front>, mut stream: TcpStream) {
 }
 
 /// The connection's peer: the socket's, or the client a trusted proxy names in its PROXY
-/// header; `None` when a header that must be there is not (the connection is dropped).
+/// header; `None` when that header is broken (the connection is dropped).
 async fn peer_of(front: &Front, stream: &mut TcpStream, deadline: Instant) -> Option<IpAddr> {
     let socket = stream
         .peer_addr()
         .map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), |a| a.ip());
     let trusted = &front.state.trusted;
-    if !front.proxy_protocol || !(trusted.is_empty() || trusted.contains(socket)) {
+    if !front.proxy_protocol || !trusted.contains(socket) {
         return Some(socket);
     }
     match proxy_header::read(stream, deadline).await {

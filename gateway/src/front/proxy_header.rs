@@ -1,5 +1,7 @@
 //! The PROXY protocol header (v1 text or v2 binary) a load balancer sends before anything else
-//! on a connection (`server.proxy_protocol`), naming the client it proxies. Read with the
+//! on a connection (`server.proxy_protocol`), naming the client it proxies. Taken only from
+//! trusted proxies, and only when the connection starts with one (a trusted proxy that does not
+//! send it — nginx with `X-Forwarded-For`, a health check — is served as is). Read with the
 //! request deadline and a size bound, exactly to its end — never a byte of what follows, which
 //! belongs to TLS or HTTP — and parsed by the `ppp` crate.
 
@@ -19,15 +21,43 @@ const V1_MAX: usize = 107;
 /// without TLVs, a few dozen more with them).
 const V2_MAX_BODY: usize = 1024;
 
-/// Reads the header; the client's address, or `None` when the proxy says it has none (a
-/// `LOCAL` or `UNKNOWN` header, e.g. its own health check).
+/// Reads the header if the connection starts with one; the client's address, or `None` when
+/// there is no header or the proxy says it has no client (a `LOCAL` or `UNKNOWN` header, e.g.
+/// its own health check).
 pub async fn read(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<IpAddr>> {
-    match tokio::time::timeout_at(deadline, read_header(stream)).await {
-        Ok(header) => parse(&header?),
+    let read = async {
+        if !starts_with_header(stream).await? {
+            return Ok(None);
+        }
+        parse(&read_header(stream).await?)
+    };
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(result) => result,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            "no PROXY header in time",
+            "no request in time",
         )),
+    }
+}
+
+/// Whether the first bytes (peeked, left in the socket) are a PROXY signature; waits while
+/// they could still become one.
+async fn starts_with_header(stream: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 6];
+    loop {
+        stream.readable().await?;
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let seen = &first[..n];
+        let v1 = b"PROXY ".starts_with(seen);
+        let v2 = V2_SIGNATURE.starts_with(seen);
+        if n == first.len() || !(v1 || v2) {
+            return Ok(v1 || v2);
+        }
+        // A prefix of a signature: the rest is on its way (a proxy sends it in one packet).
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
@@ -139,13 +169,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn anything_else_is_refused() {
+    async fn without_a_header_nothing_is_read() {
         for bytes in [
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"\x16\x03\x01\x02",
+            b"GE",
+        ] {
+            let (ip, rest) = through_socket(bytes.to_vec()).await;
+            assert_eq!(ip.unwrap(), None);
+            assert_eq!(rest, bytes, "left for HTTP or TLS");
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_headers_are_refused() {
+        for bytes in [
             b"PROXY TCP4 nonsense\r\n".to_vec(),
             [b"PROXY ".to_vec(), vec![b'x'; 200]].concat(),
             v2(1, 0x11, &[0; 3000]),
-            b"PRO".to_vec(),
+            b"PROXY TCP4 1.2.3.4".to_vec(),
         ] {
             let (ip, _) = through_socket(bytes.clone()).await;
             assert!(ip.is_err(), "{:?}", String::from_utf8_lossy(&bytes));

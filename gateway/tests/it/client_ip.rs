@@ -110,6 +110,7 @@ const GET_SSE: &[u8] = b"GET /sse?channel=c HTTP/1.1\r\nHost: gw\r\n\r\n";
 async fn a_proxy_protocol_header_names_the_client() {
     let gw = Gateway::spawn(&[
         ("GATEWAY__SERVER__PROXY_PROTOCOL", "true"),
+        ("GATEWAY__SERVER__TRUSTED_PROXIES", "127.0.0.1"),
         ("GATEWAY__LIMITS__MAX_CONNECTIONS_PER_IP", "1"),
     ]);
     let v1 = |ip: &str| {
@@ -125,9 +126,14 @@ async fn a_proxy_protocol_header_names_the_client() {
     assert_eq!(status, Some(429), "the same client, whatever the socket");
     let (status, _other) = status_from([127, 0, 0, 1], gw.addr, &v1("198.51.100.2")).await;
     assert_eq!(status, Some(200));
-    // A connection without the header it must start with is dropped unanswered.
-    let (status, _) = status_from([127, 0, 0, 1], gw.addr, GET_SSE).await;
+    // Without a header the trusted peer is its own client; a broken header is dropped.
+    let (status, _own) = status_from([127, 0, 0, 1], gw.addr, GET_SSE).await;
+    assert_eq!(status, Some(200));
+    let (status, _) = status_from([127, 0, 0, 1], gw.addr, b"PROXY TCP4 nonsense\r\n").await;
     assert_eq!(status, None);
+    // From an untrusted peer a PROXY header is not believed: it is not HTTP either.
+    let (status, _) = status_from([127, 0, 0, 5], gw.addr, &v1("198.51.100.3")).await;
+    assert_eq!(status, Some(400));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,10 +150,7 @@ async fn haproxy_send_proxy_v2_gives_the_gateway_the_client_address() {
     assert_eq!(status, Some(429), "127.0.0.2 already holds its stream");
     let (status, _other) = status_from([127, 0, 0, 3], haproxy.addr, GET_SSE).await;
     assert_eq!(status, Some(200), "127.0.0.3 is another client");
-    // Direct from a trusted address without the header: dropped.
-    let (status, _) = status_from([127, 0, 0, 1], gw.addr, GET_SSE).await;
-    assert_eq!(status, None);
-    // From an untrusted address, a plain connection is its own client.
+    // Direct, without a header: the peer is its own client.
     let (status, _) = status_from([127, 0, 0, 4], gw.addr, GET_SSE).await;
     assert_eq!(status, Some(200));
 }
