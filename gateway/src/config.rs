@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod auth;
 mod publish;
+mod redis_password;
 mod redis_topology;
 mod secret;
 
@@ -148,6 +149,8 @@ pub struct RedisSettings {
         serialize_with = "redis_topology::serialize_redacted_list"
     )]
     pub cluster_nodes: Vec<String>,
+    /// A file holding the Redis password (Kubernetes/Docker secrets), for URLs without one.
+    pub password_file: Option<String>,
     /// PEM file of the CA that signs the Redis servers' certificates (`rediss://` only); unset:
     /// the public web roots.
     pub tls_ca: Option<String>,
@@ -181,6 +184,7 @@ impl Default for RedisSettings {
             sentinels: Vec::new(),
             sentinel_master: None,
             cluster_nodes: Vec::new(),
+            password_file: None,
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
@@ -391,6 +395,7 @@ impl Settings {
             .source(env);
         let mut settings: Settings = builder.add_source(env).build()?.try_deserialize()?;
         settings.publish.read_secret_files()?;
+        settings.redis.read_password_file()?;
         settings.validate()?;
         Ok(settings)
     }

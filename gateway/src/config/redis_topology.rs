@@ -15,6 +15,7 @@ impl fmt::Debug for RedisSettings {
             sentinels,
             sentinel_master,
             cluster_nodes,
+            password_file,
             tls_ca,
             tls_cert,
             tls_key,
@@ -34,6 +35,7 @@ impl fmt::Debug for RedisSettings {
                 "cluster_nodes",
                 &cluster_nodes.iter().map(|u| redact(u)).collect::<Vec<_>>(),
             )
+            .field("password_file", password_file)
             .field("tls_ca", tls_ca)
             .field("tls_cert", tls_cert)
             .field("tls_key", tls_key)

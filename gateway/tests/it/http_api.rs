@@ -876,3 +876,36 @@ async fn publish_batches_in_one_call() {
         "{reply}"
     );
 }
+
+/// `redis.password_file`: a Redis that requires a password is reached with the one from the
+/// file (the URL carries none), and the password appears in no printed setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_password_comes_from_a_file() {
+    let redis = Redis::start();
+    let mut admin = redis.conn().await;
+    let _: () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("pw from a file")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(unique("gw-redis-pw-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("password");
+    std::fs::write(&file, "pw from a file\n").unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    let gw = Gateway::on_redis(
+        &redis,
+        &format!("{}:", unique("pw")),
+        &[("GATEWAY__REDIS__PASSWORD_FILE", &file)],
+    );
+    let res = http()
+        .post(gw.url("/publish"))
+        .json(&json!({ "channel": "a", "data": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    std::fs::remove_dir_all(dir).ok();
+}
