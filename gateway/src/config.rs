@@ -344,6 +344,9 @@ pub struct LogSettings {
     pub filter: String,
     /// `text` or `json`.
     pub format: String,
+    /// One INFO line per request (target `gateway::access`): method, path without its query,
+    /// status, time to the response head, client address.
+    pub access: bool,
 }
 
 impl Default for LogSettings {
@@ -351,6 +354,7 @@ impl Default for LogSettings {
         Self {
             filter: "info".into(),
             format: "text".into(),
+            access: false,
         }
     }
 }

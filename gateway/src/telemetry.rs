@@ -56,3 +56,22 @@ pub fn malformed(what: &'static str, detail: &dyn std::fmt::Display) {
         );
     }
 }
+
+/// The access-log line of one request (`log.access`): the path without its query string, which
+/// may carry a token; the time is to the response head (a stream goes on after it).
+pub fn access(
+    method: &http::Method,
+    path: &str,
+    status: http::StatusCode,
+    started: Instant,
+    client: std::net::IpAddr,
+) {
+    tracing::info!(
+        target: "gateway::access",
+        method = %method,
+        path,
+        status = status.as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        %client,
+    );
+}

@@ -40,6 +40,7 @@ async fn start(
     peer: IpAddr,
 ) -> Option<Pump<SseStream>> {
     let cors = cors::lines(&state.settings.cors.allow_origins, &head.headers);
+    let started = std::time::Instant::now();
     let host = browser::host_of(&head.headers, None);
     let checked = browser::check_host(&state.settings, "/sse", host);
     let opened = match checked {
@@ -49,6 +50,13 @@ async fn start(
             Err(e)
         }
     };
+    if state.settings.log.access {
+        let status = opened
+            .as_ref()
+            .map_or_else(|e| e.status(), |_| http::StatusCode::OK);
+        let client = state.trusted.client(peer, &head.headers);
+        crate::telemetry::access(&http::Method::GET, "/sse", status, started, client);
+    }
     let body = match opened {
         Ok(body) => body,
         Err(e) => {

@@ -97,6 +97,11 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 /// Checks the head, routes, and adds CORS headers to whatever the answer is.
 async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
     let state = &inner.state;
+    let started = std::time::Instant::now();
+    let access = state.settings.log.access.then(|| {
+        let client = state.trusted.client(inner.peer, req.headers());
+        (req.method().clone(), req.uri().path().to_owned(), client)
+    });
     let allowed = &state.settings.cors.allow_origins;
     let origin = req.headers().get(ORIGIN).cloned();
     let host = browser::host_of(req.headers(), req.uri().authority().map(|a| a.as_str()));
@@ -113,6 +118,9 @@ async fn handle(inner: &Inner, req: Request<Incoming>) -> Response<Body> {
         }
     };
     cors::apply(allowed, origin.as_ref(), res.headers_mut());
+    if let Some((method, path, client)) = access {
+        crate::telemetry::access(&method, &path, res.status(), started, client);
+    }
     res
 }
 

@@ -110,3 +110,45 @@ async fn a_flood_of_malformed_requests_logs_one_warning() {
     assert!(warnings[0].contains("WARN"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_access_log_has_every_request_without_its_query() {
+    each(&Arrival::ALL, |arrival| async move {
+        let path = capture_file("access.log");
+        let path_text = path.to_str().expect("path").to_owned();
+        let gw = arrival
+            .gateway(&[
+                ("GATEWAY__LOG__ACCESS", "true"),
+                ("GATEWAY__SERVER__TRUSTED_PROXIES", "127.0.0.1"),
+                ("RUST_LOG", "info"),
+                (LOG_CAPTURE_FILE, &path_text),
+            ])
+            .await;
+        let xff = [("x-forwarded-for", "198.51.100.77")];
+        let mut stream = sse(arrival, &gw, "/sse?channel=c&token=secret-in-query", &xff).await;
+        stream.ready().await;
+        let reply = open_sse(arrival, &gw, "/sse?channel=a%7B", &[]).await;
+        assert_eq!(reply.status, 400);
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let log = log_of(gw, &path);
+        let access: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("gateway::access"))
+            .collect();
+        assert!(
+            access.iter().any(|l| l.contains("path=\"/sse\"")
+                && l.contains("status=200")
+                && l.contains("client=198.51.100.77")),
+            "{log}"
+        );
+        assert!(
+            access
+                .iter()
+                .any(|l| l.contains("status=400") && l.contains("client=127.0.0.1")),
+            "{log}"
+        );
+        assert!(!log.contains("secret-in-query"), "{log}");
+    })
+    .await;
+}
