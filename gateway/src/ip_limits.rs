@@ -14,6 +14,7 @@ use http::StatusCode;
 use parking_lot::Mutex;
 use shared::ErrorCode;
 
+use crate::bucket::TokenBucket;
 use crate::error::ApiError;
 
 /// Entries kept beyond those with open streams (whose number the connection limit bounds).
@@ -28,9 +29,8 @@ pub struct IpLimits {
 
 struct Entry {
     open: u32,
-    /// New-connection tokens (`per_second` a second, at most `per_second` saved).
-    tokens: f64,
-    last: Instant,
+    /// New streams (`per_second` a second, as many at once).
+    rate: TokenBucket,
 }
 
 /// One admitted stream's place in its address's count; released when dropped.
@@ -63,16 +63,15 @@ impl IpLimits {
         let now = Instant::now();
         let mut table = self.table.lock();
         if table.len() >= TABLE_LIMIT && !table.contains_key(&key) {
-            let per_second = self.per_second;
-            table.retain(|_, e| e.open > 0 || !e.refilled(per_second, now));
+            table.retain(|_, e| e.open > 0 || !e.rate.is_full(now));
             if table.len() >= TABLE_LIMIT {
                 table.retain(|_, e| e.open > 0);
             }
         }
-        let entry = table.entry(key).or_insert(Entry {
+        let per_second = self.per_second;
+        let entry = table.entry(key).or_insert_with(|| Entry {
             open: 0,
-            tokens: self.per_second,
-            last: now,
+            rate: TokenBucket::new(per_second, per_second),
         });
         if self.max_open > 0 && entry.open >= self.max_open {
             return Err(ApiError::new(
@@ -82,22 +81,16 @@ impl IpLimits {
             )
             .with_retry_after(1));
         }
-        if self.per_second > 0.0 {
-            let earned = now.saturating_duration_since(entry.last).as_secs_f64() * self.per_second;
-            entry.tokens = (entry.tokens + earned).min(self.per_second);
-            entry.last = now;
-            if entry.tokens < 1.0 {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    ErrorCode::ConnectionRateLimited,
-                    format!(
-                        "at most {} new streams a second per client address",
-                        self.per_second
-                    ),
-                )
-                .with_retry_after(1));
-            }
-            entry.tokens -= 1.0;
+        if self.per_second > 0.0 && !entry.rate.take(now) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::ConnectionRateLimited,
+                format!(
+                    "at most {} new streams a second per client address",
+                    self.per_second
+                ),
+            )
+            .with_retry_after(1));
         }
         entry.open += 1;
         Ok(Some(IpSlot {
@@ -112,21 +105,13 @@ impl IpLimits {
     }
 }
 
-impl Entry {
-    /// Whether the bucket would be full again by `now` (the entry then says nothing more).
-    fn refilled(&self, per_second: f64, now: Instant) -> bool {
-        per_second == 0.0
-            || self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * per_second
-                >= per_second
-    }
-}
-
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut table = self.limits.table.lock();
         if let Some(entry) = table.get_mut(&self.key) {
             entry.open = entry.open.saturating_sub(1);
-            if entry.open == 0 && entry.refilled(self.limits.per_second, Instant::now()) {
+            // With a full bucket the entry remembers nothing the next stream needs.
+            if entry.open == 0 && entry.rate.is_full(Instant::now()) {
                 table.remove(&self.key);
             }
         }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod auth_hook;
 pub mod backoff;
 pub mod browser;
+pub mod bucket;
 pub mod cli;
 pub mod client_ip;
 pub mod config;

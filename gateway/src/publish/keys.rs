@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use shared::{ChannelName, ErrorCode, pattern_matches};
 use subtle::ConstantTimeEq;
 
+use crate::bucket::TokenBucket;
 use crate::config::PublishSettings;
 use crate::error::ApiError;
 
@@ -24,7 +25,7 @@ struct Key {
     name: String,
     digest: [u8; 32],
     channels: Vec<String>,
-    bucket: Option<Mutex<Bucket>>,
+    bucket: Option<Mutex<TokenBucket>>,
 }
 
 /// Who is publishing: a key, or anyone when no key is configured.
@@ -43,7 +44,7 @@ impl Publishers {
                     0 => per_second.saturating_mul(2),
                     b => b,
                 };
-                Mutex::new(Bucket::new(per_second, burst))
+                Mutex::new(TokenBucket::new(f64::from(per_second), f64::from(burst)))
             })
         };
         let mut keys = Vec::new();
@@ -87,7 +88,7 @@ impl Publishers {
         }
         let key = found.ok_or_else(|| unauthorized("the API key is wrong"))?;
         if let Some(bucket) = &key.bucket
-            && let Err(wait) = bucket.lock().take(Instant::now())
+            && let Err(wait) = bucket.lock().take_n(1, Instant::now())
         {
             return Err(over_rate(key, wait));
         }
@@ -155,59 +156,10 @@ fn unauthorized(detail: &'static str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, detail)
 }
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Option<Instant>,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self {
-            tokens: burst,
-            rate: f64::from(rate),
-            burst,
-            last: None,
-        }
-    }
-
-    /// Takes one token, or says how many whole seconds until one is there.
-    fn take(&mut self, now: Instant) -> Result<(), u32> {
-        self.take_n(1, now)
-    }
-
-    /// Takes `n` tokens at once, or none and says how many whole seconds until they are there.
-    /// A batch beyond the burst passes on a full bucket and leaves it in debt, so the rate
-    /// holds on average and no batch is refused forever.
-    fn take_n(&mut self, n: u32, now: Instant) -> Result<(), u32> {
-        if n == 0 {
-            return Ok(());
-        }
-        if let Some(last) = self.last {
-            let earned = now.saturating_duration_since(last).as_secs_f64() * self.rate;
-            self.tokens = (self.tokens + earned).min(self.burst);
-        }
-        self.last = Some(now);
-        let n = f64::from(n);
-        let needed = n.min(self.burst);
-        if self.tokens >= needed {
-            self.tokens -= n;
-            return Ok(());
-        }
-        let wait = ((needed - self.tokens) / self.rate).ceil().max(1.0);
-        // Bounded by burst/rate: the cast cannot truncate meaningfully.
-        Err(wait.min(f64::from(u32::MAX)) as u32)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{ApiKeySettings, Secret};
-    use std::time::Duration;
 
     fn headers(key: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -269,37 +221,5 @@ mod tests {
         for _ in 0..10 {
             assert!(p.identify(&headers("the-default-key")).is_ok());
         }
-    }
-
-    #[test]
-    fn a_batch_takes_all_its_tokens_or_none() {
-        let mut b = Bucket::new(10, 20);
-        let t0 = Instant::now();
-        assert!(b.take_n(15, t0).is_ok());
-        assert_eq!(b.take_n(6, t0), Err(1), "5 left: none taken");
-        assert!(b.take_n(5, t0).is_ok());
-        assert_eq!(
-            b.take_n(50, t0),
-            Err(2),
-            "beyond the burst: wait for a full bucket"
-        );
-        assert!(b.take_n(0, t0).is_ok());
-        let t2 = t0 + std::time::Duration::from_secs(2);
-        assert!(b.take_n(50, t2).is_ok(), "then it passes, in debt");
-        assert_eq!(b.take_n(1, t2), Err(4), "and the debt is paid at the rate");
-    }
-
-    #[test]
-    fn buckets_refill_at_their_rate() {
-        let mut b = Bucket::new(2, 2);
-        let t0 = Instant::now();
-        assert!(b.take(t0).is_ok());
-        assert!(b.take(t0).is_ok());
-        assert_eq!(b.take(t0), Err(1));
-        assert!(b.take(t0 + Duration::from_millis(500)).is_ok());
-        assert!(b.take(t0 + Duration::from_millis(500)).is_err());
-        assert!(b.take(t0 + Duration::from_secs(10)).is_ok());
-        assert!(b.take(t0 + Duration::from_secs(10)).is_ok());
-        assert!(b.take(t0 + Duration::from_secs(10)).is_err());
     }
 }

@@ -2,14 +2,15 @@
 //! (`ws.commands_per_second`, bursts of twice that), and a count of misuse (malformed input,
 //! floods) that ends the connection past `ws.max_protocol_errors`.
 
+use std::time::Instant;
+
 use shared::ErrorCode;
-use tokio::time::Instant;
+
+use crate::bucket::TokenBucket;
 
 /// The budget of one connection.
 pub struct Budget {
-    rate: f64,
-    tokens: f64,
-    refilled: Instant,
+    commands: TokenBucket,
     errors: u32,
     max_errors: u32,
 }
@@ -19,9 +20,7 @@ impl Budget {
     pub fn new(commands_per_second: u32, max_errors: u32) -> Self {
         let rate = f64::from(commands_per_second);
         Self {
-            rate,
-            tokens: rate * 2.0,
-            refilled: Instant::now(),
+            commands: TokenBucket::new(rate, rate * 2.0),
             errors: 0,
             max_errors,
         }
@@ -29,16 +28,7 @@ impl Budget {
 
     /// Takes one command's token; `false` when the client is too fast.
     pub fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate * 2.0);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.commands.take(Instant::now())
     }
 
     /// Counts a refusal with `code`; `true` once misuse has passed the limit.
