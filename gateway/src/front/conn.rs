@@ -24,8 +24,10 @@ use super::idle::Tracker;
 use super::limits::{MAX_HEAD, MAX_HEADERS};
 use super::parse_errors::JsonParseErrors;
 use super::proxy_header;
+use super::raw_io::RawIo;
 use super::service::{Service, UpgradeSlot};
-use super::{Front, Prefixed, raw, refuse};
+use super::tls_stream::TlsStream;
+use super::{Front, Prefixed, raw, refuse_io};
 use crate::error::ApiError;
 
 /// Bytes an HTTP/2 stream may hold unsent (one burst of SSE frames).
@@ -70,9 +72,9 @@ async fn peer_of(front: &Front, stream: &mut TcpStream, deadline: Instant) -> Op
 
 /// The rest of a plain connection's life, boxed to its own size: an idle SSE connection must not
 /// pay for the larger HTTP state, nor any connection for the steps it has finished.
-fn route(
+fn route<S: RawIo + Send>(
     front: &Rc<Front>,
-    stream: TcpStream,
+    mut stream: S,
     sniffed: Sniffed,
     peer: IpAddr,
 ) -> LocalBoxFuture<'static, ()> {
@@ -96,30 +98,45 @@ fn route(
                 ErrorCode::RequestTimeout,
                 "the request head did not arrive in time",
             );
-            refuse(&stream, &e, "").await;
+            refuse_io(&mut stream, &e, "").await;
         }),
         Sniffed::Closed => Box::pin(std::future::ready(())),
     }
 }
 
-/// The TLS handshake (bounded by the request timeout), then HTTP/2 or HTTP/1.1 as ALPN agreed.
+/// The TLS handshake, then HTTP/2 as ALPN agreed, or the first request sniffed as on a plain
+/// connection (a first `GET /sse` takes the raw path over TLS too).
 async fn serve_tls(front: Rc<Front>, stream: TcpStream, peer: IpAddr) {
-    let Some(tls) = &front.tls else { return };
-    let accept = tls.acceptor().accept(stream);
-    let stream = match tokio::time::timeout(front.request_timeout, accept).await {
+    // Boxed: the TLS stream is large and lives on in what `route` returns, not here.
+    match Box::pin(open_tls(&front, stream)).await {
+        Some((stream, None)) => http(front.clone(), stream, Protocol::Http2, peer).await,
+        Some((stream, Some(sniffed))) => route(&front, stream, sniffed, peer).await,
+        None => {}
+    }
+}
+
+/// The handshake and, unless ALPN chose HTTP/2, the first request's head, both within the
+/// request timeout (as the plain path's head deadline also covers a PROXY header).
+async fn open_tls(front: &Front, stream: TcpStream) -> Option<(TlsStream, Option<Sniffed>)> {
+    let deadline = Instant::now() + front.request_timeout;
+    let tls = front.tls.as_ref()?;
+    let accept = TlsStream::accept(stream, tls.config());
+    let mut stream = match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             crate::telemetry::malformed("tls", &e);
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!("TLS handshake timed out");
-            return;
+            return None;
         }
     };
-    let h2 = front.http2 && stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
-    http(front.clone(), stream, protocol, peer).await;
+    if front.http2 && stream.alpn_protocol() == Some(b"h2") {
+        return Some((stream, None));
+    }
+    let sniffed = head::sniff_tls(&mut stream, deadline).await;
+    Some((stream, Some(sniffed)))
 }
 
 /// Which HTTP version a connection speaks.

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::limits::{self, MAX_HEAD, MAX_HEADERS};
+use super::tls_stream::TlsStream;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a client speaking h2c with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -59,6 +60,25 @@ pub async fn sniff(stream: &TcpStream, deadline: Instant) -> Sniffed {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return Sniffed::Closed,
+        }
+    }
+}
+
+/// [`sniff`] over TLS: the same decision on the decrypted bytes (the TLS stream frees its own
+/// buffers; this read's chunk lives only while the head is read).
+pub async fn sniff_tls(stream: &mut TlsStream, deadline: Instant) -> Sniffed {
+    use tokio::io::AsyncReadExt;
+    let mut sniffer = HeadSniffer::new(MAX_HEAD);
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        if let Some(decided) = sniffer.decide() {
+            return decided;
+        }
+        let room = sniffer.room().clamp(1, chunk.len());
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..room])).await {
+            Err(_) => return Sniffed::TimedOut,
+            Ok(Ok(0) | Err(_)) => return Sniffed::Closed,
+            Ok(Ok(n)) => sniffer.push(&chunk[..n]),
         }
     }
 }

@@ -23,13 +23,16 @@ mod prefixed;
 mod proxy_header;
 pub mod pump;
 mod raw;
+mod raw_io;
 pub mod service;
 pub mod tls;
+mod tls_stream;
 mod upgraded;
 
 use std::io;
 use std::time::Duration;
 
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::error::ApiError;
@@ -55,6 +58,14 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 /// client that is already gone has nothing left to be told, so a failed write is ignored.
 pub async fn refuse(stream: &TcpStream, e: &ApiError, extra: &str) {
     let _ = write_all(stream, &e.to_http1(extra)).await;
+}
+
+/// [`refuse`] on any connection (TLS): the answer, then our side closed.
+pub async fn refuse_io<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError, extra: &str) {
+    use tokio::io::AsyncWriteExt;
+    if stream.write_all(&e.to_http1(extra)).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// What every connection on one worker needs.

@@ -1,5 +1,5 @@
-//! A socket with bytes already read from it put back in front, so actix sees the connection
-//! exactly as the client sent it.
+//! A connection with bytes already read from it put back in front, so hyper sees the
+//! connection exactly as the client sent it.
 
 use std::io;
 use std::pin::Pin;
@@ -9,25 +9,26 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// The socket handed to actix: first the replayed bytes, then the socket itself.
-pub struct Prefixed {
+/// The connection handed to hyper: first the replayed bytes, then the connection itself (a
+/// socket, or TLS on one).
+pub struct Prefixed<S = TcpStream> {
     prefix: Bytes,
-    io: TcpStream,
+    io: S,
 }
 
-impl Prefixed {
+impl<S> Prefixed<S> {
     /// Replays `prefix` before reading from `io`.
-    pub fn new(prefix: Bytes, io: TcpStream) -> Self {
+    pub fn new(prefix: Bytes, io: S) -> Self {
         Self { prefix, io }
     }
 
-    /// The bytes not replayed yet, and the socket.
-    pub fn into_parts(self) -> (Bytes, TcpStream) {
+    /// The bytes not replayed yet, and the connection.
+    pub fn into_parts(self) -> (Bytes, S) {
         (self.prefix, self.io)
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -48,7 +49,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -1,4 +1,4 @@
-//! Drives a streaming response body straight into a raw socket.
+//! Drives a streaming response body straight into a raw connection (a socket, or TLS on one).
 //!
 //! Whatever chunks the body has ready go out in one vectored write, without copying them (an
 //! SSE frame is shared by every subscriber of its channel). While a write is blocked the body is
@@ -14,18 +14,17 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_util::Stream;
-use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
+
+use super::raw_io::RawIo;
 
 /// Chunks gathered into one write at most.
 const MAX_CHUNKS: usize = 64;
-/// Reads of client bytes per wake-up before yielding (a client has nothing to say on a stream).
-const MAX_DISCARDS: usize = 16;
 
 /// Writes `first` (the response head), then `body`, to `stream` until the body ends (then
 /// closes the socket) or the client leaves.
-pub fn pump<B>(stream: TcpStream, first: Bytes, body: B) -> Pump<B>
+pub fn pump<S, B>(stream: S, first: Bytes, body: B) -> Pump<S, B>
 where
+    S: RawIo,
     B: Stream<Item = Result<Bytes, Infallible>> + Unpin,
 {
     Pump {
@@ -37,8 +36,8 @@ where
 }
 
 /// The future returned by [`pump`].
-pub struct Pump<B> {
-    stream: TcpStream,
+pub struct Pump<S, B> {
+    stream: S,
     body: B,
     /// Chunks not yet (fully) written, oldest first.
     out: Vec<Bytes>,
@@ -52,28 +51,7 @@ enum State {
     Finishing,
 }
 
-impl<B> Pump<B> {
-    /// Whether the client closed its side (or the socket failed). Anything a client sends on a
-    /// response stream is discarded.
-    fn client_gone(&self, cx: &mut Context<'_>) -> bool {
-        for _ in 0..MAX_DISCARDS {
-            match self.stream.poll_read_ready(cx) {
-                Poll::Pending => return false,
-                Poll::Ready(Err(_)) => return true,
-                Poll::Ready(Ok(())) => {}
-            }
-            let mut sink = [0u8; 512];
-            match self.stream.try_read(&mut sink) {
-                Ok(0) => return true,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return true,
-            }
-        }
-        cx.waker().wake_by_ref();
-        false
-    }
-
+impl<S: RawIo, B> Pump<S, B> {
     /// Writes queued chunks until done or blocked.
     fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.out.is_empty() {
@@ -94,7 +72,8 @@ impl<B> Pump<B> {
             // A burst grew it; an idle stream should not keep that.
             self.out = Vec::new();
         }
-        Poll::Ready(Ok(()))
+        // TLS may hold ciphertext the socket did not take yet (a plain socket holds nothing).
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 }
 
@@ -113,8 +92,9 @@ fn advance(out: &mut Vec<Bytes>, mut n: usize) {
     out.drain(..done);
 }
 
-impl<B> Future for Pump<B>
+impl<S, B> Future for Pump<S, B>
 where
+    S: RawIo,
     B: Stream<Item = Result<Bytes, Infallible>> + Unpin,
 {
     type Output = ();
@@ -122,7 +102,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
-            if this.client_gone(cx) {
+            if this.stream.poll_client_gone(cx) {
                 return Poll::Ready(());
             }
             match this.flush(cx) {
@@ -131,7 +111,8 @@ where
                 Poll::Pending => return Poll::Pending,
             }
             if this.state == State::Finishing {
-                // Best effort: a FIN after the last byte; dropping the socket closes it anyway.
+                // Best effort: a FIN (after TLS's close_notify) after the last byte; dropping
+                // the socket closes it anyway.
                 let _ = Pin::new(&mut this.stream).poll_shutdown(cx);
                 return Poll::Ready(());
             }

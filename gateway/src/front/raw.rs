@@ -1,4 +1,4 @@
-//! A connection's first `GET /sse`, served on the raw socket: the same stream hyper would serve
+//! A connection's first `GET /sse`, served on the raw socket (or TLS on it): the same stream hyper would serve
 //! (`transport::sse::open`), with the response head written here and the body delimited by
 //! closing the connection (an SSE stream has no natural end), so no chunked framing is written
 //! around each event.
@@ -6,23 +6,22 @@
 use std::future::Future;
 use std::net::IpAddr;
 
-use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::future::OptionFuture;
-use tokio::net::TcpStream;
-
 use super::head::RequestHead;
 use super::pump::{Pump, pump};
-use super::{cors, refuse};
+use super::raw_io::RawIo;
+use super::{cors, refuse_io};
 use crate::browser;
 use crate::state::AppState;
 use crate::transport::sse::{STREAM_HEADERS, SseStream, open};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::OptionFuture;
 
 /// Serves the stream until the client leaves or the gateway ends it.
-pub fn serve(
+pub fn serve<S: RawIo>(
     state: AppState,
     head: RequestHead,
-    stream: TcpStream,
+    stream: S,
     peer: IpAddr,
 ) -> impl Future<Output = ()> {
     // The setup is a large future, boxed and freed once done; after it, the connection's state
@@ -33,12 +32,12 @@ pub fn serve(
 }
 
 /// Everything before streaming: the response head and the body, or the error already written.
-async fn start(
+async fn start<S: RawIo>(
     state: AppState,
     head: RequestHead,
-    stream: TcpStream,
+    mut stream: S,
     peer: IpAddr,
-) -> Option<Pump<SseStream>> {
+) -> Option<Pump<S, SseStream>> {
     let cors = cors::lines(&state.settings.cors.allow_origins, &head.headers);
     let started = std::time::Instant::now();
     let host = browser::host_of(&head.headers, None);
@@ -60,7 +59,7 @@ async fn start(
     let body = match opened {
         Ok(body) => body,
         Err(e) => {
-            refuse(&stream, &e, &cors).await;
+            refuse_io(&mut stream, &e, &cors).await;
             return None;
         }
     };

@@ -10,7 +10,6 @@ use parking_lot::RwLock;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
 
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +55,9 @@ impl Tls {
         Ok(())
     }
 
-    /// An acceptor with the configuration in force now.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().clone())
+    /// The configuration in force now, for a new connection.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current.read().clone()
     }
 }
 

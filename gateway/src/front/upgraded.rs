@@ -1,6 +1,7 @@
 //! After a WebSocket upgrade: takes the socket back from hyper and runs the session on it. On a
 //! plain connection the session gets the TCP socket itself (no HTTP layer left in between, so an
-//! idle WebSocket holds only its session); on TLS, the TLS stream.
+//! idle WebSocket holds only its session); on TLS, the TLS stream (ours, whose buffers are
+//! freed while idle).
 
 use bytes::BytesMut;
 use futures_util::future::LocalBoxFuture;
@@ -9,6 +10,7 @@ use hyper_util::rt::TokioIo;
 
 use super::Prefixed;
 use super::parse_errors::JsonParseErrors;
+use super::tls_stream::TlsStream;
 use crate::transport::ws::Upgrade;
 use crate::transport::ws::io::{ReadIo, WriteIo};
 
@@ -42,9 +44,19 @@ fn split(upgraded: Upgraded) -> (ReadIo, WriteIo, BytesMut) {
             let (read, write) = stream.into_split();
             (Box::new(read), Box::new(write), pending)
         }
-        Err(upgraded) => {
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(read), Box::new(write), BytesMut::new())
-        }
+        Err(upgraded) => match upgraded.downcast::<TokioIo<JsonParseErrors<Prefixed<TlsStream>>>>()
+        {
+            Ok(parts) => {
+                let (replay, stream) = parts.io.into_inner().into_inner().into_parts();
+                let mut pending = BytesMut::from(parts.read_buf);
+                pending.extend_from_slice(&replay);
+                let (read, write) = tokio::io::split(stream);
+                (Box::new(read), Box::new(write), pending)
+            }
+            Err(upgraded) => {
+                let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+                (Box::new(read), Box::new(write), BytesMut::new())
+            }
+        },
     }
 }

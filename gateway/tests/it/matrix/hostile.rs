@@ -299,7 +299,7 @@ async fn a_trickled_head_is_timed_out_on_every_http1_arrival() {
             .gateway(&[("GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS", "1")])
             .await;
         let mut io = connect(arrival, &gw).await;
-        if arrival != Arrival::First {
+        if arrival.later() {
             serve_one(&mut io).await;
         }
         let outcome = trickle(

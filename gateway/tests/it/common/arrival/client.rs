@@ -47,7 +47,7 @@ impl Drop for Client {
 }
 
 impl Client {
-    /// A fresh connection for `arrival`; for [`Arrival::KeepAlive`], one `GET /healthz` has been
+    /// A fresh connection for `arrival`; for the later arrivals, one `GET /healthz` has been
     /// served on it, so the next request is a later one.
     pub async fn connect(arrival: Arrival, gw: impl Into<Target>) -> Self {
         let gw: Target = gw.into();
@@ -74,7 +74,7 @@ impl Client {
             scheme: gw.scheme,
             task,
         };
-        if arrival == Arrival::KeepAlive {
+        if arrival.later() {
             let (status, body) = client
                 .call(Method::GET, "/healthz", &[], empty())
                 .await
@@ -197,8 +197,8 @@ impl Reply {
     }
 
     /// The SSE stream of a 200 answer (panics with the body otherwise), after checking it was
-    /// served the arrival's way: raw and close-delimited for [`Arrival::First`], chunked by
-    /// hyper on the other HTTP/1.1 arrivals.
+    /// served the arrival's way: raw and close-delimited for a first request (plain or TLS),
+    /// chunked by hyper for a later one.
     pub async fn events(self) -> Events {
         if self.status != 200 {
             let status = self.status;
@@ -210,14 +210,14 @@ impl Reply {
         );
         let chunked = self.header("transfer-encoding").as_deref() == Some("chunked");
         match self.arrival {
-            Arrival::First => {
+            Arrival::First | Arrival::Tls => {
                 assert!(
                     !chunked && self.header("connection").as_deref() == Some("close"),
                     "a first GET /sse is served raw, close-delimited: {:?}",
                     self.headers
                 );
             }
-            Arrival::KeepAlive | Arrival::Tls => {
+            Arrival::KeepAlive | Arrival::TlsKeepAlive => {
                 assert!(chunked, "served by hyper, chunked: {:?}", self.headers);
             }
             Arrival::Tls2 | Arrival::H2c => {}
@@ -226,8 +226,8 @@ impl Reply {
     }
 }
 
-/// Sends one request on a fresh connection of `arrival` (after `GET /healthz` for
-/// [`Arrival::KeepAlive`]); the client's error if there is no response.
+/// Sends one request on a fresh connection of `arrival` (after `GET /healthz` for the later
+/// arrivals); the client's error if there is no response.
 pub async fn request(
     arrival: Arrival,
     gw: &Gateway,

@@ -5,7 +5,9 @@
 //!   `GET /sse` is served on the raw socket (close-delimited).
 //! - [`Arrival::KeepAlive`]: a later request on a keep-alive HTTP/1.1 connection (after one
 //!   served `GET /healthz`), served by hyper.
-//! - [`Arrival::Tls`]: HTTP/1.1 over TLS (ALPN `http/1.1`).
+//! - [`Arrival::Tls`]: the first request over TLS, HTTP/1.1 (ALPN `http/1.1`); a first
+//!   `GET /sse` is served raw over TLS too.
+//! - [`Arrival::TlsKeepAlive`]: a later request on a keep-alive TLS connection, served by hyper.
 //! - [`Arrival::Tls2`]: HTTP/2 over TLS (ALPN `h2`).
 //! - [`Arrival::H2c`]: cleartext HTTP/2 with prior knowledge.
 //!
@@ -59,8 +61,10 @@ pub enum Arrival {
     First,
     /// A later request on a keep-alive HTTP/1.1 connection.
     KeepAlive,
-    /// HTTP/1.1 over TLS.
+    /// First request on a fresh TLS connection, HTTP/1.1.
     Tls,
+    /// A later request on a keep-alive HTTP/1.1 connection over TLS.
+    TlsKeepAlive,
     /// HTTP/2 over TLS (ALPN `h2`).
     Tls2,
     /// Cleartext HTTP/2 with prior knowledge.
@@ -69,24 +73,30 @@ pub enum Arrival {
 
 impl Arrival {
     /// Every arrival.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::First,
         Self::KeepAlive,
         Self::Tls,
+        Self::TlsKeepAlive,
         Self::Tls2,
         Self::H2c,
     ];
     /// The HTTP/1.1 arrivals (where a request head is written by hand, and where WebSockets
     /// arrive).
-    pub const HTTP1: [Self; 3] = [Self::First, Self::KeepAlive, Self::Tls];
+    pub const HTTP1: [Self; 4] = [Self::First, Self::KeepAlive, Self::Tls, Self::TlsKeepAlive];
     /// The arrivals a WebSocket can use (an upgrade needs HTTP/1.1).
-    pub const WS: [Self; 3] = Self::HTTP1;
+    pub const WS: [Self; 4] = Self::HTTP1;
     /// The HTTP/2 arrivals.
     pub const HTTP2: [Self; 2] = [Self::Tls2, Self::H2c];
 
     /// Whether the gateway for this arrival terminates TLS.
     pub fn tls(self) -> bool {
-        matches!(self, Self::Tls | Self::Tls2)
+        matches!(self, Self::Tls | Self::TlsKeepAlive | Self::Tls2)
+    }
+
+    /// Whether the request under test follows one already served on its connection.
+    pub fn later(self) -> bool {
+        matches!(self, Self::KeepAlive | Self::TlsKeepAlive)
     }
 
     /// Whether requests arrive as HTTP/2.

@@ -3,14 +3,14 @@
 use super::*;
 
 /// A connection on which the request under test is written by hand (HTTP/1.1 arrivals only):
-/// for [`Arrival::KeepAlive`], one `GET /healthz` has been served on it already.
+/// for the later arrivals, one `GET /healthz` has been served on it already.
 pub async fn raw(arrival: Arrival, gw: &Gateway) -> BoxIo {
     assert!(
         !arrival.http2(),
         "{arrival} requests are not written by hand"
     );
     let mut io = connect(arrival, gw).await;
-    if arrival == Arrival::KeepAlive {
+    if arrival.later() {
         serve_one(&mut io).await;
     }
     io
