@@ -1079,7 +1079,10 @@ async fn stop_publishers(
 /// Gateway settings of these tests (besides the Redis location and key prefix).
 const GATEWAY_ENV: [(&str, &str); 4] = [
     ("GATEWAY__REDIS__TIMEOUT_SECONDS", "1"),
-    ("GATEWAY__REDIS__PROBE_SECONDS", "1"),
+    // Longer than the whole test: the failover must be followed from the dead primary's
+    // disconnection (redis-rs repairs and re-subscribes), not found by a probe that did not
+    // come back.
+    ("GATEWAY__REDIS__PROBE_SECONDS", "120"),
     // One WebSocket client watches all 100 channels and subscribes them at once.
     ("GATEWAY__LIMITS__MAX_CHANNELS", "100"),
     ("GATEWAY__WS__COMMANDS_PER_SECOND", "1000"),
