@@ -132,7 +132,7 @@ fi
 # --- Dockerfile
 
 step "hadolint deploy/Dockerfile"
-"$venv/bin/hadolint" deploy/Dockerfile || fail "hadolint"
+"$venv/bin/hadolint" --no-color deploy/Dockerfile || fail "hadolint"
 
 # --- Kubernetes
 
