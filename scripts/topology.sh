@@ -10,6 +10,10 @@
 #
 #   scripts/topology.sh [--redis single|sentinel|cluster] [--gateways N] [--lb nginx|haproxy|none]
 #
+# The balancer runs from the shipped deploy/nginx/nginx.conf.template or deploy/haproxy/haproxy.cfg,
+# unedited: behind it the gateways listen on 127.0.0.2, .3, ... at one port, and a small DNS
+# server (python3) answers one name with all of them, as Compose's "gateway" alias does.
+#
 # Defaults: --redis single --gateways 2 --lb nginx. Output (stdout; everything else is stderr):
 #   redis=redis://127.0.0.1:PORT      every Redis data node (sentinel mode: the primary first)
 #   sentinel=redis://127.0.0.1:PORT   every sentinel (sentinel mode)
