@@ -132,25 +132,24 @@ impl Proxy {
 
     fn started(mut child: Child, port: u16, dir: PathBuf, log: PathBuf) -> Self {
         let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "proxy exited at start ({status}):\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not start; see {log:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child: Some(child),
+        // Built first, so that a failed start still removes the directory (on drop).
+        let mut proxy = Self {
+            child: None,
             port,
             dir,
             log,
+        };
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("proxy did not start ({exited:?}):\n{}", proxy.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
+        proxy.child = Some(child);
+        proxy
     }
 
     /// `http://127.0.0.1:<port><path>`.
