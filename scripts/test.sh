@@ -23,6 +23,11 @@ have haproxy || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 have openssl || missing+=(openssl)
 have curl || missing+=(curl)
 if ! have node || ! have npm; then missing+=(nodejs npm); fi
+# Deployment checks (scripts/check-deploy.sh) and the shipped-config tests (envsubst, prlimit).
+have docker-compose || docker compose version >/dev/null 2>&1 || missing+=(docker-compose)
+have envsubst || missing+=(gettext-base)
+have prlimit || missing+=(util-linux)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   # Keep apt from starting services while installing (the nginx package would start one on port
@@ -54,6 +59,11 @@ npm ci --prefix browser-tests --no-audit --no-fund --loglevel=error
 browser_status=0
 GATEWAY_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/gateway" \
   node --test --test-reporter=spec browser-tests/ || browser_status=$?
+echo "== deploy files"
+# docker-compose.yml, nginx/HAProxy configs, hadolint, Kubernetes schemas; see the script.
+# Reported at the end, like the browser tests.
+deploy_status=0
+./scripts/check-deploy.sh || deploy_status=$?
 echo "== fuzz"
 # Each target for FUZZ_SECONDS (default 30) from the committed corpus; see scripts/fuzz.sh.
 fuzz_status=0
@@ -73,4 +83,8 @@ fi
 if [ "$fuzz_status" != 0 ]; then
   echo "scripts/test.sh: fuzzing failed (exit $fuzz_status); see '== fuzz' above" >&2
   exit "$fuzz_status"
+fi
+if [ "$deploy_status" != 0 ]; then
+  echo "scripts/test.sh: deployment checks failed (exit $deploy_status); see '== deploy files' above" >&2
+  exit "$deploy_status"
 fi

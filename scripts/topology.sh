@@ -10,6 +10,10 @@
 #
 #   scripts/topology.sh [--redis single|sentinel|cluster] [--gateways N] [--lb nginx|haproxy|none]
 #
+# The balancer runs from the shipped deploy/nginx/nginx.conf.template or deploy/haproxy/haproxy.cfg,
+# unedited: behind it the gateways listen on 127.0.0.2, .3, ... at one port, and a small DNS
+# server (python3) answers one name with all of them, as Compose's "gateway" alias does.
+#
 # Defaults: --redis single --gateways 2 --lb nginx. Output (stdout; everything else is stderr):
 #   redis=redis://127.0.0.1:PORT      every Redis data node (sentinel mode: the primary first)
 #   sentinel=redis://127.0.0.1:PORT   every sentinel (sentinel mode)
@@ -100,9 +104,11 @@ redis_server=$(need redis-server)
 redis_cli=$(need redis-cli)
 curl=$(need curl)
 case $lb in
-  nginx) lb_bin=$(need nginx) ;;
+  nginx) lb_bin=$(need nginx) envsubst=$(need envsubst) ;;
   haproxy) lb_bin=$(need haproxy) ;;
 esac
+# The balancers find the gateways through a small DNS server (python3), as in production.
+if [ "$lb" != none ]; then python3=$(need python3); fi
 
 # --- process bookkeeping and cleanup (installed before anything is started)
 
@@ -259,7 +265,7 @@ if [ "$gateways" -gt 0 ]; then
     -u GATEWAY__SERVER__LISTEN -u GATEWAY__SERVER__TLS_CERT -u GATEWAY__SERVER__TLS_KEY
     "GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS=$drain"
     # The balancer on loopback names the client (X-Forwarded-For, or HAProxy's PROXY header).
-    GATEWAY__SERVER__TRUSTED_PROXIES=127.0.0.1 GATEWAY__SERVER__PROXY_PROTOCOL=true)
+    GATEWAY__SERVER__TRUSTED_PROXIES=127.0.0.0/8 GATEWAY__SERVER__PROXY_PROTOCOL=true)
 
   # Sentinel and cluster support are newer than some gateway builds: ask the binary whether it
   # accepts this topology's settings (check-config parses, it does not connect, so stand-in
@@ -377,12 +383,38 @@ for port in "${redis_ports[@]}"; do redis_urls+=("redis://127.0.0.1:$port"); don
 # --- gateways
 
 gateway_urls=()
+# Behind a balancer, gateway N listens on 127.0.0.(N+1), all on one port, so that one name
+# (resolved by the DNS server below to every address) and one port reach them all, as a
+# Compose network alias or a Kubernetes headless Service does.
+shared_port() { # N: a port free on 127.0.0.2 .. 127.0.0.(N+1)
+  "$python3" -c '
+import socket, sys
+n = int(sys.argv[1])
+for _ in range(200):
+    held = [socket.socket()]
+    held[0].bind(("127.0.0.2", 0))
+    port = held[0].getsockname()[1]
+    try:
+        for i in range(3, n + 2):
+            held.append(socket.socket())
+            held[-1].bind((f"127.0.0.{i}", port))
+    except OSError:
+        continue
+    print(port)
+    break
+else:
+    sys.exit("no port free on every address")' "$1"
+}
 if [ "$gateways" -gt 0 ]; then
   redis_settings
+  gateway_port=0
+  if [ "$lb" != none ]; then gateway_port=$(shared_port "$gateways"); fi
   for ((n = 1; n <= gateways; n++)); do
-    # Port 0: the gateway binds a free port itself and prints it, so there is no race for it.
+    # Port 0 (no balancer): the gateway binds a free port itself and prints it.
+    listen=127.0.0.1:0
+    if [ "$lb" != none ]; then listen=127.0.0.$((n + 1)):$gateway_port; fi
     start "gateway-$n" 2 "$dir/gateway-$n.log" "${gateway_env[@]}" "${redis_env[@]}" \
-      GATEWAY__SERVER__LISTEN=127.0.0.1:0 "$gateway_bin"
+      "GATEWAY__SERVER__LISTEN=$listen" "$gateway_bin"
   done
   listening() { # INDEX: the gateway's first stdout line, "listening on http://ADDR (engine: ...)"
     local line
@@ -399,140 +431,74 @@ if [ "$gateways" -gt 0 ]; then
   done
 fi
 
-# --- load balancer (the settings of deploy/nginx/nginx.conf and deploy/haproxy/haproxy.cfg)
+# --- load balancer: deploy/nginx/nginx.conf.template or deploy/haproxy/haproxy.cfg as shipped,
+# with the addresses given through their variables
 
 url=""
 if [ "$gateways" -gt 0 ] && [ "$lb" != none ]; then
+  # A DNS server answering the gateways' name with every gateway's address (A records, TTL 1 s),
+  # NXDOMAIN for any other name. It prints its port first.
+  gateway_name=gateways.topology.test
+  cat >"$dir/dns.py" <<'PY'
+import socket, sys
+name = sys.argv[1].lower().encode()
+addresses = [socket.inet_aton(a) for a in sys.argv[2:]]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+print("port", sock.getsockname()[1], flush=True)
+while True:
+    query, peer = sock.recvfrom(1500)
+    if len(query) < 12 or query[2] & 0x80 or query[4:6] != b"\0\1":
+        continue
+    at, labels = 12, []
+    try:
+        while query[at]:
+            labels.append(query[at + 1 : at + 1 + query[at]])
+            at += 1 + query[at]
+        qtype = int.from_bytes(query[at + 1 : at + 3], "big")
+    except IndexError:
+        continue
+    known = b".".join(labels).lower() == name
+    answers = addresses if known and qtype == 1 else []
+    header = query[:2] + bytes([0x80 | (query[2] & 1), 0x80 if known else 0x83])
+    header += b"\0\1" + len(answers).to_bytes(2, "big") + b"\0\0\0\0"
+    records = b"".join(b"\xc0\x0c\0\1\0\1\0\0\0\1\0\4" + a for a in answers)
+    sock.sendto(header + query[12 : at + 5] + records, peer)
+PY
+  addresses=()
+  for ((n = 1; n <= gateways; n++)); do addresses+=("127.0.0.$((n + 1))"); done
+  start dns 2 "$dir/dns.log" "$python3" "$dir/dns.py" "$gateway_name" "${addresses[@]}"
+  dns_port=""
+  dns_listening() {
+    dns_port=$(sed -n 's/^port //p' "$dir/dns.log" 2>/dev/null)
+    [ -n "$dns_port" ]
+  }
+  wait_for $((${#pids[@]} - 1)) "serving DNS" dns_listening
+
   read -r lb_port < <(free_ports 1)
-  # Descriptors: two per proxied stream; stay within the hard limit (HAProxy refuses to start
-  # when it cannot raise its limit to what maxconn needs).
-  nofile=$(ulimit -Hn)
-  if [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ]; then nofile=65536; fi
   mkdir -p "$dir/$lb"
   if [ "$lb" = nginx ]; then
-    servers=""
-    for u in "${gateway_urls[@]}"; do
-      servers+="        server ${u#http://} max_fails=1 fail_timeout=5s;"$'\n'
-    done
-    # As root, nginx would switch its workers to "nobody", who cannot enter the private
-    # temporary directory.
-    user=""
-    if [ "$(id -u)" = 0 ]; then user="user root;"; fi
-    cat >"$dir/nginx/nginx.conf" <<EOF
-$user
-worker_processes 1;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log warn;
-worker_rlimit_nofile $nofile;
-events { worker_connections $((nofile / 2)); }
-http {
-    client_body_temp_path $dir/nginx/client_body;
-    proxy_temp_path $dir/nginx/proxy;
-    fastcgi_temp_path $dir/nginx/fastcgi;
-    uwsgi_temp_path $dir/nginx/uwsgi;
-    scgi_temp_path $dir/nginx/scgi;
-    log_format upstream '\$remote_addr [\$time_local] "\$request_method \$uri \$server_protocol" \$status \$body_bytes_sent '
-                        'up=\$upstream_addr up_status=\$upstream_status rt=\$request_time';
-    access_log $dir/nginx/access.log upstream;
-    # "upgrade" for WebSocket, otherwise no Connection header (keeps the keepalive pool usable).
-    map \$http_upgrade \$connection_upgrade {
-        default upgrade;
-        ''      '';
-    }
-    upstream gateway {
-$servers        keepalive 32;
-        keepalive_timeout 4s;
-    }
-    # Streams get fresh upstream connections (no pool): see deploy/nginx/nginx.conf.
-    upstream gateway_streams {
-$servers    }
-    server {
-        listen 127.0.0.1:$lb_port;
-        proxy_http_version 1.1;
-        proxy_set_header Host              \$http_host;
-        proxy_set_header Connection        \$connection_upgrade;
-        proxy_set_header Upgrade           \$http_upgrade;
-        proxy_set_header X-Forwarded-For   \$proxy_add_x_forwarded_for;
-        proxy_connect_timeout 2s;
-        proxy_next_upstream error timeout http_503;
-        proxy_next_upstream_tries 3;
-        proxy_next_upstream_timeout 15s;
-        # Events pass through at once; idle streams live well beyond the 15 s heartbeat.
-        proxy_buffering off;
-        proxy_cache off;
-        proxy_read_timeout 1h;
-        proxy_send_timeout 1h;
-        location /sse { proxy_pass http://gateway_streams; gzip off; }
-        location /ws { proxy_pass http://gateway_streams; }
-        location = /publish { client_max_body_size 1m; proxy_pass http://gateway; }
-        location = /metrics { return 404; }
-        location = /lb-health { default_type text/plain; return 200 "ok\n"; }
-        location / { proxy_pass http://gateway; }
-    }
-}
-EOF
+    # Connections per worker below the descriptor limit the workers inherit (see the template).
+    nofile=$(ulimit -n)
+    connections=8192
+    if [ "$nofile" != unlimited ] && [ "$nofile" -lt 8292 ]; then connections=$((nofile - 100)); fi
+    # What the official nginx image does with /etc/nginx/templates/*.template.
+    # shellcheck disable=SC2016 # envsubst's list of variables, literally
+    NGINX_LISTEN=127.0.0.1:$lb_port NGINX_GATEWAY=$gateway_name:$gateway_port \
+      NGINX_RESOLVER=127.0.0.1:$dns_port NGINX_RESOLVER_VALID=10s \
+      NGINX_WORKER_CONNECTIONS=$connections "$envsubst" \
+      '${NGINX_LISTEN} ${NGINX_GATEWAY} ${NGINX_RESOLVER} ${NGINX_RESOLVER_VALID} ${NGINX_WORKER_CONNECTIONS}' \
+      <"$root/deploy/nginx/nginx.conf.template" >"$dir/nginx/nginx.conf"
+    # As root, nginx's workers run as an unprivileged user, who must be able to enter the
+    # prefix to reach the temp directories.
+    chmod 755 "$dir" "$dir/nginx"
     # -e: the compiled-in error log (/var/log/nginx) is not writable for a non-root user.
-    start nginx 3 "$dir/nginx.log" "$lb_bin" -p "$dir/nginx" -e "$dir/nginx/error.log" \
-      -c "$dir/nginx/nginx.conf" -g 'daemon off;'
+    start nginx 3 "$dir/nginx.log" "$lb_bin" -p "$dir/nginx/" -e "$dir/nginx/error.log" \
+      -g "pid $dir/nginx/nginx.pid; daemon off;" -c "$dir/nginx/nginx.conf"
   else
-    servers="" stream_servers=""
-    for ((n = 1; n <= ${#gateway_urls[@]}; n++)); do
-      address=${gateway_urls[$((n - 1))]#http://}
-      servers+="    server gateway-$n $address"$'\n'
-      stream_servers+="    server gateway-$n $address track be_gateway/gateway-$n"$'\n'
-    done
-    cat >"$dir/haproxy/haproxy.cfg" <<EOF
-global
-    maxconn $((nofile / 4))
-    log stdout format raw local0 info
-
-defaults
-    mode http
-    log global
-    log-format "%ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %tsc %ac/%fc/%bc/%sc/%rc %sq/%bq \\"%HM %HP %HV\\""
-    option dontlognull
-    option forwardfor
-    # Fail over on connection errors and 503 (not ready, draining); never replay a POST.
-    retries 2
-    option redispatch 1
-    retry-on conn-failure empty-response 503
-    timeout connect 2s
-    timeout http-request 10s
-    timeout http-keep-alive 10s
-    timeout queue 5s
-    # Streams: client/server inactivity for SSE, tunnel for WebSocket; all far above the
-    # 15 s heartbeat.
-    timeout client 1h
-    timeout server 30s
-    timeout tunnel 1h
-    timeout client-fin 10s
-    timeout server-fin 10s
-    timeout check 3s
-
-frontend fe_gateway
-    bind 127.0.0.1:$lb_port
-    http-request disable-l7-retry if METH_POST
-    http-request deny deny_status 404 if { path /metrics }
-    http-request return status 200 content-type text/plain string "ok" if { path /lb-health }
-    use_backend be_streams if { path /sse } || { path_beg /sse/ } || { path /ws } || { path_beg /ws/ }
-    default_backend be_gateway
-
-backend be_gateway
-    balance roundrobin
-    # Active readiness check: an instance without Redis, or draining, leaves the rotation.
-    option httpchk GET /readyz
-    http-check expect status 200
-    default-server check inter 2s fall 2 rise 2 send-proxy-v2 check-send-proxy
-$servers
-backend be_streams
-    http-reuse never
-    balance roundrobin
-    timeout server 1h
-    option srvtcpka
-    default-server send-proxy-v2
-$stream_servers
-EOF
-    start haproxy 3 "$dir/haproxy.log" "$lb_bin" -f "$dir/haproxy/haproxy.cfg" -db
+    start haproxy 3 "$dir/haproxy.log" env "HAPROXY_BIND=127.0.0.1:$lb_port" \
+      "HAPROXY_GATEWAY=$gateway_name:$gateway_port" "HAPROXY_DNS=127.0.0.1:$dns_port" \
+      "$lb_bin" -f "$root/deploy/haproxy/haproxy.cfg" -db
   fi
   url="http://127.0.0.1:$lb_port"
   wait_for $((${#pids[@]} - 1)) "proxying /healthz" \

@@ -24,6 +24,7 @@ mod redis_cluster;
 mod redis_tls;
 mod resume;
 mod sentinel;
+mod shipped;
 mod tls_reload;
 mod topology;
 mod ws;
