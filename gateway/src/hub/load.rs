@@ -61,3 +61,47 @@ impl Hub {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::Engine;
+    use crate::engine::memory::MemoryEngine;
+    use crate::hub::HubConfig;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn the_busiest_are_the_most_connected_then_by_name() {
+        let engine = Engine::Memory(MemoryEngine::new(10, Duration::from_secs(60)));
+        let config = HubConfig {
+            queue_size: 16,
+            channel_cache: 4,
+            page_size: 10,
+            subscribe_timeout: Duration::from_secs(5),
+            shards: 4,
+            head_check: None,
+        };
+        let hub = Hub::new(engine, config, Metrics::new(), None);
+        let mut held = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..30usize {
+            let name = ChannelName::new(&format!("ch{i:02}")).unwrap();
+            let subscribers = i % 7 + 1;
+            for _ in 0..subscribers {
+                held.push(hub.attach(name.clone(), hub.new_queue(), 0).await.unwrap());
+            }
+            expected.push((subscribers, name));
+        }
+        expected.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.as_str().cmp(b.1.as_str())));
+        let got: Vec<(usize, ChannelName)> = hub
+            .busiest(5)
+            .into_iter()
+            .map(|l| (l.subscribers, l.channel))
+            .collect();
+        assert_eq!(got, expected[..5].to_vec());
+        assert_eq!(hub.busiest(100).len(), 30);
+        assert!(hub.busiest(0).is_empty());
+    }
+}
