@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod admin;
 mod auth;
 mod publish;
 mod redis_password;
 mod redis_topology;
 mod secret;
 
+pub use admin::AdminSettings;
 pub use auth::{AuthSettings, PublicKeySettings};
 pub use publish::{ApiKeySettings, PublishSettings};
 pub use secret::Secret;
@@ -58,6 +60,8 @@ pub struct Settings {
     pub cors: CorsSettings,
     /// Logging.
     pub log: LogSettings,
+    /// The operators' status page (`/admin`), off by default.
+    pub admin: AdminSettings,
 }
 
 /// `[server]`
@@ -470,6 +474,7 @@ impl Settings {
         }
         self.validate_auth()?;
         self.validate_publish()?;
+        self.validate_admin()?;
         if self.limits.max_channels == 0 {
             return Err(invalid("limits.max_channels", "must be at least 1"));
         }

@@ -113,6 +113,7 @@ pub async fn run(
             settings.limits.max_connections_per_ip,
             settings.limits.new_connections_per_ip_per_second,
         ),
+        admin_feeds: crate::admin::Feeds::new(settings.admin.max_feeds),
     };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

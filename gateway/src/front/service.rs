@@ -20,7 +20,7 @@ use crate::error::ApiError;
 use crate::response::{self, Body};
 use crate::state::AppState;
 use crate::transport::ws::Upgrade;
-use crate::{ops, publish, transport};
+use crate::{admin, ops, publish, transport};
 
 /// Where a WebSocket handler leaves its accepted upgrade for the connection to run once hyper
 /// has handed the socket back.
@@ -149,6 +149,9 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
         "/publish" if req.method() == Method::POST => {
             publish::respond(state, req, inner.body_timeout).await
         }
+        "/admin" | "/admin/feed" if !state.settings.admin.enabled => not_found().into_response(),
+        "/admin" if get => admin::page(),
+        "/admin/feed" if get => admin::feed(state, req.headers()),
         "/healthz" if get => ops::healthz(),
         "/readyz" if get => ops::readyz(state).await,
         "/metrics" if get => ops::metrics(state),
@@ -160,9 +163,8 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             "text/javascript; charset=utf-8",
             include_str!("../../static/client.js"),
         ),
-        "/sse" | "/ws" | "/publish" | "/healthz" | "/readyz" | "/metrics" | "/" | "/client.js" => {
-            method_not_allowed().into_response()
-        }
+        "/sse" | "/ws" | "/publish" | "/healthz" | "/readyz" | "/metrics" | "/" | "/client.js"
+        | "/admin" | "/admin/feed" => method_not_allowed().into_response(),
         _ => not_found().into_response(),
     }
 }

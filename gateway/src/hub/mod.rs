@@ -10,6 +10,7 @@ mod channel;
 mod group;
 pub mod history;
 mod join;
+mod load;
 pub mod message;
 pub mod queue;
 mod tasks;
@@ -33,6 +34,7 @@ use crate::engine::{Engine, EngineError, Listener};
 use crate::metrics::Metrics;
 
 pub use join::{Announce, JoinOutcome, Start};
+pub use load::ChannelLoad;
 
 /// Tuning of the hub, taken from [`crate::config::Settings`].
 #[derive(Clone, Debug)]

@@ -111,6 +111,13 @@ impl Caller<'_> {
             .map_err(|wait| over_rate(key, wait))
     }
 
+    /// Whether this caller may publish everywhere (a key with the pattern `*`, or no keys at
+    /// all): what seeing every channel's name on the status page takes.
+    pub fn covers_every_channel(&self) -> bool {
+        self.key
+            .is_none_or(|key| key.channels.iter().any(|p| p == "*"))
+    }
+
     /// 403 unless this caller's key covers `channel`.
     pub fn may_publish(&self, channel: &ChannelName) -> Result<(), ApiError> {
         let Some(key) = self.key else { return Ok(()) };

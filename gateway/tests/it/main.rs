@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server and gateway processes (or in-process gateways where a
 //! test needs hooks), each test on its own free ports.
 
+mod admin;
 mod auth_hook;
 mod auth_tokens;
 mod cli;
