@@ -31,6 +31,7 @@ use self::message::Message;
 use self::queue::{CloseReason, Queue};
 use crate::engine::{Engine, EngineError, Listener};
 use crate::metrics::Metrics;
+use crate::metrics::labels::ResyncReason;
 
 pub use join::{Announce, JoinOutcome, Start};
 
@@ -348,7 +349,7 @@ impl Hub {
         self.inner.metrics.received.inc();
         drop(fx);
         if let Some(generation) = sync {
-            self.spawn_sync(channel, generation, "jump");
+            self.spawn_sync(channel, generation, ResyncReason::Jump.as_str());
         }
     }
 
@@ -358,7 +359,7 @@ impl Hub {
             shard.channels.get(channel).map(|s| s.generation)
         };
         if let Some(generation) = generation {
-            self.poke(channel, generation, "hint");
+            self.poke(channel, generation, ResyncReason::Hint.as_str());
         }
     }
 
@@ -375,7 +376,7 @@ impl Hub {
                     .collect()
             };
             for (channel, generation) in to_sync {
-                self.spawn_sync(channel, generation, "reconnect");
+                self.spawn_sync(channel, generation, ResyncReason::Reconnect.as_str());
             }
         }
     }
