@@ -18,6 +18,7 @@ mod http_api;
 mod logs;
 mod lost_writes;
 mod matrix;
+mod operator;
 mod pubsub_drop;
 mod race;
 mod redis_cluster;
