@@ -2,6 +2,7 @@
 //! several gateways can live in one test process without sharing counters. Every labelled
 //! counter with a bounded label set starts with all its series at zero ([`labels`]).
 
+mod instance;
 pub mod labels;
 
 use std::sync::Arc;
@@ -15,12 +16,7 @@ use prometheus::{
 
 use labels::{EngineErrorKind, PublishApi, ResumeOutcome, ResyncReason, SeenBy, Transport};
 
-/// The commit the binary was built from (`gateway/build.rs`: git, `GATEWAY_COMMIT`, or
-/// `unknown`), for `gateway_build_info`.
-pub const COMMIT: &str = env!("GATEWAY_COMMIT");
-
-/// The crate version, for `gateway_build_info`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use instance::{COMMIT, VERSION};
 
 /// All metrics of one instance; cheap to clone.
 #[derive(Clone)]
@@ -267,8 +263,8 @@ impl Metrics {
             registry: r,
         };
         inner.precreate();
-        register_build_info(&inner.registry);
-        register_process(&inner.registry);
+        instance::register_build_info(&inner.registry);
+        instance::register_process(&inner.registry);
         Self(Arc::new(inner))
     }
 
@@ -331,34 +327,6 @@ impl Inner {
 /// The `code` of `gateway_ws_closes_total` when the client closed (or vanished) first.
 pub const WS_CLOSE_BY_CLIENT: &str = "client";
 
-/// `gateway_build_info{version,commit} 1`: which build each instance runs, joinable onto any
-/// other series by `instance`.
-fn register_build_info(r: &Registry) {
-    let info = IntGaugeVec::new(
-        Opts::new(
-            "gateway_build_info",
-            "Always 1; the labels say which build this instance runs.",
-        ),
-        &["version", "commit"],
-    )
-    .unwrap_or_else(|e| panic!("metric gateway_build_info: {e}"));
-    let info = register(r, info);
-    info.with_label_values(&[VERSION, COMMIT]).set(1);
-}
-
-/// The standard `process_*` metrics (CPU seconds, resident and virtual memory, open and maximum
-/// file descriptors, start time, threads) read from /proc by the prometheus crate.
-#[cfg(target_os = "linux")]
-fn register_process(r: &Registry) {
-    let collector = prometheus::process_collector::ProcessCollector::for_self();
-    r.register(Box::new(collector))
-        .unwrap_or_else(|e| panic!("registering process metrics: {e}"));
-}
-
-/// No /proc: no `process_*` metrics.
-#[cfg(not(target_os = "linux"))]
-fn register_process(_: &Registry) {}
-
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -366,105 +334,4 @@ impl Default for Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whether `text` has a sample line `series 0` (`series` with its labels).
-    fn zero(text: &str, series: &str) -> bool {
-        text.lines().any(|l| l == format!("{series} 0"))
-    }
-
-    #[test]
-    fn every_bounded_label_set_is_present_at_zero_after_start() {
-        let text = Metrics::new().render();
-        let mut want = Vec::new();
-        for k in EngineErrorKind::ALL {
-            want.push(format!(
-                r#"gateway_engine_errors_total{{kind="{}"}}"#,
-                k.as_str()
-            ));
-        }
-        for c in ErrorCode::ALL {
-            want.push(format!(
-                r#"gateway_requests_rejected_total{{reason="{}"}}"#,
-                c.as_str()
-            ));
-        }
-        for d in Disconnect::ALL {
-            want.push(format!(
-                r#"gateway_disconnects_total{{reason="{}"}}"#,
-                d.label()
-            ));
-            want.push(format!(r#"gateway_ws_closes_total{{code="{}"}}"#, d.code()));
-        }
-        for o in ResumeOutcome::ALL {
-            want.push(format!(
-                r#"gateway_resumes_total{{outcome="{}"}}"#,
-                o.as_str()
-            ));
-        }
-        for r in ResyncReason::ALL {
-            want.push(format!(
-                r#"gateway_channel_resyncs_total{{reason="{}"}}"#,
-                r.as_str()
-            ));
-        }
-        for s in SeenBy::ALL {
-            want.push(format!(
-                r#"gateway_history_lost_total{{seen_by="{}"}}"#,
-                s.as_str()
-            ));
-        }
-        for t in Transport::ALL {
-            want.push(format!(
-                r#"gateway_connections{{transport="{}"}}"#,
-                t.as_str()
-            ));
-            want.push(format!(
-                r#"gateway_messages_delivered_total{{transport="{}"}}"#,
-                t.as_str()
-            ));
-        }
-        for a in PublishApi::ALL {
-            want.push(format!(
-                r#"gateway_messages_published_total{{api="{}"}}"#,
-                a.as_str()
-            ));
-        }
-        want.push(r#"gateway_ws_closes_total{code="client"}"#.to_owned());
-        want.push("gateway_engine_reconnects_total".to_owned());
-        want.push("gateway_gaps_total".to_owned());
-        want.push("gateway_slow_consumer_disconnects_total".to_owned());
-        for series in &want {
-            assert!(
-                zero(&text, series),
-                "{series} is not at 0 after start:\n{text}"
-            );
-        }
-    }
-
-    #[test]
-    fn build_info_names_version_and_commit() {
-        let text = Metrics::new().render();
-        let line = format!(r#"gateway_build_info{{commit="{COMMIT}",version="{VERSION}"}} 1"#);
-        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
-        assert!(!COMMIT.is_empty());
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn process_metrics_are_exported() {
-        let text = Metrics::new().render();
-        for name in [
-            "process_cpu_seconds_total",
-            "process_resident_memory_bytes",
-            "process_open_fds",
-            "process_start_time_seconds",
-        ] {
-            assert!(
-                text.lines().any(|l| l.starts_with(&format!("{name} "))),
-                "{name} missing"
-            );
-        }
-    }
-}
+mod tests;
