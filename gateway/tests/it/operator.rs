@@ -169,6 +169,26 @@ async fn publish_n(base: &str, channel: &str, n: usize) -> String {
     first
 }
 
+/// Validates every query with promtool: as the expressions of recording rules in a temp rules
+/// file (`promtool check rules` parses each one as PromQL). A JSON string is a YAML scalar.
+fn promtool_validates(queries: &[String], instance: &str) {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in queries.iter().enumerate() {
+        let expr = serde_json::Value::String(concrete(expr, instance));
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {expr}\n"
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("{}.yml", unique("gw-dashboard-rules-")));
+    std::fs::write(&path, rules).expect("dashboard rules file");
+    let checked = promtool(&["check", "rules", &path.display().to_string()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
+        "{checked}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_prometheus_scraping_a_live_gateway() {
     let redis = Redis::start();
@@ -260,6 +280,7 @@ async fn every_dashboard_query_returns_data_from_prometheus_scraping_a_live_gate
 
     let queries = dashboard_queries();
     assert!(queries.len() >= 25, "queries found: {queries:#?}");
+    promtool_validates(&queries, &instance);
     let mut empty = Vec::new();
     for expr in &queries {
         let query = concrete(expr, &instance);
