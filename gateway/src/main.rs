@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         }
     };
     gateway::telemetry::init(&settings.log);
+    gateway::telemetry::log_panics();
     // Every client is a file descriptor: use all the process may have.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),

@@ -24,6 +24,19 @@ pub fn init(log: &LogSettings) {
     };
 }
 
+/// Routes panic messages through `tracing` too (an ERROR line in the configured format instead
+/// of plain text on stderr). Only for the binary: a test process keeps its own panic output.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            backtrace = %std::backtrace::Backtrace::capture(),
+            "{info}"
+        );
+    }));
+}
+
 /// Logs the start-up banner (`listening on <scheme>://<address> (engine: <engine>)`, with the
 /// version and commit) and, when `address_file` is set, writes the same line to that file: a
 /// temporary file renamed into place, so a reader never sees half a line.
