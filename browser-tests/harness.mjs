@@ -224,8 +224,8 @@ function startGateway(name, redis, prefix, extraEnv) {
 
 /**
  * Starts `GATEWAY_BIN` with the test defaults plus `extraEnv` (nothing is inherited from this
- * process's environment but PATH), waits for its first stdout line
- * `listening on <scheme>://ADDR (engine: <engine>)` and then for `/readyz`. The returned process
+ * process's environment but PATH), waits for the line `listening on <scheme>://ADDR (engine:
+ * <engine>)` in its `server.address_file` and then for `/readyz`. The returned process
  * has `addr` (`127.0.0.1:PORT`), `base` (`<scheme>://127.0.0.1:PORT`), `scheme` and, for https,
  * `ca` (the PEM the gateway's certificate verifies against, for `request`).
  */
@@ -233,45 +233,43 @@ async function spawnGateway(name, extraEnv, { engine = "redis", scheme = "http",
   if (!fs.existsSync(GATEWAY_BIN)) {
     throw new Error(`no gateway binary at ${GATEWAY_BIN}: run \`cargo build -p gateway\` (or set GATEWAY_BIN)`);
   }
+  const addressFile = path.join(os.tmpdir(), `gw-address-${process.pid}-${randomBytes(6).toString("hex")}`);
   const env = {
     PATH: process.env.PATH ?? "/usr/bin:/bin",
     RUST_LOG: process.env.TEST_GATEWAY_LOG || "warn",
     GATEWAY__SERVER__LISTEN: "127.0.0.1:0",
     GATEWAY__SERVER__WORKERS: "2",
     GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS: "3",
+    GATEWAY__SERVER__ADDRESS_FILE: addressFile,
     GATEWAY__SSE__RETRY_MS: "250",
     ...extraEnv,
   };
-  const proc = new Proc(name, GATEWAY_BIN, [], { env, stdout: "first-line" });
-  const firstLine = new Promise((resolve, reject) => {
-    let buffered = "";
-    const onData = (text) => {
-      buffered += text;
-      const nl = buffered.indexOf("\n");
-      if (nl < 0) return;
-      proc.child.stdout.off("data", onData);
-      // Keep draining stdout so the process can never block on a full pipe.
-      proc.child.stdout.on("data", () => {});
-      resolve(buffered.slice(0, nl).trim());
-    };
-    proc.child.stdout.on("data", onData);
-    proc.exited.then((s) =>
-      reject(new Error(`gateway ${name} exited before listening (${JSON.stringify(s)}):\n${proc.tail()}`)),
-    );
-    proc.spawnError.then(reject);
+  const proc = new Proc(name, GATEWAY_BIN, [], { env });
+  const exited = proc.exited.then((s) => {
+    throw new Error(`gateway ${name} exited before listening (${JSON.stringify(s)}):\n${proc.tail()}`);
   });
-  firstLine.catch(() => {});
+  exited.catch(() => {});
+  // The gateway renames the file into place once listening: it is never seen half-written.
+  const readLine = () => {
+    try {
+      return fs.readFileSync(addressFile, "utf8").split("\n")[0].trim();
+    } catch {
+      return null;
+    }
+  };
   const line = await killOnError(proc, Promise.race([
-    firstLine,
-    sleep(WAIT_MS, null, { ref: false }).then(() => {
-      throw new Error(`gateway ${name} printed no "listening" line within ${WAIT_MS} ms:\n${proc.tail()}`);
+    exited,
+    proc.spawnError.then((e) => {
+      throw e;
     }),
+    waitFor(() => `gateway ${name}'s address file:\n${proc.tail()}`, readLine, { intervalMs: 20 }),
   ]));
+  fs.rmSync(addressFile, { force: true });
   const match = /^listening on (https?):\/\/(\S+) \(engine: (\w+)\)$/.exec(line);
   if (!match || match[1] !== scheme || match[3] !== engine) {
     await proc.kill("SIGKILL");
     throw new Error(
-      `unexpected first line from gateway ${name} (want "listening on ${scheme}://ADDR (engine: ${engine})"): ` +
+      `unexpected address file line from gateway ${name} (want "listening on ${scheme}://ADDR (engine: ${engine})"): ` +
         `${JSON.stringify(line)}\n${proc.tail()}`,
     );
   }

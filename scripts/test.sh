@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, runnable on a fresh machine: installs what the tests need (redis-server,
-# nginx, chromium, openssl, curl, and node/npm if missing; the tests start their own instances on free loopback
+# nginx, haproxy, prometheus, chromium, openssl, curl, and node/npm if missing; the tests start their own instances on free loopback
 # ports), then checks formatting and lints, runs the real-browser tests (browser-tests/), fuzzes
 # the parsers for a bounded time (scripts/fuzz.sh), and runs every unit and integration test.
 set -euo pipefail
@@ -18,6 +18,9 @@ missing=()
 have redis-server || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 have nginx || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 have haproxy || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+# prometheus and promtool: the dashboard's queries, the alert rules and the metrics lint
+# (gateway/tests/it/operator.rs).
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # Test certificates are made at run time; curl checks HTTP/2 (h2 over TLS and h2c) by hand.
 have openssl || missing+=(openssl)

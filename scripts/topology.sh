@@ -410,15 +410,17 @@ if [ "$gateways" -gt 0 ]; then
   gateway_port=0
   if [ "$lb" != none ]; then gateway_port=$(shared_port "$gateways"); fi
   for ((n = 1; n <= gateways; n++)); do
-    # Port 0 (no balancer): the gateway binds a free port itself and prints it.
+    # Port 0 (no balancer): the gateway binds a free port itself and writes it to its address
+    # file, so there is no race for it.
     listen=127.0.0.1:0
     if [ "$lb" != none ]; then listen=127.0.0.$((n + 1)):$gateway_port; fi
     start "gateway-$n" 2 "$dir/gateway-$n.log" "${gateway_env[@]}" "${redis_env[@]}" \
-      "GATEWAY__SERVER__LISTEN=$listen" "$gateway_bin"
+      "GATEWAY__SERVER__LISTEN=$listen" GATEWAY__SERVER__ADDRESS_FILE="$dir/gateway-$n.address" \
+      "$gateway_bin"
   done
-  listening() { # INDEX: the gateway's first stdout line, "listening on http://ADDR (engine: ...)"
+  listening() { # INDEX: the address file's line, "listening on http://ADDR (engine: ...)"
     local line
-    line=$(grep -m1 '^listening on http://' "${logs[$1]}" 2>/dev/null) || return 1
+    line=$(grep -m1 '^listening on http://' "${logs[$1]%.log}.address" 2>/dev/null) || return 1
     line=${line#listening on }
     gateway_urls+=("${line%% *}")
   }

@@ -70,6 +70,10 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Address to listen on (`GATEWAY__SERVER__LISTEN`).
     pub listen: String,
+    /// A file the gateway writes, once listening, the line `listening on <scheme>://<address>
+    /// (engine: <engine>)` to (replaced atomically): how scripts and tests started on port 0
+    /// learn the port, since every line on the terminal is a log line in `log.format`.
+    pub address_file: Option<String>,
     /// Worker threads; 0 means one per CPU core.
     pub workers: usize,
     /// Seconds to drain connections after SIGTERM before closing them hard.
@@ -110,6 +114,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            address_file: None,
             workers: 0,
             shutdown_timeout_seconds: 10,
             max_connections: 20_000,

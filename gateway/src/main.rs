@@ -2,7 +2,6 @@
 //! failure, 2 invalid configuration.
 #![forbid(unsafe_code)]
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,6 +18,7 @@ fn main() -> ExitCode {
         }
     };
     gateway::telemetry::init(&settings.log);
+    gateway::telemetry::log_panics();
     // Every client is a file descriptor: use all the process may have.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
@@ -83,7 +83,7 @@ fn serve(settings: Settings) -> ExitCode {
     let listener = match gateway::server::bind(addr, settings.server.backlog) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("gateway: cannot listen on {addr}: {e}");
+            tracing::error!(address = %addr, error = %e, "cannot listen");
             return ExitCode::from(1);
         }
     };
@@ -105,10 +105,17 @@ fn serve(settings: Settings) -> ExitCode {
     } else {
         "http"
     };
-    // Tests and scripts wait for this exact line on stdout.
-    println!("listening on {scheme}://{local} (engine: {engine})");
-    let _ = std::io::stdout().flush();
-    tracing::info!(address = %local, engine, "gateway started");
+    // The banner is a log line like any other (format and filter from `log`); scripts and tests
+    // that start on port 0 read the address from `server.address_file` instead.
+    if let Err(e) = gateway::telemetry::banner(
+        scheme,
+        &local,
+        engine,
+        settings.server.address_file.as_deref(),
+    ) {
+        tracing::error!(error = %e, "cannot write server.address_file");
+        return ExitCode::from(1);
+    }
     let result = actix_rt::System::new().block_on(gateway::run(
         settings,
         listener,
@@ -118,7 +125,7 @@ fn serve(settings: Settings) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("gateway: {e}");
+            tracing::error!(error = %e, "gateway failed");
             ExitCode::from(1)
         }
     }
@@ -129,7 +136,7 @@ async fn shutdown_signal() {
     wait_for_signal().await;
     actix_rt::spawn(async {
         wait_for_signal().await;
-        eprintln!("gateway: second signal, exiting without draining");
+        tracing::warn!("second signal, exiting without draining");
         std::process::exit(130);
     });
 }

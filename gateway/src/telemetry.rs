@@ -1,5 +1,5 @@
-//! Logging setup: `tracing` to stderr, text or JSON, filter from `RUST_LOG` or settings; and
-//! the rate-limited account of malformed input.
+//! Logging setup: `tracing` to stderr, text or JSON, filter from `RUST_LOG` or settings; the
+//! start-up banner; and the rate-limited account of malformed input.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -22,6 +22,44 @@ pub fn init(log: &LogSettings) {
     } else {
         builder.try_init()
     };
+}
+
+/// Routes panic messages through `tracing` too (an ERROR line in the configured format instead
+/// of plain text on stderr). Only for the binary: a test process keeps its own panic output.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            backtrace = %std::backtrace::Backtrace::capture(),
+            "{info}"
+        );
+    }));
+}
+
+/// Logs the start-up banner (`listening on <scheme>://<address> (engine: <engine>)`, with the
+/// version and commit) and, when `address_file` is set, writes the same line to that file: a
+/// temporary file renamed into place, so a reader never sees half a line.
+pub fn banner(
+    scheme: &str,
+    address: &str,
+    engine: &str,
+    address_file: Option<&str>,
+) -> std::io::Result<()> {
+    let line = format!("listening on {scheme}://{address} (engine: {engine})");
+    tracing::info!(
+        address,
+        engine,
+        version = crate::metrics::VERSION,
+        commit = crate::metrics::COMMIT,
+        "{line}"
+    );
+    if let Some(path) = address_file {
+        let tmp = format!("{path}.tmp.{}", std::process::id());
+        std::fs::write(&tmp, format!("{line}\n"))?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(())
 }
 
 /// How often at most the summary of malformed input is logged at WARN.

@@ -109,7 +109,7 @@ impl Hub {
                 self.inner
                     .metrics
                     .lost_history
-                    .with_label_values(&["client"])
+                    .with_label_values(&[crate::metrics::labels::SeenBy::Client.as_str()])
                     .inc();
                 if fence {
                     tracing::debug!(channel = %m.channel, position = %wanted, head = %store.head(), "a client resumed beyond the store's head; fencing the channel");
@@ -233,7 +233,11 @@ impl Hub {
                     if page.epoch != hub_epoch {
                         // This instance has not seen the store's current epoch yet: let the
                         // channel catch up first, then try again.
-                        self.poke(&m.channel, m.generation, "stale_head");
+                        self.poke(
+                            &m.channel,
+                            m.generation,
+                            crate::metrics::labels::ResyncReason::StaleHead.as_str(),
+                        );
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }

@@ -32,6 +32,7 @@ use self::message::Message;
 use self::queue::{CloseReason, Queue};
 use crate::engine::{Engine, EngineError, Listener};
 use crate::metrics::Metrics;
+use crate::metrics::labels::ResyncReason;
 
 pub use join::{Announce, JoinOutcome, Start};
 pub use load::ChannelLoad;
@@ -350,7 +351,7 @@ impl Hub {
         self.inner.metrics.received.inc();
         drop(fx);
         if let Some(generation) = sync {
-            self.spawn_sync(channel, generation, "jump");
+            self.spawn_sync(channel, generation, ResyncReason::Jump.as_str());
         }
     }
 
@@ -360,7 +361,7 @@ impl Hub {
             shard.channels.get(channel).map(|s| s.generation)
         };
         if let Some(generation) = generation {
-            self.poke(channel, generation, "hint");
+            self.poke(channel, generation, ResyncReason::Hint.as_str());
         }
     }
 
@@ -377,7 +378,7 @@ impl Hub {
                     .collect()
             };
             for (channel, generation) in to_sync {
-                self.spawn_sync(channel, generation, "reconnect");
+                self.spawn_sync(channel, generation, ResyncReason::Reconnect.as_str());
             }
         }
     }

@@ -12,6 +12,7 @@ use shared::{ChannelName, Continuity, Position};
 use super::channel::Phase;
 use super::{HookPoint, Hub};
 use crate::backoff::Backoff;
+use crate::metrics::labels::{ResyncReason, SeenBy};
 
 impl Hub {
     pub(super) fn spawn_start(&self, channel: ChannelName, generation: u64) {
@@ -55,7 +56,11 @@ impl Hub {
                         s.apply_page(&page, read_at, fx)
                     });
                     match in_sync {
-                        Some(false) => return self.sync(channel, generation, "start").await,
+                        Some(false) => {
+                            return self
+                                .sync(channel, generation, ResyncReason::Start.as_str())
+                                .await;
+                        }
                         _ => return,
                     }
                 }
@@ -116,7 +121,7 @@ impl Hub {
                     self.inner
                         .metrics
                         .lost_history
-                        .with_label_values(&["instance"])
+                        .with_label_values(&[SeenBy::Instance.as_str()])
                         .inc();
                     tracing::warn!(channel = %channel, delivered = %last, head = %page.head(), "the history store lost events this instance delivered; moving the channel to a new epoch");
                     if let Err(e) = self.inner.engine.fence(&channel, last).await {
@@ -187,7 +192,7 @@ impl Hub {
                 let Some(head) = head else { continue };
                 // A head behind `last` in the same epoch means the store lost writes.
                 if head != *last {
-                    self.poke(channel, *generation, "head_check");
+                    self.poke(channel, *generation, ResyncReason::HeadCheck.as_str());
                 }
             }
         }

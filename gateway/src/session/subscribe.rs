@@ -46,10 +46,10 @@ pub async fn join(
 ) -> Result<(), HubError> {
     let outcome = state.hub.join(membership, start, announce).await?;
     let label = match (resumed, outcome.recovered) {
-        (false, _) => "fresh",
-        (true, true) => "recovered",
-        (true, false) => "gap",
+        (false, _) => crate::metrics::labels::ResumeOutcome::Fresh,
+        (true, true) => crate::metrics::labels::ResumeOutcome::Recovered,
+        (true, false) => crate::metrics::labels::ResumeOutcome::Gap,
     };
-    state.metrics.resumes.with_label_values(&[label]).inc();
+    state.metrics.resume(label);
     Ok(())
 }

@@ -151,7 +151,7 @@ pub async fn open(
     let request =
         parse_request(query, headers, state.settings.limits.max_channels).inspect_err(|e| {
             if e.code() == ErrorCode::BadCursor {
-                metrics.resumes.with_label_values(&["bad_cursor"]).inc();
+                metrics.resume(crate::metrics::labels::ResumeOutcome::BadCursor);
             }
             metrics.rejected.with_label_values(&[e.code()]).inc();
         })?;

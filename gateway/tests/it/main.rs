@@ -19,6 +19,7 @@ mod http_api;
 mod logs;
 mod lost_writes;
 mod matrix;
+mod operator;
 mod pubsub_drop;
 mod race;
 mod redis_cluster;

@@ -347,16 +347,12 @@ impl RedisEngine {
         };
         if let Err(e) = &result {
             let kind = match e {
-                EngineError::Unavailable(_) => "unavailable",
-                EngineError::Protocol(_) => "protocol",
-                EngineError::Refused(_) => "refused",
-                EngineError::Rejected(_) => "rejected",
+                EngineError::Unavailable(_) => crate::metrics::labels::EngineErrorKind::Unavailable,
+                EngineError::Protocol(_) => crate::metrics::labels::EngineErrorKind::Protocol,
+                EngineError::Refused(_) => crate::metrics::labels::EngineErrorKind::Refused,
+                EngineError::Rejected(_) => crate::metrics::labels::EngineErrorKind::Rejected,
             };
-            self.inner
-                .metrics
-                .engine_errors
-                .with_label_values(&[kind])
-                .inc();
+            self.inner.metrics.engine_error(kind);
             // A broken connection is forgotten; the next command opens or takes a healthy one.
             if let (EngineError::Unavailable(_), Some(used)) = (e, slot) {
                 self.inner.conns.drop_broken(used);

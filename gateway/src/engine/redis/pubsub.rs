@@ -85,9 +85,7 @@ impl PubsubTask {
                     };
                     tracing::warn!(error = %why, "pub/sub connection failed; retrying");
                     self.metrics
-                        .engine_errors
-                        .with_label_values(&["pubsub_connect"])
-                        .inc();
+                        .engine_error(crate::metrics::labels::EngineErrorKind::PubsubConnect);
                     self.listener.on_live_path(false);
                     if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
                         return;
@@ -153,7 +151,7 @@ impl PubsubTask {
                     _ = probe.tick() => {
                         if let Some(lost) = outstanding {
                             tracing::warn!(probe = lost, "pub/sub path is silent: the probe did not come back; reconnecting");
-                            self.metrics.engine_errors.with_label_values(&["pubsub_silent"]).inc();
+                            self.metrics.engine_error(crate::metrics::labels::EngineErrorKind::PubsubSilent);
                             break;
                         }
                         sequence += 1;
@@ -165,9 +163,7 @@ impl PubsubTask {
             }
             tracing::warn!("pub/sub connection lost; reconnecting");
             self.metrics
-                .engine_errors
-                .with_label_values(&["pubsub_lost"])
-                .inc();
+                .engine_error(crate::metrics::labels::EngineErrorKind::PubsubLost);
             self.listener.on_live_path(false);
             if !self.wait_refusing(backoff.next_delay(), &mut desired).await {
                 return;

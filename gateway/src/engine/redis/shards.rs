@@ -64,7 +64,7 @@ enum Broken {
     /// The task must end.
     Stop,
     /// Reconnect (after a backoff).
-    Reconnect(&'static str),
+    Reconnect(crate::metrics::labels::EngineErrorKind),
 }
 
 impl ShardsTask {
@@ -77,8 +77,8 @@ impl ShardsTask {
             match self.session(&mut desired, &mut connected_before).await {
                 Broken::Stop => return,
                 Broken::Reconnect(why) => {
-                    tracing::warn!(reason = why, "cluster pub/sub connection replaced");
-                    self.metrics.engine_errors.with_label_values(&[why]).inc();
+                    tracing::warn!(reason = why.as_str(), "cluster pub/sub connection replaced");
+                    self.metrics.engine_error(why);
                     self.listener.on_live_path(false);
                 }
             }
@@ -104,9 +104,9 @@ impl ShardsTask {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cluster connection failed");
-                    return Broken::Reconnect("pubsub_connect");
+                    return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubConnect);
                 }
-                Err(_) => return Broken::Reconnect("pubsub_connect"),
+                Err(_) => return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubConnect),
             },
             _ = self.stop.changed() => return Broken::Stop,
         };
@@ -114,17 +114,19 @@ impl ShardsTask {
         self.conns.forget();
         if let Err(e) = self.load_library(&mut conn).await {
             tracing::warn!(error = %e, "loading the function library on the primaries failed");
-            return Broken::Reconnect("library");
+            return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::Library);
         }
         let mut probes = match self.probe_channels(&mut conn).await {
             Ok(p) => p,
-            Err(_) => return Broken::Reconnect("pubsub_connect"),
+            Err(_) => {
+                return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubConnect);
+            }
         };
         // Each subscription is confirmed by one push; later pushes for it are re-subscriptions.
         let mut confirmed: HashMap<String, bool> = HashMap::new();
         let all: Vec<String> = desired.iter().chain(probes.keys()).cloned().collect();
         if !all.is_empty() && !self.ssubscribe(&mut conn, &all).await {
-            return Broken::Reconnect("pubsub_subscribe");
+            return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSubscribe);
         }
         self.listener.on_live_path(true);
         if *connected_before {
@@ -143,19 +145,19 @@ impl ShardsTask {
         loop {
             tokio::select! {
                 push = pushes.recv() => {
-                    let Some(push) = push else { return Broken::Reconnect("pubsub_lost") };
+                    let Some(push) = push else { return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubLost) };
                     self.on_push(push, &mut conn, desired, &mut probes, &mut confirmed).await;
                 }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { return Broken::Stop };
                     if !self.apply(cmd, &mut conn, desired, &mut confirmed).await {
-                        return Broken::Reconnect("pubsub_subscribe");
+                        return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSubscribe);
                     }
                 }
                 _ = tick.tick() => {
                     if probes.values().any(|back| !*back) && sequence > 0 {
                         tracing::warn!("a shard's pub/sub path is silent: a probe did not come back");
-                        return Broken::Reconnect("pubsub_silent");
+                        return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSilent);
                     }
                     // Slots move: keep one probe on every primary.
                     if let Ok(now) = self.probe_channels(&mut conn).await {
@@ -164,7 +166,7 @@ impl ShardsTask {
                         let old: Vec<String> =
                             probes.keys().filter(|c| !now.contains_key(*c)).cloned().collect();
                         if !new.is_empty() && !self.ssubscribe(&mut conn, &new).await {
-                            return Broken::Reconnect("pubsub_subscribe");
+                            return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSubscribe);
                         }
                         for name in &old {
                             let _ = tokio::time::timeout(self.timeout, conn.sunsubscribe(name)).await;
@@ -223,9 +225,7 @@ impl ShardsTask {
             }
             (PushKind::Disconnection, _) => {
                 self.metrics
-                    .engine_errors
-                    .with_label_values(&["pubsub_node_lost"])
-                    .inc();
+                    .engine_error(crate::metrics::labels::EngineErrorKind::PubsubNodeLost);
             }
             _ => {}
         }

@@ -339,9 +339,7 @@ impl Connection {
             Err(e) => {
                 self.state
                     .metrics
-                    .resumes
-                    .with_label_values(&["bad_cursor"])
-                    .inc();
+                    .resume(crate::metrics::labels::ResumeOutcome::BadCursor);
                 let message = format!("since is not a position: {e}");
                 return Err(refuse(ErrorCode::BadPosition, message));
             }

@@ -109,7 +109,10 @@ impl Running {
                     .inc();
                 Box::pin(close_with(session, &mut stream, disconnect, None)).await;
             }
-            None => metrics.ws_closes.with_label_values(&["client"]).inc(),
+            None => metrics
+                .ws_closes
+                .with_label_values(&[crate::metrics::WS_CLOSE_BY_CLIENT])
+                .inc(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod exactly_once;
 pub mod follow;
 pub mod jwt;
 pub mod nginx;
+pub mod prometheus;
 pub mod proxy;
 pub mod raw;
 pub mod redis_cluster;
@@ -22,7 +23,6 @@ pub mod test_ca;
 
 pub use raw::{after_one_request, head_of, read_until};
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -230,14 +230,17 @@ pub struct Gateway {
 pub const LOG_CAPTURE_FILE: &str = "LOG_CAPTURE_FILE";
 
 impl Gateway {
-    /// Starts the binary with `GATEWAY__...` variables; waits for its "listening" line.
+    /// Starts the binary with `GATEWAY__...` variables; waits for the "listening" line in its
+    /// `server.address_file` (the gateway's terminal output is all log lines).
     pub fn spawn(env: &[(&str, &str)]) -> Self {
+        let address_file = std::env::temp_dir().join(unique("gw-address-"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("GATEWAY__SERVER__LISTEN", "127.0.0.1:0")
             .env("GATEWAY__SERVER__WORKERS", "2")
             .env("GATEWAY__SERVER__SHUTDOWN_TIMEOUT_SECONDS", "3")
+            .env("GATEWAY__SERVER__ADDRESS_FILE", &address_file)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
@@ -252,15 +255,26 @@ impl Gateway {
             }
         }
         let mut child = cmd
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
             .expect("spawn gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read gateway stdout");
+        let deadline = Instant::now() + WAIT * 3;
+        let line = loop {
+            if let Ok(line) = std::fs::read_to_string(&address_file) {
+                let _ = std::fs::remove_file(&address_file);
+                break line;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("gateway exited before listening: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway wrote no address file within {:?}",
+                WAIT * 3
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let rest = line.trim().strip_prefix("listening on ");
         let (scheme, rest) = match rest.and_then(|r| r.strip_prefix("https://")) {
             Some(r) => ("https", Some(r)),

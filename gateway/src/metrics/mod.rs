@@ -1,12 +1,22 @@
 //! Prometheus metrics. One registry per gateway instance, created by `run` and passed down, so
-//! several gateways can live in one test process without sharing counters.
+//! several gateways can live in one test process without sharing counters. Every labelled
+//! counter with a bounded label set starts with all its series at zero ([`labels`]).
+
+mod instance;
+pub mod labels;
 
 use std::sync::Arc;
+
+use shared::{Disconnect, ErrorCode};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+use labels::{EngineErrorKind, PublishApi, ResumeOutcome, ResyncReason, SeenBy, Transport};
+
+pub use instance::{COMMIT, VERSION};
 
 /// All metrics of one instance; cheap to clone.
 #[derive(Clone)]
@@ -252,21 +262,20 @@ impl Metrics {
             ),
             registry: r,
         };
-        for t in ["sse", "ws"] {
-            inner.connections.with_label_values(&[t]);
-            inner.connections_total.with_label_values(&[t]);
-            inner.delivered.with_label_values(&[t]);
-        }
-        for o in ["fresh", "recovered", "gap", "bad_cursor"] {
-            inner.resumes.with_label_values(&[o]);
-        }
-        for d in ["in", "out"] {
-            inner.ws_frames.with_label_values(&[d]);
-        }
-        for a in ["http", "cli", "ws"] {
-            inner.published.with_label_values(&[a]);
-        }
+        inner.precreate();
+        instance::register_build_info(&inner.registry);
+        instance::register_process(&inner.registry);
         Self(Arc::new(inner))
+    }
+
+    /// Increments `gateway_engine_errors_total{kind}`.
+    pub fn engine_error(&self, kind: EngineErrorKind) {
+        self.engine_errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Increments `gateway_resumes_total{outcome}`.
+    pub fn resume(&self, outcome: ResumeOutcome) {
+        self.resumes.with_label_values(&[outcome.as_str()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -278,8 +287,51 @@ impl Metrics {
     }
 }
 
+impl Inner {
+    /// Creates every series of every bounded label set at zero.
+    fn precreate(&self) {
+        for t in Transport::ALL {
+            self.connections.with_label_values(&[t.as_str()]);
+            self.connections_total.with_label_values(&[t.as_str()]);
+            self.delivered.with_label_values(&[t.as_str()]);
+        }
+        for a in PublishApi::ALL {
+            self.published.with_label_values(&[a.as_str()]);
+        }
+        for o in ResumeOutcome::ALL {
+            self.resumes.with_label_values(&[o.as_str()]);
+        }
+        for r in ResyncReason::ALL {
+            self.resyncs.with_label_values(&[r.as_str()]);
+        }
+        for s in SeenBy::ALL {
+            self.lost_history.with_label_values(&[s.as_str()]);
+        }
+        for k in EngineErrorKind::ALL {
+            self.engine_errors.with_label_values(&[k.as_str()]);
+        }
+        for c in ErrorCode::ALL {
+            self.rejected.with_label_values(&[c.as_str()]);
+        }
+        for d in Disconnect::ALL {
+            self.disconnects.with_label_values(&[d.label()]);
+            self.ws_closes.with_label_values(&[&d.code().to_string()]);
+        }
+        self.ws_closes.with_label_values(&[WS_CLOSE_BY_CLIENT]);
+        for d in ["in", "out"] {
+            self.ws_frames.with_label_values(&[d]);
+        }
+    }
+}
+
+/// The `code` of `gateway_ws_closes_total` when the client closed (or vanished) first.
+pub const WS_CLOSE_BY_CLIENT: &str = "client";
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
 }
+
+#[cfg(test)]
+mod tests;
