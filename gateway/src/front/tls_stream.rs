@@ -27,6 +27,10 @@ use tokio::net::TcpStream;
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
 
+/// Ciphertext that answers to what was read may queue up to this before reading waits for it
+/// to be sent.
+const MAX_UNSENT_BY_READS: usize = 16 * 1024;
+
 /// Plaintext encrypted per `poll_write` at most: four full records.
 const MAX_WRITE: usize = 4 * 16 * 1024;
 
@@ -247,10 +251,12 @@ impl AsyncRead for TlsStream {
             if this.process(None)?.0 == Next::Closed {
                 return Poll::Ready(Ok(()));
             }
-            // Alerts, tickets and key updates answer the client: send them on the way. A full
-            // socket does not stop reading; the writer's next flush sends the rest.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-                return Poll::Ready(Err(e));
+            // What reading made rustls queue (a key update's answer, an alert) goes out with
+            // the next write or flush: the read side does not wait on the socket's write side,
+            // where it would take the writer's wake-up if the halves are polled apart. Unless a
+            // client makes it pile up without ever reading: then reading stops until it does.
+            if this.outgoing.len() - this.sent > MAX_UNSENT_BY_READS {
+                ready!(this.poll_send(cx))?;
             }
             if this.taken < this.plain.len() || this.eof {
                 continue;
