@@ -28,7 +28,22 @@ struct Topology {
 }
 
 impl Topology {
+    /// Starts the script; again (up to three times) when a port it chose was taken before its
+    /// server bound it (other tests pick free ports at the same time).
     fn start(args: &[&str]) -> Self {
+        for _ in 0..2 {
+            match Self::try_start(args) {
+                Ok(topology) => return topology,
+                Err(e) if e.contains("Address already in use") => {
+                    eprintln!("topology.sh {args:?}: a port was taken meanwhile; again");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        Self::try_start(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(args: &[&str]) -> Result<Self, String> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/topology.sh");
         let mut cmd = Command::new(&script);
         cmd.args(args)
@@ -83,10 +98,12 @@ impl Topology {
             let wait = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(wait) {
                 Ok(line) => line,
-                Err(e) => panic!(
-                    "topology.sh {args:?}: no `ready` ({e}); stderr:\n{}",
-                    topology.stderr()
-                ),
+                Err(e) => {
+                    return Err(format!(
+                        "topology.sh {args:?}: no `ready` ({e}); stderr:\n{}",
+                        topology.stderr()
+                    ));
+                }
             };
             if line == "ready" {
                 break;
@@ -105,7 +122,7 @@ impl Topology {
         }
         assert!(!topology.url.is_empty(), "no url= line");
         assert!(topology.dir.is_dir(), "dir= is not a directory");
-        topology
+        Ok(topology)
     }
 
     fn stderr(&self) -> String {
