@@ -41,6 +41,11 @@ pub struct Watch {
     /// Events skipped on arrival (a later one came first); final loss is in the report.
     skipped: [AtomicU64; 2],
     gaps: [AtomicU64; 2],
+    /// Last arrival of any event of the class, µs since the epoch.
+    last_arrival: [AtomicU64; 2],
+    /// Longest time without any arrival in the class after the kill, µs: the delivery outage,
+    /// which per-event latency cannot show while publishing to a dead shard fails.
+    silence_after_kill: [AtomicU64; 2],
 }
 
 impl Watch {
@@ -54,6 +59,8 @@ impl Watch {
             duplicated: Default::default(),
             skipped: Default::default(),
             gaps: Default::default(),
+            last_arrival: Default::default(),
+            silence_after_kill: Default::default(),
         }
     }
 
@@ -67,6 +74,12 @@ impl Watch {
         let kill = self.kill_us.load(Ordering::Relaxed);
         let after = usize::from(kill != 0 && ts >= kill);
         lock(&self.hist[after][k]).saturating_record(now_us.saturating_sub(ts).max(1));
+        let last = self.last_arrival[k].fetch_max(now_us, Ordering::Relaxed);
+        if kill != 0 && last != 0 {
+            // Silence counts from the kill at the earliest.
+            let silent = now_us.saturating_sub(last.max(kill));
+            self.silence_after_kill[k].fetch_max(silent, Ordering::Relaxed);
+        }
         match outcome {
             SeqOutcome::Duplicate => {
                 self.duplicated[k].fetch_add(1, Ordering::Relaxed);
@@ -307,6 +320,10 @@ pub async fn failover(a: FailoverArgs) -> anyhow::Result<Report> {
             &format!("{name}_gaps"),
             watch.gaps[k].load(Ordering::Relaxed),
         );
+        r.set(
+            &format!("{name}_longest_silence_after_kill_ms"),
+            watch.silence_after_kill[k].load(Ordering::Relaxed) as f64 / 1000.0,
+        );
         r.set(&format!("{name}_events_before_kill"), before.len());
         r.set(&format!("{name}_events_after_kill"), after.len());
         r.set_latency(&format!("{name}_before_kill_latency"), &before);
@@ -345,6 +362,9 @@ mod tests {
         assert_eq!(w.skipped[KILLED].load(Ordering::Relaxed), 3);
         assert_eq!(w.gaps[KILLED].load(Ordering::Relaxed), 1);
         assert_eq!(w.gaps[OTHER].load(Ordering::Relaxed), 0);
+        // Nothing arrived on the killed shard from `now` (its last arrival) to `now` + 2 s.
+        let silence = w.silence_after_kill[KILLED].load(Ordering::Relaxed);
+        assert!(silence >= 1_999_000, "{silence}");
     }
 
     #[test]
