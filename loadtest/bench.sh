@@ -119,11 +119,11 @@ stop_nchan() {
 }
 
 # Runs loadtest with a label; its JSON line goes to $OUT/$figure.jsonl with the label added.
-# The machine's load before each run goes to $OUT/load.log (other work shares this box).
+# The machine's load before each run goes to $OUT/load.txt (other work shares this box; *.log is git-ignored).
 run() {
   local figure=$1 label=$2; shift 2
   log "$figure / $label: loadtest $*"
-  echo "$(date -u +%FT%TZ) $figure/$label: $(uptime)" >>"$OUT/load.log"
+  echo "$(date -u +%FT%TZ) $figure/$label: $(uptime)" >>"$OUT/load.txt"
   local line
   line=$("$LT" "$@" --quiet 2> >(tee -a "$OUT/$figure.md" >&2)) || true
   echo "${line%\}},\"label\":\"$label\",\"command\":\"loadtest $*\"}" >>"$OUT/$figure.jsonl"
