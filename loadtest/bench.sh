@@ -9,6 +9,9 @@
 #          latency-nchan channels channels-nchan storm publish publish-nchan
 #          idle-tls idle-h2 fanout-h2 (the gateway serving TLS itself, with a certificate made
 #          here by `loadtest gen-cert`; HTTP/2 over TLS and cleartext h2c)
+#          cluster-publish cluster-fanout cluster-channels cluster-storm cluster-failover
+#          (issue 11: each against one redis-server AND a 3-primary + 3-replica Redis Cluster
+#          started here; not in the default list)
 #
 # Environment: OUT (results directory, default target/bench/<date>), STEP (seconds per saturate
 # step, default 10). Needs the release binaries (built here) and, for the Nchan figures, what
@@ -116,9 +119,11 @@ stop_nchan() {
 }
 
 # Runs loadtest with a label; its JSON line goes to $OUT/$figure.jsonl with the label added.
+# The machine's load before each run goes to $OUT/load.txt (other work shares this box; *.log is git-ignored).
 run() {
   local figure=$1 label=$2; shift 2
   log "$figure / $label: loadtest $*"
+  echo "$(date -u +%FT%TZ) $figure/$label: $(uptime)" >>"$OUT/load.txt"
   local line
   line=$("$LT" "$@" --quiet 2> >(tee -a "$OUT/$figure.md" >&2)) || true
   echo "${line%\}},\"label\":\"$label\",\"command\":\"loadtest $*\"}" >>"$OUT/$figure.jsonl"
@@ -290,6 +295,139 @@ fig_fanout_h2() {
     [[ $label == *100x100 ]] && args+=(--http2 --streams-per-conn 100)
     run fanout-h2 "gateway-$label" saturate --conns 10000 --start-rate 50 --step-seconds "$STEP" --max-rate 1300 \
       --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/" --url "$GW_URL" --server-pid "$GW_PID" "${args[@]}"
+    stop_all
+  done
+}
+
+# --- Redis Cluster (issue 11)
+
+# Starts a Redis Cluster of 3 primaries and 3 replicas on loopback, without persistence:
+# `start_cluster [NODE_TIMEOUT_MS]` (default 15000, Redis' own default). Sets CLUSTER_URLS (all
+# six, comma-separated), CLUSTER_NODES_ARGS (--redis-cluster ...), CLUSTER_PRIMARIES (redis://
+# URLs of the primaries) and CLUSTER_PID_ARGS (--server-pid for each node).
+start_cluster() {
+  local timeout=${1:-15000} ports=() i p bus dir nodes=() urls=()
+  CLUSTER_PID_ARGS=()
+  while [ ${#ports[@]} -lt 6 ]; do
+    p=$(free_port)
+    case " ${ports[*]} " in *" $p "*) continue ;; esac
+    ports+=("$p")
+  done
+  for i in 0 1 2 3 4 5; do
+    p=${ports[$i]}
+    while :; do bus=$(free_port); case " ${ports[*]} " in *" $bus "*) ;; *) break ;; esac; done
+    dir=$(mktemp -d)
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-port "$bus" \
+      --cluster-node-timeout "$timeout" --maxclients 60000 --loglevel warning >"$dir/log" 2>&1 &
+    PIDS+=("$!"); CLUSTER_PID_ARGS+=(--server-pid "$!")
+    nodes+=("127.0.0.1:$p"); urls+=("redis://127.0.0.1:$p")
+  done
+  for p in "${ports[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$OUT/cluster-create.log" 2>&1 ||
+    { log "cluster create failed"; return 1; }
+  for p in "${ports[@]}"; do
+    for _ in $(seq 1 100); do
+      redis-cli -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' && break
+      sleep 0.1
+    done
+  done
+  CLUSTER_PRIMARIES=()
+  for p in "${ports[@]}"; do
+    if redis-cli -p "$p" info replication | grep -q '^role:master'; then
+      CLUSTER_PRIMARIES+=("redis://127.0.0.1:$p")
+    else # wait for the replica's first sync
+      for _ in $(seq 1 100); do
+        redis-cli -p "$p" info replication | grep -q '^master_link_status:up' && break
+        sleep 0.1
+      done
+    fi
+  done
+  CLUSTER_URLS=$(IFS=,; echo "${urls[*]}")
+  CLUSTER_NODES_ARGS=(--redis-cluster "$CLUSTER_URLS")
+  log "cluster up (node timeout $timeout ms): primaries ${CLUSTER_PRIMARIES[*]}"
+}
+
+# A gateway on the cluster; like start_gateway (extra env as arguments).
+start_gateway_cluster() {
+  local port; port=$(free_port)
+  env GATEWAY__SERVER__LISTEN="127.0.0.1:$port" GATEWAY__REDIS__CLUSTER_NODES="$CLUSTER_URLS" \
+    GATEWAY__LOG__FILTER=warn "$@" "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  GW_URL="http://127.0.0.1:$port"
+  wait_http "$GW_URL/readyz"
+}
+
+# Publish throughput, HTTP (through a gateway) and FCALL straight into Redis, one node vs the
+# cluster; Redis CPU per node from INFO (loadtest samples every node given).
+fig_cluster_publish() {
+  start_redis; start_gateway
+  local single=(--redis-url "redis://127.0.0.1:$REDIS_PORT/")
+  run cluster-publish "single-http" publish --duration 10 --concurrency 64 --channels 1000 --url "$GW_URL" \
+    --server-pid "$GW_PID" "${single[@]}"
+  run cluster-publish "single-function" publish --duration 10 --concurrency 64 --channels 1000 --publish redis \
+    "${single[@]}" --server-pid "$REDIS_PID"
+  stop_all
+  start_cluster; start_gateway_cluster
+  run cluster-publish "cluster-http" publish --duration 10 --concurrency 64 --channels 1000 --url "$GW_URL" \
+    --server-pid "$GW_PID" "${CLUSTER_NODES_ARGS[@]}"
+  run cluster-publish "cluster-function" publish --duration 10 --concurrency 64 --channels 1000 --publish redis \
+    "${CLUSTER_NODES_ARGS[@]}" "${CLUSTER_PID_ARGS[@]}"
+  stop_all
+}
+
+# Fan-out to 5,000 SSE subscribers of one channel at rising rates (events by FCALL), one node vs
+# the cluster (one channel lives on one shard: this is the per-shard cost, not scaling).
+fig_cluster_fanout() {
+  start_redis; start_gateway
+  run cluster-fanout "single-sse" saturate --conns 5000 --start-rate 100 --step-seconds "$STEP" --max-rate 900 \
+    --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/" --url "$GW_URL" --server-pid "$GW_PID"
+  stop_all
+  start_cluster; start_gateway_cluster
+  run cluster-fanout "cluster-sse" saturate --conns 5000 --start-rate 100 --step-seconds "$STEP" --max-rate 900 \
+    --publish redis "${CLUSTER_NODES_ARGS[@]}" --url "$GW_URL" --server-pid "$GW_PID"
+  stop_all
+}
+
+# 5,000 subscribers over 1,000 channels (spread over every shard), 2,000 events/s by FCALL.
+fig_cluster_channels() {
+  start_redis; start_gateway
+  run cluster-channels "single-sse" channels --conns 5000 --channels 1000 --rate 2000 --duration "$STEP" \
+    --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/" --url "$GW_URL" --server-pid "$GW_PID"
+  stop_all
+  start_cluster; start_gateway_cluster
+  run cluster-channels "cluster-sse" channels --conns 5000 --channels 1000 --rate 2000 --duration "$STEP" \
+    --publish redis "${CLUSTER_NODES_ARGS[@]}" --url "$GW_URL" --server-pid "$GW_PID"
+  stop_all
+}
+
+# The 10,000-client reconnect storm between two gateways; Redis commands summed over the primaries.
+fig_cluster_storm() {
+  start_redis; start_gateway; local a=$GW_URL; start_gateway
+  run cluster-storm "single-sse" storm --conns 10000 --count 10 --behind 10 --url "$a" \
+    --storm-url "$GW_URL" --server-pid "$GW_PID" --redis-url "redis://127.0.0.1:$REDIS_PORT/"
+  stop_all
+  start_cluster; start_gateway_cluster; a=$GW_URL; start_gateway_cluster
+  run cluster-storm "cluster-sse" storm --conns 10000 --count 10 --behind 10 --url "$a" \
+    --storm-url "$GW_URL" --server-pid "$GW_PID" "${CLUSTER_NODES_ARGS[@]}"
+  stop_all
+}
+
+# SIGKILL of one primary under load: 1,000 SSE subscribers over 64 channels, 320 events/s through
+# the gateway's /publish (one publisher connection per channel, so a stuck shard holds up only
+# its own channels). Redis' default node timeout (15 s) and a short one (2 s), and with the short
+# one the gateway's probe period at its default (5 s) and at 1 s.
+fig_cluster_failover() {
+  local t probe dur
+  for t in 15000:5 2000:5 2000:1; do
+    probe=${t#*:}; t=${t%:*}
+    dur=$(( t / 1000 + 20 ))
+    start_cluster "$t"; start_gateway_cluster GATEWAY__REDIS__PROBE_SECONDS="$probe"
+    run cluster-failover "node-timeout-${t}ms-probe-${probe}s" failover --conns 1000 --channels 64 --rate 320 \
+      --duration "$dur" --kill-after 5 --kill-node "${CLUSTER_PRIMARIES[0]}" --publish-conns 64 \
+      --url "$GW_URL" --server-pid "$GW_PID" "${CLUSTER_NODES_ARGS[@]}"
     stop_all
   done
 }

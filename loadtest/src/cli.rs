@@ -36,6 +36,10 @@ pub enum Command {
     Storm(StormArgs),
     /// Raw publish throughput and latency (no subscribers).
     Publish(PublishArgs),
+    /// Primary failover under load: subscribers over many channels, a steady publish rate,
+    /// SIGKILL of one Redis Cluster primary mid-run; latency of the events published after the
+    /// kill, for channels on the killed shard and on the others.
+    Failover(FailoverArgs),
     /// Merge the JSON lines of several loadtest processes (files, or stdin) into one.
     Combine(CombineArgs),
     /// Write a self-signed certificate for localhost, 127.0.0.1 and ::1 (cert.pem, key.pem) for
@@ -139,6 +143,11 @@ pub struct PubOpts {
     /// command counts.
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Redis Cluster nodes (comma-separated or repeated `redis://host:port`): --publish redis
+    /// then goes through a cluster client (`FCALL` routed by the channel's key to its primary),
+    /// and every node listed (primaries and replicas) is sampled for CPU and command counts.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
     /// Redis key prefix of the gateway (redis.key_prefix).
     #[arg(long, default_value = "gw:")]
     pub key_prefix: String,
@@ -299,6 +308,36 @@ pub struct PublishArgs {
     pub rate: Option<f64>,
     #[command(flatten)]
     pub common: Common,
+    #[command(flatten)]
+    pub publish: PubOpts,
+}
+
+/// `failover`.
+#[derive(Args, Debug)]
+pub struct FailoverArgs {
+    /// Subscribers (subscriber i watches channel i mod K).
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Channels (spread over every shard by their hash slots).
+    #[arg(long, default_value_t = 64)]
+    pub channels: usize,
+    /// Total events per second over all channels.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seconds to publish (long enough for the failover and the recovery after it).
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// The primary to kill (`redis://127.0.0.1:PORT`, loopback only): its pid comes from its
+    /// `INFO server`, its slots from `CLUSTER NODES`.
+    #[arg(long, value_name = "URL")]
+    pub kill_node: String,
+    /// Seconds after publishing starts to SIGKILL it.
+    #[arg(long, default_value_t = 5.0)]
+    pub kill_after: f64,
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub subs: SubOpts,
     #[command(flatten)]
     pub publish: PubOpts,
 }

@@ -106,6 +106,8 @@ pub struct Shared {
     pub book: Arc<Book>,
     /// When the storm's reconnect was ordered (per-client resume times count from it).
     pub storm_start: std::sync::OnceLock<Instant>,
+    /// Set by the `failover` scenario: per-channel-class latency around a primary's kill.
+    pub watch: std::sync::OnceLock<Arc<crate::failover::Watch>>,
 }
 
 /// What a subscriber hands back at the end.
@@ -186,7 +188,11 @@ impl Acct {
         };
         let c = &mut self.batch.c;
         c.deliveries += 1;
-        match self.seq.on_seq(seq) {
+        let outcome = self.seq.on_seq(seq);
+        if let Some(w) = sh.watch.get() {
+            w.event(self.channel, ts, now_us, &outcome);
+        }
+        match outcome {
             SeqOutcome::InOrder => c.in_order += 1,
             SeqOutcome::Jump(n) => {
                 c.in_order += 1;
@@ -240,6 +246,9 @@ impl Acct {
                 }
                 b"gap" => {
                     self.batch.c.gaps += 1;
+                    if let Some(w) = sh.watch.get() {
+                        w.gap(self.channel);
+                    }
                     if self.check_ids {
                         self.ids.marker(id);
                     }
@@ -1241,6 +1250,7 @@ mod tests {
             stats: Stats::new(),
             book,
             storm_start: std::sync::OnceLock::new(),
+            watch: std::sync::OnceLock::new(),
         });
         let phase = PhaseTx::new(Phase::Run);
         let task = tokio::spawn(subscriber(0, sh.clone(), phase.subscribe()));
@@ -1355,6 +1365,7 @@ mod tests {
             stats: Stats::new(),
             book,
             storm_start: std::sync::OnceLock::new(),
+            watch: std::sync::OnceLock::new(),
         });
         let phase = PhaseTx::new(Phase::Run);
         let task = tokio::spawn(subscribers(0, 3, sh.clone(), phase.subscribe()));
@@ -1464,6 +1475,7 @@ mod tests {
             stats: Stats::new(),
             book,
             storm_start: std::sync::OnceLock::new(),
+            watch: std::sync::OnceLock::new(),
         });
         let phase = PhaseTx::new(Phase::Run);
         let task = tokio::spawn(subscribers(0, 1, sh.clone(), phase.subscribe()));

@@ -12,6 +12,7 @@
 mod account;
 mod cli;
 mod conn;
+mod failover;
 mod h2;
 mod http;
 mod net;
@@ -19,6 +20,7 @@ mod payload;
 mod phase;
 mod procfs;
 mod publish;
+mod redis_nodes;
 mod report;
 mod scenario;
 mod sse;
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         Command::Saturate(a) => (a.common.threads, a.common.quiet, a.common.report.clone()),
         Command::Storm(a) => (a.common.threads, a.common.quiet, a.common.report.clone()),
         Command::Publish(a) => (a.common.threads, a.common.quiet, a.common.report.clone()),
+        Command::Failover(a) => (a.common.threads, a.common.quiet, a.common.report.clone()),
         Command::Combine(_) | Command::GenCert(_) => (1, true, None),
     };
     let runtime = if threads <= 1 {
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
             Command::Saturate(a) => scenario::saturate(a).await,
             Command::Storm(a) => scenario::storm(a).await,
             Command::Publish(a) => scenario::publish_scenario(a).await,
+            Command::Failover(a) => failover::failover(a).await,
             Command::Combine(_) | Command::GenCert(_) => unreachable!("handled above"),
         }
     });

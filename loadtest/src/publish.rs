@@ -111,6 +111,14 @@ pub enum PubTarget {
         /// Key prefix.
         prefix: String,
     },
+    /// The same `FCALL` through a Redis Cluster client, which sends it to the primary owning
+    /// the channel's slot (the keys share the `{C}` hash tag).
+    RedisCluster {
+        /// Seed nodes.
+        nodes: Vec<String>,
+        /// Key prefix.
+        prefix: String,
+    },
 }
 
 impl PubTarget {
@@ -121,6 +129,7 @@ impl PubTarget {
             Self::Gateway { tls: Some(_), .. } => "https",
             Self::Template { .. } => "template",
             Self::Redis { .. } => "redis",
+            Self::RedisCluster { .. } => "redis-cluster",
         }
     }
 }
@@ -289,9 +298,41 @@ enum Client {
         host: String,
     },
     Redis {
-        con: redis::aio::MultiplexedConnection,
+        con: RedisCon,
         keys: BTreeMap<usize, (String, String)>,
     },
+}
+
+/// A publishing connection to one Redis server or to a cluster.
+enum RedisCon {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RedisCon {
+    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Self::Single(c) => cmd.query_async(c).await,
+            Self::Cluster(c) => cmd.query_async(c).await,
+        }
+    }
+}
+
+/// The `{C}:stream` and `{C}:meta` keys of each owned channel.
+fn fcall_keys(book: &Book, owned: &[usize], prefix: &str) -> BTreeMap<usize, (String, String)> {
+    owned
+        .iter()
+        .map(|&c| {
+            let n = &book.names[c];
+            (
+                c,
+                (
+                    format!("{prefix}{{{n}}}:stream"),
+                    format!("{prefix}{{{n}}}:meta"),
+                ),
+            )
+        })
+        .collect()
 }
 
 impl Client {
@@ -343,20 +384,26 @@ impl Client {
                 .map_err(|_| "redis_connect_timeout".to_owned())?
                 .map_err(|e| format!("redis_connect: {}", e.kind_str()))?;
                 Ok(Self::Redis {
-                    con,
-                    keys: owned
-                        .iter()
-                        .map(|&c| {
-                            let n = &book.names[c];
-                            (
-                                c,
-                                (
-                                    format!("{prefix}{{{n}}}:stream"),
-                                    format!("{prefix}{{{n}}}:meta"),
-                                ),
-                            )
-                        })
-                        .collect(),
+                    con: RedisCon::Single(con),
+                    keys: fcall_keys(book, owned, prefix),
+                })
+            }
+            PubTarget::RedisCluster { nodes, prefix } => {
+                // Short timeouts and few retries: during a failover a publish should fail and
+                // be counted, not hang the worker (and every channel it owns) for minutes.
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(5))
+                    .retries(3)
+                    .build()
+                    .map_err(|e| format!("redis: {e}"))?;
+                let con = tokio::time::timeout(PUBLISH_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| "redis_connect_timeout".to_owned())?
+                    .map_err(|e| format!("redis_connect: {}", e.kind_str()))?;
+                Ok(Self::Redis {
+                    con: RedisCon::Cluster(con),
+                    keys: fcall_keys(book, owned, prefix),
                 })
             }
         }
@@ -404,15 +451,15 @@ impl Client {
                 let Some((stream, meta)) = keys.get(&channel) else {
                     return Err("unowned_channel".into());
                 };
-                redis::cmd("FCALL")
-                    .arg("gw_publish")
+                let mut cmd = redis::cmd("FCALL");
+                cmd.arg("gw_publish")
                     .arg(2)
                     .arg(stream)
                     .arg(meta)
                     .arg(payload)
                     .arg("")
-                    .arg("json")
-                    .query_async::<redis::Value>(con)
+                    .arg("json");
+                con.query(&cmd)
                     .await
                     .map(|_| ())
                     .map_err(|e| format!("redis_{}", e.kind_str()))

@@ -1,6 +1,5 @@
 //! The scenarios: connect, publish, drain, measure, report.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +19,7 @@ use crate::net::TlsClient;
 use crate::phase::PhaseTx;
 use crate::procfs::{CpuUse, CpuWindow, rss_kib, rss_sum};
 use crate::publish::{self, Book, PubRun, PubStats, PubTarget};
+use crate::redis_nodes::{self, RedisNodes};
 use crate::report::{Report, round3};
 use crate::stats::{Counters, Stats, lock};
 use crate::target::{Url, parse_sources, parse_url};
@@ -80,30 +80,32 @@ impl Progress {
 }
 
 /// A finished subscriber population, accounted.
-struct Finish {
+pub(crate) struct Finish {
     lost: u64,
+    /// Lost events per channel.
+    pub(crate) lost_by_channel: Vec<u64>,
     subscribers: u64,
     missing_overflow: u64,
     incomplete: u64,
 }
 
 /// Everything a scenario drives.
-struct Harness {
-    sh: Arc<Shared>,
+pub(crate) struct Harness {
+    pub(crate) sh: Arc<Shared>,
     phase: PhaseTx,
     /// Subscriber tasks: one per subscriber, or with HTTP/2 one per connection.
     tasks: Vec<JoinHandle<Vec<SubResult>>>,
-    progress: Progress,
-    pids: Vec<u32>,
+    pub(crate) progress: Progress,
+    pub(crate) pids: Vec<u32>,
     target: Arc<PubTarget>,
-    pstats: Arc<PubStats>,
-    book: Arc<Book>,
+    pub(crate) pstats: Arc<PubStats>,
+    pub(crate) book: Arc<Book>,
     size: usize,
     workers: usize,
     start_at: Option<u64>,
-    drain: Duration,
+    pub(crate) drain: Duration,
     threads: usize,
-    report: Report,
+    pub(crate) report: Report,
     started: Instant,
     rss_before: Option<u64>,
 }
@@ -159,6 +161,18 @@ fn pub_target(common: &Common, p: &PubOpts, tls: Option<&TlsClient>) -> anyhow::
         });
     }
     match p.publish {
+        PublishVia::Redis if !p.redis_cluster.is_empty() => {
+            for u in &p.redis_cluster {
+                ensure!(
+                    parse_url(u)?.scheme == "redis",
+                    "--redis-cluster nodes must be redis://"
+                );
+            }
+            Ok(PubTarget::RedisCluster {
+                nodes: p.redis_cluster.clone(),
+                prefix: p.key_prefix.clone(),
+            })
+        }
         PublishVia::Redis => {
             let url = p
                 .redis_url
@@ -250,7 +264,7 @@ fn sub_plan(
 
 impl Harness {
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         scenario: &str,
         common: &Common,
         subs: Option<&SubOpts>,
@@ -307,6 +321,7 @@ impl Harness {
                 stats: Stats::new(),
                 book: book.clone(),
                 storm_start: std::sync::OnceLock::new(),
+                watch: std::sync::OnceLock::new(),
             }),
             phase: PhaseTx::new(Phase::Run),
             tasks: Vec::new(),
@@ -348,7 +363,7 @@ impl Harness {
 
     /// Connects `n` subscribers at `ramp` per second and waits until each is established or
     /// has failed; measures server RSS before and after.
-    async fn connect(&mut self, n: usize, ramp: f64) -> anyhow::Result<()> {
+    pub(crate) async fn connect(&mut self, n: usize, ramp: f64) -> anyhow::Result<()> {
         ensure!(n >= 1, "--conns must be at least 1");
         ensure!(ramp > 0.0, "--ramp must be positive");
         self.rss_before = if self.pids.is_empty() {
@@ -449,7 +464,12 @@ impl Harness {
     }
 
     /// Publishes `count` events at `rate`; returns (seconds, attempted).
-    async fn publish(&mut self, count: u64, rate: Option<f64>, max: Duration) -> (f64, u64) {
+    pub(crate) async fn publish(
+        &mut self,
+        count: u64,
+        rate: Option<f64>,
+        max: Duration,
+    ) -> (f64, u64) {
         let before = self.book.total_attempted();
         let t0 = Instant::now();
         let run = publish::run(
@@ -482,7 +502,7 @@ impl Harness {
 
     /// Waits until every subscriber has every published event, `max` passes, or nothing
     /// arrives for 5 s. Returns whether everything arrived.
-    async fn drain(&self, max: Duration) -> bool {
+    pub(crate) async fn drain(&self, max: Duration) -> bool {
         let t0 = Instant::now();
         let mut last = u64::MAX;
         let mut last_change = Instant::now();
@@ -505,7 +525,7 @@ impl Harness {
     }
 
     /// Stops every subscriber and does the final accounting.
-    async fn finish(&mut self) -> Finish {
+    pub(crate) async fn finish(&mut self) -> Finish {
         let alive = self.sh.stats.live.load(Ordering::Relaxed).max(0) as u64;
         self.report.set("alive", alive);
         self.phase.set(Phase::Stop);
@@ -514,6 +534,7 @@ impl Harness {
             .collect();
         let mut f = Finish {
             lost: 0,
+            lost_by_channel: vec![0; self.book.names.len()],
             subscribers: 0,
             missing_overflow: 0,
             incomplete: 0,
@@ -533,7 +554,11 @@ impl Harness {
                 let published = self.book.expected(r.channel);
                 f.subscribers += 1;
                 let failed = &failed[r.channel];
-                f.lost = f.lost.saturating_add(r.seq.final_lost(published, failed));
+                let lost = r.seq.final_lost(published, failed);
+                f.lost = f.lost.saturating_add(lost);
+                if let Some(l) = f.lost_by_channel.get_mut(r.channel) {
+                    *l = l.saturating_add(lost);
+                }
                 f.missing_overflow += u64::from(r.seq.missing_overflow);
                 f.incomplete += u64::from(r.seq.unreceived(published, failed) > 0);
             }
@@ -543,7 +568,7 @@ impl Harness {
     }
 
     /// Fills in the delivery, loss, latency and CPU fields.
-    fn account(&mut self, fin: &Finish, cpu: &CpuUse, window: f64) {
+    pub(crate) fn account(&mut self, fin: &Finish, cpu: &CpuUse, window: f64) {
         let c = self.counters();
         let stats = &self.sh.stats;
         let latency = stats.latency(false);
@@ -607,7 +632,7 @@ impl Harness {
         r.set("window_s", cpu.seconds);
     }
 
-    fn close(mut self) -> Report {
+    pub(crate) fn close(mut self) -> Report {
         let fails = lock(&self.sh.stats.failures).clone();
         let pfails = lock(&self.pstats.failures).clone();
         let r = &mut self.report;
@@ -637,7 +662,7 @@ fn amount(rate: f64, count: Option<u64>, duration: Option<f64>) -> anyhow::Resul
     Ok((count, secs))
 }
 
-fn check_budget(what: &str, seconds: f64) -> anyhow::Result<()> {
+pub(crate) fn check_budget(what: &str, seconds: f64) -> anyhow::Result<()> {
     ensure!(
         seconds <= PLAN_BUDGET,
         "{what} would take about {seconds:.0} s; a run is capped at 10 minutes (ramp faster, \
@@ -664,16 +689,19 @@ async fn rate_scenario(
     h.report.set("channels", channels as u64);
     h.report.set("rate", rate);
     h.report.set("count", count);
+    let mut nodes = RedisNodes::from_opts(&p.redis_cluster, p.redis_url.as_ref()).await?;
     h.connect(conns, subs.ramp).await?;
     h.progress.say(&format!(
         "publishing {count} events at {rate}/s over {channels} channel(s)"
     ));
+    let redis_before = sample(&mut nodes).await?;
     let cpu = CpuWindow::start(&h.pids);
     let (pub_secs, attempted) = h
         .publish(count, Some(rate), Duration::from_secs_f64(secs + 10.0))
         .await;
     let complete = h.drain(h.drain).await;
     let cpu_use = cpu.finish();
+    redis_window(&mut h, &mut nodes, redis_before, cpu_use.seconds).await?;
     h.progress.say(&format!(
         "published {attempted} in {pub_secs:.2} s; {}",
         if complete {
@@ -788,6 +816,8 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
     h.report.set("start_rate", a.start_rate);
     h.report.set("step_s", a.step_seconds);
     h.report.set("p99_limit_ms", a.p99_limit_ms);
+    let mut nodes =
+        RedisNodes::from_opts(&a.publish.redis_cluster, a.publish.redis_url.as_ref()).await?;
     h.connect(a.conns, a.subs.ramp).await?;
     let subscribers = Stats::get(&h.sh.stats.established);
     let step_drain = h
@@ -819,6 +849,7 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
         let c0 = h.counters();
         let disc0 = Stats::get(&h.sh.stats.disconnects);
         let _ = h.sh.stats.latency(true);
+        let redis_before = sample(&mut nodes).await?;
         let cpu = CpuWindow::start(&h.pids);
         let (pub_secs, attempted) = h
             .publish(
@@ -876,6 +907,28 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
             "loadtest_cpu_cores".into(),
             cpu_use.own_cores.map_or(Value::Null, |v| json!(round3(v))),
         );
+        if let (Some(n), Some(b)) = (&mut nodes, redis_before) {
+            let after = n.sample().await?;
+            let d = n.deltas(&b, &after, cpu_use.seconds);
+            let w = cpu_use.seconds.max(1e-9);
+            let per = |cpu: f64| json!(round3(cpu * 1e6 / attempted.max(1) as f64));
+            row.insert(
+                "redis_cpu_cores_primaries".into(),
+                json!(round3(d.cpu_primaries / w)),
+            );
+            row.insert(
+                "redis_cpu_cores_replicas".into(),
+                json!(round3(d.cpu_replicas / w)),
+            );
+            row.insert(
+                "redis_cpu_us_per_publish_primaries".into(),
+                per(d.cpu_primaries),
+            );
+            row.insert(
+                "redis_cpu_us_per_publish_replicas".into(),
+                per(d.cpu_replicas),
+            );
+        }
         row.insert("ok".into(), json!(ok));
         h.report.steps.push(row);
         h.report.series.push((format!("{rate:.0}/s"), lat));
@@ -916,42 +969,33 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
     Ok(h.close())
 }
 
-/// Redis counters from `INFO stats commandstats`.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct RedisCounts {
-    /// `total_commands_processed`.
-    pub total: u64,
-    /// `cmdstat_<name>` calls.
-    pub calls: BTreeMap<String, u64>,
-}
-
-/// Parses `INFO` text.
-pub fn parse_info(text: &str) -> RedisCounts {
-    let mut out = RedisCounts::default();
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("total_commands_processed:") {
-            out.total = v.trim().parse().unwrap_or(0);
-        } else if let Some(rest) = line.strip_prefix("cmdstat_")
-            && let Some((name, stats)) = rest.split_once(':')
-            && let Some(calls) = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|v| v.trim().parse().ok())
-        {
-            out.calls.insert(name.to_owned(), calls);
-        }
+/// Samples every measured Redis node, when there are any.
+async fn sample(nodes: &mut Option<RedisNodes>) -> anyhow::Result<Option<redis_nodes::Sample>> {
+    match nodes {
+        Some(n) => Ok(Some(n.sample().await?)),
+        None => Ok(None),
     }
-    out
 }
 
-async fn redis_counts(con: &mut redis::aio::MultiplexedConnection) -> anyhow::Result<RedisCounts> {
-    let text: String = redis::cmd("INFO")
-        .arg("stats")
-        .arg("commandstats")
-        .query_async(con)
-        .await
-        .context("INFO")?;
-    Ok(parse_info(&text))
+/// Closes a Redis measurement window: per node and per role figures, and Redis CPU and commands
+/// per successful publish.
+async fn redis_window(
+    h: &mut Harness,
+    nodes: &mut Option<RedisNodes>,
+    before: Option<redis_nodes::Sample>,
+    window_s: f64,
+) -> anyhow::Result<()> {
+    if let (Some(n), Some(b)) = (nodes, before) {
+        let after = n.sample().await?;
+        let d = n.deltas(&b, &after, window_s);
+        d.write(&mut h.report);
+        d.per_unit(
+            &mut h.report,
+            "publish",
+            h.pstats.ok.load(Ordering::Relaxed),
+        );
+    }
+    Ok(())
 }
 
 /// `storm`.
@@ -982,24 +1026,9 @@ pub async fn storm(a: StormArgs) -> anyhow::Result<Report> {
     h.report.set("channels", 1u64);
     h.report.set("count", a.count);
     h.report.set("behind", a.behind);
-    let mut redis_con = match &a.publish.redis_url {
-        Some(url) => {
-            ensure!(
-                parse_url(url)?.scheme == "redis",
-                "--redis-url must be redis://"
-            );
-            let client = redis::Client::open(url.as_str())?;
-            Some(
-                tokio::time::timeout(
-                    Duration::from_secs(5),
-                    client.get_multiplexed_async_connection(),
-                )
-                .await
-                .context("connecting to Redis timed out")??,
-            )
-        }
-        None => None,
-    };
+    // Every node of a cluster (commands summed over primaries), or the one --redis-url.
+    let mut nodes =
+        RedisNodes::from_opts(&a.publish.redis_cluster, a.publish.redis_url.as_ref()).await?;
     h.connect(a.conns, a.subs.ramp).await?;
     let subscribers = Stats::get(&h.sh.stats.established);
     let first_publish = Instant::now();
@@ -1026,10 +1055,7 @@ pub async fn storm(a: StormArgs) -> anyhow::Result<Report> {
     if a.behind > 0 {
         h.publish(a.behind, None, Duration::from_secs(30)).await;
     }
-    let redis_before = match &mut redis_con {
-        Some(con) => Some(redis_counts(con).await?),
-        None => None,
-    };
+    let redis_before = sample(&mut nodes).await?;
     // Everyone reconnects at once, to the other instance, with their last ids.
     let cpu = CpuWindow::start(&h.pids);
     let t0 = Instant::now();
@@ -1048,10 +1074,7 @@ pub async fn storm(a: StormArgs) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let all_s = t0.elapsed().as_secs_f64();
-    let redis_after = match &mut redis_con {
-        Some(con) => Some(redis_counts(con).await?),
-        None => None,
-    };
+    let redis_after = sample(&mut nodes).await?;
     let redis_window = t0.elapsed().as_secs_f64();
     let cpu_use = cpu.finish();
     let done = Stats::get(&h.sh.stats.storm_complete);
@@ -1072,20 +1095,11 @@ pub async fn storm(a: StormArgs) -> anyhow::Result<Report> {
         },
     );
     h.report.set_latency("resume", &storm_hist);
-    if let (Some(b), Some(a2)) = (redis_before, redis_after) {
-        // The first INFO is counted by the second; the second does not count itself.
-        let total = a2.total.saturating_sub(b.total).saturating_sub(1);
-        let mut calls = Map::new();
-        for (name, n) in &a2.calls {
-            let mut d = n.saturating_sub(b.calls.get(name).copied().unwrap_or(0));
-            if name == "info" {
-                d = d.saturating_sub(1);
-            }
-            if d > 0 {
-                calls.insert(name.clone(), json!(d));
-            }
-        }
-        let fcall = calls.get("fcall").and_then(Value::as_u64).unwrap_or(0);
+    if let (Some(n), Some(b), Some(a2)) = (&nodes, redis_before, redis_after) {
+        let d = n.deltas(&b, &a2, redis_window);
+        d.write(&mut h.report);
+        let total = d.commands_primaries;
+        let fcall = d.calls_primaries.get("fcall").copied().unwrap_or(0);
         let r = &mut h.report;
         r.set("redis_commands", total);
         r.set(
@@ -1097,8 +1111,10 @@ pub async fn storm(a: StormArgs) -> anyhow::Result<Report> {
             "redis_fcall_per_client",
             fcall as f64 / resumed.max(1) as f64,
         );
-        r.set("redis_window_s", redis_window);
-        r.set("redis_command_calls", Value::Object(calls));
+        r.set(
+            "redis_cpu_us_per_client_primaries",
+            d.cpu_primaries * 1e6 / resumed.max(1) as f64,
+        );
     }
     let complete = h.drain(Duration::from_secs(2)).await;
     h.report.set("all_received", complete);
@@ -1123,11 +1139,14 @@ pub async fn publish_scenario(a: PublishArgs) -> anyhow::Result<Report> {
     h.report.set("channels", a.channels as u64);
     h.report.set_opt("rate", a.rate);
     h.report.set("duration_s", a.duration);
+    let mut nodes = RedisNodes::from_opts(&p.redis_cluster, p.redis_url.as_ref()).await?;
+    let redis_before = sample(&mut nodes).await?;
     let cpu = CpuWindow::start(&h.pids);
     let (secs, attempted) = h
         .publish(u64::MAX, a.rate, Duration::from_secs_f64(a.duration))
         .await;
     let cpu_use = cpu.finish();
+    redis_window(&mut h, &mut nodes, redis_before, cpu_use.seconds).await?;
     h.progress.done();
     let ok = h.pstats.ok.load(Ordering::Relaxed);
     let latency = lock(&h.pstats.latency).clone();
@@ -1182,15 +1201,6 @@ pub fn combine(files: &[std::path::PathBuf]) -> anyhow::Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn info_parsing() {
-        let text = "# Stats\r\ntotal_connections_received:5\r\ntotal_commands_processed:1234\r\n\r\n# Commandstats\r\ncmdstat_fcall:calls=40,usec=900,usec_per_call=22.50,rejected_calls=0,failed_calls=0\r\ncmdstat_info:calls=3,usec=1\r\n";
-        let c = parse_info(text);
-        assert_eq!(c.total, 1234);
-        assert_eq!(c.calls.get("fcall"), Some(&40));
-        assert_eq!(c.calls.get("info"), Some(&3));
-    }
 
     #[test]
     fn amounts() {
