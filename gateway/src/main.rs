@@ -105,53 +105,86 @@ fn serve(settings: Settings) -> ExitCode {
     } else {
         "http"
     };
-    // The banner is a log line like any other (format and filter from `log`); scripts and tests
-    // that start on port 0 read the address from `server.address_file` instead.
-    if let Err(e) = gateway::telemetry::banner(
-        scheme,
-        &local,
-        engine,
-        settings.server.address_file.as_deref(),
-    ) {
-        tracing::error!(error = %e, "cannot write server.address_file");
-        return ExitCode::from(1);
-    }
-    let result = actix_rt::System::new().block_on(gateway::run(
-        settings,
-        listener,
-        shutdown_signal(),
-        gateway::RunOptions::default(),
-    ));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "gateway failed");
-            ExitCode::from(1)
+    actix_rt::System::new().block_on(async move {
+        // Signals are listened for before anything announces the address: a SIGTERM sent as
+        // soon as the address is known must drain the gateway, not kill it.
+        let signals = Signals::install();
+        // The banner is a log line like any other (format and filter from `log`); scripts and
+        // tests that start on port 0 read the address from `server.address_file` instead.
+        if let Err(e) = gateway::telemetry::banner(
+            scheme,
+            &local,
+            engine,
+            settings.server.address_file.as_deref(),
+        ) {
+            tracing::error!(error = %e, "cannot write server.address_file");
+            return ExitCode::from(1);
         }
-    }
+        let run = gateway::run(
+            settings,
+            listener,
+            signals.shutdown(),
+            gateway::RunOptions::default(),
+        );
+        match run.await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "gateway failed");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
-/// Resolves on SIGTERM or Ctrl-C; a second signal during the drain exits at once.
-async fn shutdown_signal() {
-    wait_for_signal().await;
-    actix_rt::spawn(async {
-        wait_for_signal().await;
-        tracing::warn!("second signal, exiting without draining");
-        std::process::exit(130);
-    });
+/// SIGTERM and SIGINT, listened for from the moment this is made.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
 }
 
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the gateway");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind, name: &str| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, signal = name, "cannot listen for this signal");
+                None
+            }
+        };
+        Self {
+            term: listen(SignalKind::terminate(), "SIGTERM"),
+            int: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        let term = async {
+            match &mut self.term {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let int = async {
+            match &mut self.int {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => {}
+            _ = int => {}
+        }
+    }
+
+    /// Resolves on the first signal; a second one during the drain exits at once.
+    async fn shutdown(mut self) {
+        self.next().await;
+        actix_rt::spawn(async move {
+            self.next().await;
+            tracing::warn!("second signal, exiting without draining");
+            std::process::exit(130);
+        });
     }
 }
