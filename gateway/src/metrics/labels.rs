@@ -45,6 +45,9 @@ label_enum! {
         PubsubSubscribe = "pubsub_subscribe",
         /// One Redis Cluster node's sharded pub/sub connection dropped.
         PubsubNodeLost = "pubsub_node_lost",
+        /// A Redis Cluster primary was replaced (failover): the sharded pub/sub connection is
+        /// made again so every subscription reaches the new owner.
+        PubsubFailover = "pubsub_failover",
         /// The Redis function library could not be loaded.
         Library = "library",
     }

@@ -14,18 +14,32 @@
 //! (recomputed as slots move), a sequence number published to each every probe period, and any
 //! probe not back by the next period replaces the whole connection and replays every channel.
 //!
+//! A failover is watched for more closely. redis-rs re-learns which node owns a slot only when
+//! a command fails or is redirected, and a subscribe-only connection sends none: after a
+//! primary dies it keeps redialling the dead address, and a connection made while the dead
+//! primary still owned its slots never learns of the promoted replica. So after a node's
+//! connection ends (a `Disconnection` push), and after any replaced connection, the slot layout
+//! is read four times a second until every shard has answered a probe; once a primary that was
+//! there is gone (its replica took over), the connection is replaced and every channel replayed.
+//! Slots moving between the same primaries (resharding) do not count.
+//!
 //! Backpressure rule: this task never waits on a client (the listener only does non-blocking
 //! queue pushes).
+
+mod layout;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::OptionFuture;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{PushKind, Value};
 use shared::ChannelName;
 use tokio::sync::{mpsc, watch};
+
+use self::layout::{Layout, SLOTS, primaries, slot_of, text};
 
 use super::conns::Connections;
 use super::dial::Dialer;
@@ -35,9 +49,7 @@ use super::pubsub::{Command, deliver, refuse};
 use crate::backoff::Backoff;
 use crate::engine::{EngineError, Listener};
 use crate::metrics::Metrics;
-
-/// Number of hash slots in a Redis Cluster.
-const SLOTS: u16 = 16384;
+use crate::metrics::labels::EngineErrorKind;
 
 /// Everything the task needs; built by the engine.
 pub(super) struct ShardsTask {
@@ -59,12 +71,31 @@ pub(super) struct ShardsTask {
     pub metrics: Metrics,
 }
 
+/// The slot layout, read from a random node within `timeout`.
+async fn read_layout(
+    conn: &mut ClusterConnection,
+    timeout: Duration,
+) -> Result<Layout, EngineError> {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    let slots = tokio::time::timeout(
+        timeout,
+        conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing),
+    )
+    .await
+    .map_err(|_| EngineError::Unavailable("CLUSTER SLOTS timed out".into()))?
+    .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+    Ok(primaries(&slots))
+}
+
+/// How often the slot layout is read while a failover is watched for.
+const FAILOVER_WATCH: Duration = Duration::from_millis(250);
+
 /// Why the connection is being replaced.
 enum Broken {
     /// The task must end.
     Stop,
     /// Reconnect (after a backoff).
-    Reconnect(crate::metrics::labels::EngineErrorKind),
+    Reconnect(EngineErrorKind),
 }
 
 impl ShardsTask {
@@ -73,10 +104,16 @@ impl ShardsTask {
         let mut desired: HashSet<String> = HashSet::new();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut connected_before = false;
+        // After a failure the cluster may be failing over: watch the next connection's layout.
+        let mut suspect = false;
         loop {
-            match self.session(&mut desired, &mut connected_before).await {
+            match self
+                .session(&mut desired, &mut connected_before, suspect)
+                .await
+            {
                 Broken::Stop => return,
                 Broken::Reconnect(why) => {
+                    suspect = true;
                     tracing::warn!(reason = why.as_str(), "cluster pub/sub connection replaced");
                     self.metrics.engine_error(why);
                     self.listener.on_live_path(false);
@@ -96,6 +133,7 @@ impl ShardsTask {
         &mut self,
         desired: &mut HashSet<String>,
         connected_before: &mut bool,
+        suspect: bool,
     ) -> Broken {
         let (push_tx, mut pushes) = mpsc::unbounded_channel();
         let connect = tokio::time::timeout(self.timeout, self.dialer.cluster_pubsub(push_tx));
@@ -104,9 +142,9 @@ impl ShardsTask {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cluster connection failed");
-                    return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubConnect);
+                    return Broken::Reconnect(EngineErrorKind::PubsubConnect);
                 }
-                Err(_) => return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubConnect),
+                Err(_) => return Broken::Reconnect(EngineErrorKind::PubsubConnect),
             },
             _ = self.stop.changed() => return Broken::Stop,
         };
@@ -114,19 +152,18 @@ impl ShardsTask {
         self.conns.forget();
         if let Err(e) = self.load_library(&mut conn).await {
             tracing::warn!(error = %e, "loading the function library on the primaries failed");
-            return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::Library);
+            return Broken::Reconnect(EngineErrorKind::Library);
         }
-        let mut probes = match self.probe_channels(&mut conn).await {
-            Ok(p) => p,
-            Err(_) => {
-                return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubConnect);
-            }
+        let mut known = match self.layout(&mut conn).await {
+            Ok(layout) => layout,
+            Err(_) => return Broken::Reconnect(EngineErrorKind::PubsubConnect),
         };
+        let mut probes = self.probe_channels(&known);
         // Each subscription is confirmed by one push; later pushes for it are re-subscriptions.
         let mut confirmed: HashMap<String, bool> = HashMap::new();
         let all: Vec<String> = desired.iter().chain(probes.keys()).cloned().collect();
         if !all.is_empty() && !self.ssubscribe(&mut conn, &all).await {
-            return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSubscribe);
+            return Broken::Reconnect(EngineErrorKind::PubsubSubscribe);
         }
         self.listener.on_live_path(true);
         if *connected_before {
@@ -142,31 +179,69 @@ impl ShardsTask {
         let mut tick = tokio::time::interval(self.probe_interval);
         tick.tick().await;
         let mut sequence: u64 = 0;
+        // While set (to the probe sequence then), a failover is watched for: until every shard
+        // has answered a probe sent after that.
+        let mut watching: Option<u64> = suspect.then_some(0);
+        let mut failover_watch = tokio::time::interval(FAILOVER_WATCH);
+        // The watch's read runs beside the loop: a dead node can hold it for a whole timeout.
+        let mut layout_read: Option<tokio::task::JoinHandle<Option<Layout>>> = None;
         loop {
             tokio::select! {
                 push = pushes.recv() => {
-                    let Some(push) = push else { return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubLost) };
+                    let Some(push) = push else { return Broken::Reconnect(EngineErrorKind::PubsubLost) };
+                    if push.kind == PushKind::Disconnection {
+                        self.metrics.engine_error(EngineErrorKind::PubsubNodeLost);
+                        watching.get_or_insert(sequence);
+                        continue;
+                    }
                     self.on_push(push, &mut conn, desired, &mut probes, &mut confirmed).await;
+                }
+                _ = failover_watch.tick(), if watching.is_some() && layout_read.is_none() => {
+                    let mut reader = conn.clone();
+                    let timeout = self.timeout;
+                    layout_read = Some(tokio::spawn(async move {
+                        read_layout(&mut reader, timeout).await.ok()
+                    }));
+                }
+                Some(read) = OptionFuture::from(layout_read.as_mut()), if layout_read.is_some() => {
+                    layout_read = None;
+                    // A random node may be the dead one: then the next tick tries another.
+                    if let Ok(Some(now)) = read
+                        && layout::primary_gone(&known, &now)
+                    {
+                        tracing::warn!("a cluster primary was replaced; resubscribing");
+                        return Broken::Reconnect(EngineErrorKind::PubsubFailover);
+                    }
                 }
                 cmd = self.commands.recv() => {
                     let Some(cmd) = cmd else { return Broken::Stop };
                     if !self.apply(cmd, &mut conn, desired, &mut confirmed).await {
-                        return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSubscribe);
+                        return Broken::Reconnect(EngineErrorKind::PubsubSubscribe);
                     }
                 }
                 _ = tick.tick() => {
                     if probes.values().any(|back| !*back) && sequence > 0 {
                         tracing::warn!("a shard's pub/sub path is silent: a probe did not come back");
-                        return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSilent);
+                        return Broken::Reconnect(EngineErrorKind::PubsubSilent);
+                    }
+                    // Every shard answered a probe sent after the loss: nothing is failing over.
+                    if watching.is_some_and(|at| sequence > at) {
+                        watching = None;
                     }
                     // Slots move: keep one probe on every primary.
-                    if let Ok(now) = self.probe_channels(&mut conn).await {
+                    if let Ok(layout) = self.layout(&mut conn).await {
+                        if layout::primary_gone(&known, &layout) {
+                            tracing::warn!("a cluster primary was replaced; resubscribing");
+                            return Broken::Reconnect(EngineErrorKind::PubsubFailover);
+                        }
+                        known = layout;
+                        let now = self.probe_channels(&known);
                         let new: Vec<String> =
                             now.keys().filter(|c| !probes.contains_key(*c)).cloned().collect();
                         let old: Vec<String> =
                             probes.keys().filter(|c| !now.contains_key(*c)).cloned().collect();
                         if !new.is_empty() && !self.ssubscribe(&mut conn, &new).await {
-                            return Broken::Reconnect(crate::metrics::labels::EngineErrorKind::PubsubSubscribe);
+                            return Broken::Reconnect(EngineErrorKind::PubsubSubscribe);
                         }
                         for name in &old {
                             let _ = tokio::time::timeout(self.timeout, conn.sunsubscribe(name)).await;
@@ -222,10 +297,6 @@ impl ShardsTask {
                 } else {
                     confirmed.remove(&name);
                 }
-            }
-            (PushKind::Disconnection, _) => {
-                self.metrics
-                    .engine_error(crate::metrics::labels::EngineErrorKind::PubsubNodeLost);
             }
             _ => {}
         }
@@ -288,22 +359,15 @@ impl ShardsTask {
         }
     }
 
+    /// The slot layout, read from a random node.
+    async fn layout(&self, conn: &mut ClusterConnection) -> Result<Layout, EngineError> {
+        read_layout(conn, self.timeout).await
+    }
+
     /// One probe channel per primary, named so its hash slot is one the primary owns.
-    async fn probe_channels(
-        &self,
-        conn: &mut ClusterConnection,
-    ) -> Result<HashMap<String, bool>, EngineError> {
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
-        let slots = tokio::time::timeout(
-            self.timeout,
-            conn.route_command(redis::cmd("CLUSTER").arg("SLOTS").clone(), routing),
-        )
-        .await
-        .map_err(|_| EngineError::Unavailable("CLUSTER SLOTS timed out".into()))?
-        .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let owners = primaries(&slots);
+    fn probe_channels(&self, layout: &Layout) -> HashMap<String, bool> {
         let mut probes = HashMap::new();
-        for ranges in owners.values() {
+        for ranges in layout.values() {
             let name = (0..u32::from(SLOTS) * 8)
                 .map(|n| format!("{}:{n}", self.instance))
                 .find(|tag| {
@@ -314,7 +378,7 @@ impl ShardsTask {
                 probes.insert(self.keys.control(&tag), false);
             }
         }
-        Ok(probes)
+        probes
     }
 
     /// Publishes `sequence` to every probe channel without blocking the loop.
@@ -361,83 +425,5 @@ impl ShardsTask {
                 },
             }
         }
-    }
-}
-
-/// A string value of a push.
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// The hash slot of a key whose hash tag is the whole of `tag`.
-fn slot_of(tag: &str) -> u16 {
-    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOTS
-}
-
-/// Slot ranges per primary (by node id) from a `CLUSTER SLOTS` reply:
-/// `[[start, end, [host, port, id, ...], replicas...], ...]`.
-fn primaries(reply: &Value) -> HashMap<String, Vec<(u16, u16)>> {
-    let mut owners: HashMap<String, Vec<(u16, u16)>> = HashMap::new();
-    let Value::Array(ranges) = reply else {
-        return owners;
-    };
-    for range in ranges {
-        let Value::Array(parts) = range else { continue };
-        let (Some(Value::Int(lo)), Some(Value::Int(hi)), Some(Value::Array(primary))) =
-            (parts.first(), parts.get(1), parts.get(2))
-        else {
-            continue;
-        };
-        let id = primary.get(2).and_then(text).unwrap_or_else(|| {
-            // Without an id, the address names the primary.
-            primary
-                .iter()
-                .take(2)
-                .filter_map(text)
-                .collect::<Vec<_>>()
-                .join(":")
-        });
-        if let (Ok(lo), Ok(hi)) = (u16::try_from(*lo), u16::try_from(*hi)) {
-            owners.entry(id).or_default().push((lo, hi));
-        }
-    }
-    owners
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn slots_match_redis() {
-        // Values from `CLUSTER KEYSLOT`.
-        assert_eq!(slot_of("foo"), 12182);
-        assert_eq!(slot_of("somekey"), 11058);
-        assert_eq!(slot_of(""), 0);
-    }
-
-    #[test]
-    fn primaries_are_read_from_cluster_slots() {
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let node =
-            |port: i64, id: &str| Value::Array(vec![bulk("127.0.0.1"), Value::Int(port), bulk(id)]);
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(5460),
-                node(7000, "a"),
-                node(7003, "d"),
-            ]),
-            Value::Array(vec![Value::Int(5461), Value::Int(10922), node(7001, "b")]),
-            Value::Array(vec![Value::Int(10923), Value::Int(16383), node(7000, "a")]),
-        ]);
-        let owners = primaries(&reply);
-        assert_eq!(owners["a"], vec![(0, 5460), (10923, 16383)]);
-        assert_eq!(owners["b"], vec![(5461, 10922)]);
-        assert_eq!(owners.len(), 2);
     }
 }
