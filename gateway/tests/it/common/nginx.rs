@@ -128,22 +128,27 @@ fn is_root() -> bool {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM: the master stops its workers (SIGKILL would orphan them).
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_master(child);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Stops a proxy's master process: SIGTERM, so it stops its workers (SIGKILL would orphan
+/// them), then SIGKILL if it has not exited within 5 s.
+pub fn stop_master(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
