@@ -27,7 +27,7 @@ use super::proxy_header;
 use super::raw_io::RawIo;
 use super::service::{Service, UpgradeSlot};
 use super::tls_stream::TlsStream;
-use super::{Front, Prefixed, raw, refuse_io};
+use super::{Front, Prefixed, raw, refuse};
 use crate::error::ApiError;
 
 /// Bytes an HTTP/2 stream may hold unsent (one burst of SSE frames).
@@ -98,7 +98,7 @@ fn route<S: RawIo + Send>(
                 ErrorCode::RequestTimeout,
                 "the request head did not arrive in time",
             );
-            refuse_io(&mut stream, &e, "").await;
+            refuse(&mut stream, &e, "").await;
         }),
         Sniffed::Closed => Box::pin(std::future::ready(())),
     }

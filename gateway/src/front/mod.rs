@@ -29,39 +29,19 @@ pub mod tls;
 mod tls_stream;
 mod upgraded;
 
-use std::io;
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 pub use conn::serve;
 pub use prefixed::Prefixed;
 
-/// Writes all of `bytes` to a raw socket (responses that are not part of a stream's hot path).
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Answers a raw request with `e` (plus `extra` header lines) before the connection closes. A
-/// client that is already gone has nothing left to be told, so a failed write is ignored.
-pub async fn refuse(stream: &TcpStream, e: &ApiError, extra: &str) {
-    let _ = write_all(stream, &e.to_http1(extra)).await;
-}
-
-/// [`refuse`] on any connection (TLS): the answer, then our side closed.
-pub async fn refuse_io<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError, extra: &str) {
+/// Answers a raw request with `e` (plus `extra` header lines), then closes our side; on a plain
+/// socket or TLS. A client that is already gone has nothing left to be told, so a failed write
+/// is ignored.
+pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError, extra: &str) {
     use tokio::io::AsyncWriteExt;
     if stream.write_all(&e.to_http1(extra)).await.is_ok() {
         let _ = stream.shutdown().await;

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use super::head::RequestHead;
 use super::pump::{Pump, pump};
 use super::raw_io::RawIo;
-use super::{cors, refuse_io};
+use super::{cors, refuse};
 use crate::browser;
 use crate::state::AppState;
 use crate::transport::sse::{STREAM_HEADERS, SseStream, open};
@@ -59,7 +59,7 @@ async fn start<S: RawIo>(
     let body = match opened {
         Ok(body) => body,
         Err(e) => {
-            refuse_io(&mut stream, &e, &cors).await;
+            refuse(&mut stream, &e, &cors).await;
             return None;
         }
     };

@@ -154,7 +154,7 @@ impl ShardsTask {
             tracing::warn!(error = %e, "loading the function library on the primaries failed");
             return Broken::Reconnect(EngineErrorKind::Library);
         }
-        let mut known = match self.layout(&mut conn).await {
+        let mut known = match read_layout(&mut conn, self.timeout).await {
             Ok(layout) => layout,
             Err(_) => return Broken::Reconnect(EngineErrorKind::PubsubConnect),
         };
@@ -229,7 +229,7 @@ impl ShardsTask {
                         watching = None;
                     }
                     // Slots move: keep one probe on every primary.
-                    if let Ok(layout) = self.layout(&mut conn).await {
+                    if let Ok(layout) = read_layout(&mut conn, self.timeout).await {
                         if layout::primary_gone(&known, &layout) {
                             tracing::warn!("a cluster primary was replaced; resubscribing");
                             return Broken::Reconnect(EngineErrorKind::PubsubFailover);
@@ -357,11 +357,6 @@ impl ShardsTask {
             Ok(result) => result,
             Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
         }
-    }
-
-    /// The slot layout, read from a random node.
-    async fn layout(&self, conn: &mut ClusterConnection) -> Result<Layout, EngineError> {
-        read_layout(conn, self.timeout).await
     }
 
     /// One probe channel per primary, named so its hash slot is one the primary owns.
