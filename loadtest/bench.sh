@@ -66,14 +66,21 @@ start_redis() {
   log "redis did not start"; return 1
 }
 
+# launch_gateway SCHEME ENV...: a gateway on a free port with the given settings (its Redis
+# first, then any extra); sets GW_URL and GW_PID once it is ready.
+launch_gateway() {
+  local scheme=$1; shift
+  local port; port=$(free_port)
+  env GATEWAY__SERVER__LISTEN="127.0.0.1:$port" GATEWAY__LOG__FILTER=warn "$@" \
+    "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
+  GW_PID=$!; PIDS+=("$GW_PID")
+  GW_URL="$scheme://127.0.0.1:$port"
+  wait_http "$GW_URL/readyz"
+}
+
 # Starts a gateway on Redis; sets GW_URL and GW_PID. Extra env may be given as arguments.
 start_gateway() {
-  local port; port=$(free_port)
-  env GATEWAY__SERVER__LISTEN="127.0.0.1:$port" GATEWAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/" \
-    GATEWAY__LOG__FILTER=warn "$@" "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
-  GW_PID=$!; PIDS+=("$GW_PID")
-  GW_URL="http://127.0.0.1:$port"
-  wait_http "$GW_URL/readyz"
+  launch_gateway http GATEWAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/" "$@"
 }
 
 # A self-signed certificate for 127.0.0.1 and localhost, made once per run in a temporary
@@ -88,13 +95,8 @@ make_cert() {
 # Starts a gateway on Redis serving TLS (ALPN h2 and http/1.1); sets GW_URL (https://) and GW_PID.
 start_gateway_tls() {
   make_cert
-  local port; port=$(free_port)
-  env GATEWAY__SERVER__LISTEN="127.0.0.1:$port" GATEWAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/" \
-    GATEWAY__SERVER__TLS_CERT="$CERT" GATEWAY__SERVER__TLS_KEY="$KEY" \
-    GATEWAY__LOG__FILTER=warn "$@" "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
-  GW_PID=$!; PIDS+=("$GW_PID")
-  GW_URL="https://127.0.0.1:$port"
-  wait_http "$GW_URL/readyz"
+  launch_gateway https GATEWAY__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/" \
+    GATEWAY__SERVER__TLS_CERT="$CERT" GATEWAY__SERVER__TLS_KEY="$KEY" "$@"
 }
 
 start_bare() {
@@ -352,12 +354,7 @@ start_cluster() {
 
 # A gateway on the cluster; like start_gateway (extra env as arguments).
 start_gateway_cluster() {
-  local port; port=$(free_port)
-  env GATEWAY__SERVER__LISTEN="127.0.0.1:$port" GATEWAY__REDIS__CLUSTER_NODES="$CLUSTER_URLS" \
-    GATEWAY__LOG__FILTER=warn "$@" "$BIN/gateway" >>"$OUT/gateway.log" 2>&1 &
-  GW_PID=$!; PIDS+=("$GW_PID")
-  GW_URL="http://127.0.0.1:$port"
-  wait_http "$GW_URL/readyz"
+  launch_gateway http GATEWAY__REDIS__CLUSTER_NODES="$CLUSTER_URLS" "$@"
 }
 
 # Publish throughput, HTTP (through a gateway) and FCALL straight into Redis, one node vs the
