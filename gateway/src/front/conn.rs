@@ -34,20 +34,33 @@ use crate::error::ApiError;
 const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Serves one accepted connection to its end.
-pub async fn serve(front: Rc<Front>, mut stream: TcpStream) {
+pub async fn serve(front: Rc<Front>, stream: TcpStream) {
+    // The connection's task lives as long as the connection and is sized for its largest state,
+    // so everything before serving (the PROXY header, the TLS handshake, the first head) runs
+    // in a box freed once done: from then on the task holds one pointer to what serves it.
+    let serving = Box::pin(setup(front, stream)).await;
+    serving.await;
+}
+
+/// Reads what comes before the first response (PROXY header, TLS handshake, first head) and
+/// returns the future that serves the rest of the connection, boxed to its own size: an idle
+/// SSE connection must not pay for the larger HTTP state, nor any connection for the steps it
+/// has finished.
+async fn setup(front: Rc<Front>, mut stream: TcpStream) -> LocalBoxFuture<'static, ()> {
     tune_socket(&stream, front.user_timeout);
     let deadline = Instant::now() + front.request_timeout;
-    // Boxed, like every step after it: the connection's future is sized for its largest state
-    // and lives as long as the connection, so a large step that finishes early (reading the
-    // head, an HTTP connection before its upgrade) must not be stored inline.
-    let Some(peer) = Box::pin(peer_of(&front, &mut stream, deadline)).await else {
-        return;
+    let Some(peer) = peer_of(&front, &mut stream, deadline).await else {
+        return Box::pin(std::future::ready(()));
     };
     if front.tls.is_some() {
-        return Box::pin(serve_tls(front, stream, peer)).await;
+        return match open_tls(&front, stream).await {
+            Some((stream, None)) => http(front.clone(), stream, Protocol::Http2, peer),
+            Some((stream, Some(sniffed))) => route(&front, stream, sniffed, peer),
+            None => Box::pin(std::future::ready(())),
+        };
     }
-    let sniffed = Box::pin(head::sniff(&stream, deadline)).await;
-    route(&front, stream, sniffed, peer).await;
+    let sniffed = head::sniff(&stream, deadline).await;
+    route(&front, stream, sniffed, peer)
 }
 
 /// The connection's peer: the socket's, or the client a trusted proxy names in its PROXY
@@ -70,8 +83,7 @@ async fn peer_of(front: &Front, stream: &mut TcpStream, deadline: Instant) -> Op
     }
 }
 
-/// The rest of a plain connection's life, boxed to its own size: an idle SSE connection must not
-/// pay for the larger HTTP state, nor any connection for the steps it has finished.
+/// The rest of the connection's life, as the first head asks (plain or TLS).
 fn route<S: RawIo + Send>(
     front: &Rc<Front>,
     mut stream: S,
@@ -101,17 +113,6 @@ fn route<S: RawIo + Send>(
             refuse(&mut stream, &e, "").await;
         }),
         Sniffed::Closed => Box::pin(std::future::ready(())),
-    }
-}
-
-/// The TLS handshake, then HTTP/2 as ALPN agreed, or the first request sniffed as on a plain
-/// connection (a first `GET /sse` takes the raw path over TLS too).
-async fn serve_tls(front: Rc<Front>, stream: TcpStream, peer: IpAddr) {
-    // Boxed: the TLS stream is large and lives on in what `route` returns, not here.
-    match Box::pin(open_tls(&front, stream)).await {
-        Some((stream, None)) => http(front.clone(), stream, Protocol::Http2, peer).await,
-        Some((stream, Some(sniffed))) => route(&front, stream, sniffed, peer).await,
-        None => {}
     }
 }
 
@@ -323,7 +324,7 @@ mod tests {
             std::mem::size_of::<F>()
         }
         let front = size2::<Rc<Front>, TcpStream, _>(serve);
-        assert!(front <= 192, "the front door's future is {front} bytes");
+        assert!(front <= 96, "the front door's future is {front} bytes");
         let sse = size4::<AppState, RequestHead, TcpStream, IpAddr, _>(raw::serve);
         assert!(sse <= 320, "a raw SSE stream's future is {sse} bytes");
     }
