@@ -1,9 +1,10 @@
 //! Subscriber connections: raw TCP from a chosen loopback source address (TLS on top for
 //! `https://` targets), SSE over HTTP/1.1 spoken by hand (request, response head, chunked or
-//! identity body, [`SseParser`]), WebSocket through tokio-tungstenite, and SSE over HTTP/2 by
-//! hand too ([`crate::h2`]): one task per connection carries the streams of several
-//! subscribers and feeds each DATA payload straight to that stream's [`SseParser`]. Every event
-//! is accounted on arrival ([`Acct`]) and flushed into the shared [`Stats`] once per socket read.
+//! identity body, [`crate::sse::SseParser`]), WebSocket through tokio-tungstenite, and SSE over
+//! HTTP/2 by hand too ([`crate::h2`]): one task per connection carries the streams of several
+//! subscribers and feeds each DATA payload straight to that stream's [`crate::sse::SseParser`].
+//! Every event is accounted on arrival ([`acct::Acct`]) and flushed into the shared [`Stats`]
+//! once per socket read.
 //!
 //! Reads go into one buffer per runtime thread, borrowed only for the duration of one poll, so
 //! an idle connection costs its parser state (a few hundred bytes) rather than a read buffer
