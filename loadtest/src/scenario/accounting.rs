@@ -78,6 +78,7 @@ impl Harness {
         r.set("published", self.pstats.ok.load(Ordering::Relaxed));
         r.set("publish_failed", self.pstats.failed.load(Ordering::Relaxed));
         r.set_latency("publish_latency", &lock(&self.pstats.latency));
+        r.set_latency("publish_wait", &lock(&self.pstats.wait));
         r.set("deliveries", c.deliveries);
         r.set("expected_deliveries", owed);
         r.set("deliveries_per_s", c.deliveries as f64 / window.max(1e-9));

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::ensure;
+use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 
 use super::Progress;
@@ -17,6 +18,16 @@ use crate::publish::{self, Book, PubRun, PubStats, PubTarget};
 use crate::report::Report;
 use crate::stats::{Counters, Stats};
 use crate::target::parse_sources;
+
+/// What one [`Harness::publish`] did.
+pub(crate) struct Published {
+    /// Seconds from the start of the run to the last answer.
+    pub(crate) secs: f64,
+    /// Publishes attempted (failed ones included).
+    pub(crate) attempted: u64,
+    /// Publish wait of this run (due to answered), µs.
+    pub(crate) wait: Histogram<u64>,
+}
 
 /// Everything a scenario drives.
 pub(crate) struct Harness {
@@ -240,13 +251,14 @@ impl Harness {
         );
     }
 
-    /// Publishes `count` events at `rate`; returns (seconds, attempted).
+    /// Publishes `count` events at `rate`; returns how long it took, how many were attempted,
+    /// and how long they waited.
     pub(crate) async fn publish(
         &mut self,
         count: u64,
         rate: Option<f64>,
         max: Duration,
-    ) -> (f64, u64) {
+    ) -> Published {
         let before = self.book.total_attempted();
         let t0 = Instant::now();
         let run = publish::run(
@@ -263,18 +275,19 @@ impl Harness {
         );
         tokio::pin!(run);
         self.progress.status(self.status_line());
-        loop {
+        let wait = loop {
             tokio::select! {
-                _ = &mut run => break,
+                wait = &mut run => break wait,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     self.progress.status(self.status_line());
                 }
             }
+        };
+        Published {
+            secs: t0.elapsed().as_secs_f64(),
+            attempted: self.book.total_attempted() - before,
+            wait,
         }
-        (
-            t0.elapsed().as_secs_f64(),
-            self.book.total_attempted() - before,
-        )
     }
 
     /// Waits until every subscriber has every published event, `max` passes, or nothing

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::ensure;
 
 pub use combine::combine;
-pub(crate) use harness::Harness;
+pub(crate) use harness::{Harness, Published};
 pub use idle::idle;
 pub use progress::Progress;
 pub use publisher::publish_scenario;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::ensure;
 
 use super::redis_window::{redis_window, sample};
-use super::{Harness, check_budget};
+use super::{Harness, Published, check_budget};
 use crate::cli::PublishArgs;
 use crate::procfs::CpuWindow;
 use crate::redis_nodes::RedisNodes;
@@ -31,7 +31,11 @@ pub async fn publish_scenario(a: PublishArgs) -> anyhow::Result<Report> {
     let mut nodes = RedisNodes::from_opts(&p.redis_cluster, p.redis_url.as_ref()).await?;
     let redis_before = sample(&mut nodes).await?;
     let cpu = CpuWindow::start(&h.pids);
-    let (secs, attempted) = h
+    let Published {
+        secs,
+        attempted,
+        wait,
+    } = h
         .publish(u64::MAX, a.rate, Duration::from_secs_f64(a.duration))
         .await;
     let cpu_use = cpu.finish();
@@ -45,6 +49,7 @@ pub async fn publish_scenario(a: PublishArgs) -> anyhow::Result<Report> {
     r.set("attempted", attempted);
     r.set("publishes_per_s", ok as f64 / secs.max(1e-9));
     r.set_latency("publish_latency", &latency);
+    r.set_latency("publish_wait", &wait);
     r.set_opt("server_cpu_cores", cpu_use.server_cores);
     r.set_opt("loadtest_cpu_cores", cpu_use.own_cores);
     r.set_opt(

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::ensure;
 
 use super::redis_window::{redis_window, sample};
-use super::{Harness, amount, check_budget};
+use super::{Harness, Published, amount, check_budget};
 use crate::cli::{Amount, ChannelsArgs, Common, FanoutArgs, PubOpts, SubOpts};
 use crate::procfs::CpuWindow;
 use crate::redis_nodes::RedisNodes;
@@ -36,7 +36,11 @@ async fn rate_scenario(
     ));
     let redis_before = sample(&mut nodes).await?;
     let cpu = CpuWindow::start(&h.pids);
-    let (pub_secs, attempted) = h
+    let Published {
+        secs: pub_secs,
+        attempted,
+        ..
+    } = h
         .publish(count, Some(rate), Duration::from_secs_f64(secs + 10.0))
         .await;
     let complete = h.drain(h.drain).await;
