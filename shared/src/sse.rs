@@ -558,6 +558,24 @@ mod tests {
         }
 
         #[test]
+        fn reader_tokens_do_not_depend_on_chunking(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    &b"data"[..], b"id", b"event", b"retry", b":", b" ", b"7", b"x", b"\r",
+                    b"\n", b"\0", "\u{feff}".as_bytes(),
+                ]),
+                0..80,
+            ),
+            split in 0usize..400,
+        ) {
+            let bytes = pieces.concat();
+            let split = split.min(bytes.len());
+            let whole = read_split(&mut SseReader::new(), &bytes, &[]);
+            let halves = read_split(&mut SseReader::new(), &bytes, &[split]);
+            prop_assert_eq!(whole, halves);
+        }
+
+        #[test]
         fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut d = SseDecoder::new();
             d.feed(&bytes);
