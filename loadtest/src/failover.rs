@@ -21,7 +21,7 @@ use crate::conn::unix_micros;
 use crate::procfs::CpuWindow;
 use crate::redis_nodes::{self, RedisNodes, connect_node, own_slots, parse_node_info};
 use crate::report::Report;
-use crate::scenario::{Harness, check_budget};
+use crate::scenario::{Harness, Published, check_budget};
 use crate::stats::{lock, new_histogram};
 
 /// Channel classes.
@@ -269,8 +269,14 @@ pub async fn failover(a: FailoverArgs) -> anyhow::Result<Report> {
         (sent, promoted)
     };
     let max = Duration::from_secs_f64(a.duration + 10.0);
-    let ((pub_secs, attempted), (sent, promoted)) =
-        tokio::join!(h.publish(count, Some(a.rate), max), killer);
+    let (
+        Published {
+            secs: pub_secs,
+            attempted,
+            ..
+        },
+        (sent, promoted),
+    ) = tokio::join!(h.publish(count, Some(a.rate), max), killer);
     ensure!(sent, "kill -KILL {pid} failed");
     let complete = h.drain(h.drain).await;
     let cpu_use = cpu.finish();

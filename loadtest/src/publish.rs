@@ -142,8 +142,11 @@ pub struct PubStats {
     pub failed: AtomicU64,
     /// Failure reasons (`status_503`, `timeout`, ...).
     pub failures: Mutex<BTreeMap<String, u64>>,
-    /// Publish request latency, µs.
+    /// Publish request latency, µs: from sending the request to its answer.
     pub latency: Mutex<Histogram<u64>>,
+    /// Publish wait, µs: from the moment a publish was due (by the rate schedule) to its
+    /// answer, so a publisher falling behind shows even when each request is fast.
+    pub wait: Mutex<Histogram<u64>>,
 }
 
 impl Default for PubStats {
@@ -153,6 +156,7 @@ impl Default for PubStats {
             failed: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             latency: Mutex::new(new_histogram()),
+            wait: Mutex::new(new_histogram()),
         }
     }
 }
@@ -174,13 +178,18 @@ pub struct PubRun {
 
 /// Publishes one run on a thread of its own (its own single-threaded runtime), so that the
 /// subscribers' work can neither delay publishes nor disturb the rate; returns when every
-/// worker is done.
-pub async fn run(target: Arc<PubTarget>, book: Arc<Book>, stats: Arc<PubStats>, run: PubRun) {
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+/// worker is done, with this run's publish wait (also added to `stats.wait`).
+pub async fn run(
+    target: Arc<PubTarget>,
+    book: Arc<Book>,
+    stats: Arc<PubStats>,
+    run: PubRun,
+) -> Histogram<u64> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Histogram<u64>>();
     let spawned = std::thread::Builder::new()
         .name("publisher".into())
         .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
+            let wait = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
@@ -189,19 +198,26 @@ pub async fn run(target: Arc<PubTarget>, book: Arc<Book>, stats: Arc<PubStats>, 
                     *lock(&stats.failures)
                         .entry(format!("runtime: {e}"))
                         .or_default() += 1;
+                    new_histogram()
                 }
-            }
-            let _ = done_tx.send(());
+            };
+            let _ = done_tx.send(wait);
         });
     match spawned {
-        Ok(_) => {
-            let _ = done_rx.await;
+        Ok(_) => done_rx.await.unwrap_or_else(|_| new_histogram()),
+        Err(e) => {
+            eprintln!("loadtest: cannot start the publisher thread: {e}");
+            new_histogram()
         }
-        Err(e) => eprintln!("loadtest: cannot start the publisher thread: {e}"),
     }
 }
 
-async fn run_here(target: Arc<PubTarget>, book: Arc<Book>, stats: Arc<PubStats>, run: PubRun) {
+async fn run_here(
+    target: Arc<PubTarget>,
+    book: Arc<Book>,
+    stats: Arc<PubStats>,
+    run: PubRun,
+) -> Histogram<u64> {
     let k = book.names.len();
     let workers = run.workers.clamp(1, k.max(1));
     let start = Instant::now();
@@ -210,12 +226,17 @@ async fn run_here(target: Arc<PubTarget>, book: Arc<Book>, stats: Arc<PubStats>,
     for w in 0..workers {
         let (target, book, stats) = (target.clone(), book.clone(), stats.clone());
         tasks.push(tokio::spawn(async move {
-            worker(w, workers, &target, &book, &stats, run, start, deadline).await;
+            worker(w, workers, &target, &book, &stats, run, start, deadline).await
         }));
     }
+    let mut wait = new_histogram();
     for t in tasks {
-        let _ = t.await;
+        if let Ok(h) = t.await {
+            let _ = wait.add(&h);
+        }
     }
+    let _ = lock(&stats.wait).add(&wait);
+    wait
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +249,7 @@ async fn worker(
     run: PubRun,
     start: Instant,
     deadline: Instant,
-) {
+) -> Histogram<u64> {
     let k = book.names.len() as u64;
     let owned: Vec<usize> = (w..book.names.len()).step_by(workers).collect();
     let mut client = match Client::new(target, book, &owned).await {
@@ -236,10 +257,11 @@ async fn worker(
         Err(reason) => {
             // Without a connection nothing can be published by this worker.
             *lock(&stats.failures).entry(reason).or_default() += 1;
-            return;
+            return new_histogram();
         }
     };
     let mut hist = new_histogram();
+    let mut wait = new_histogram();
     let mut payload = Vec::with_capacity(run.size + 64);
     let mut j = 0u64;
     'run: loop {
@@ -248,15 +270,21 @@ async fn worker(
             if i >= run.count {
                 break 'run;
             }
-            if let Some(rate) = run.rate {
+            // When this publish is due: by the schedule, or (unpaced) when the worker gets to it.
+            let due = if let Some(rate) = run.rate {
                 let at = start + Duration::from_secs_f64(i as f64 / rate);
                 if at >= deadline {
                     break 'run;
                 }
                 tokio::time::sleep_until(at).await;
-            } else if Instant::now() >= deadline {
-                break 'run;
-            }
+                at
+            } else {
+                let now = Instant::now();
+                if now >= deadline {
+                    break 'run;
+                }
+                now
+            };
             let seq = book.attempted[c].load(Ordering::Relaxed);
             book.attempted[c].store(seq + 1, Ordering::Relaxed);
             payload.clear();
@@ -268,7 +296,9 @@ async fn worker(
                     client.reset();
                     Err("timeout".into())
                 });
-            hist.saturating_record((t0.elapsed().as_micros() as u64).max(1));
+            let answered = Instant::now();
+            hist.saturating_record((answered.duration_since(t0).as_micros() as u64).max(1));
+            wait.saturating_record((answered.duration_since(due).as_micros() as u64).max(1));
             match result {
                 Ok(()) => {
                     stats.ok.fetch_add(1, Ordering::Relaxed);
@@ -286,6 +316,7 @@ async fn worker(
         }
     }
     let _ = lock(&stats.latency).add(&hist);
+    wait
 }
 
 /// A worker's connection.

@@ -1,7 +1,9 @@
-//! A streaming `text/event-stream` parser for the hot path: it keeps no per-event allocations
-//! (the last id, the event name and a partial line live in buffers reused for the whole
-//! connection) and reads only what the load generator checks: each event's `id:`, `event:`,
-//! and the publisher's `seq`/`ts` from its `data:` (see [`crate::payload::extract`]).
+//! The subscriber's view of an SSE stream: [`shared::sse::SseReader`] (the same framing code
+//! the gateway's tests decode with) splits lines and fields without allocating; this keeps only
+//! what the load generator checks of each dispatched block: its id, its event name, and the
+//! publisher's `seq`/`ts` from its data (see [`crate::payload::extract`]).
+
+use shared::sse::{SseReader, SseToken};
 
 use crate::payload::{Stamp, extract};
 
@@ -30,139 +32,63 @@ pub enum SseItem<'a> {
     },
 }
 
-/// Incremental parser state of one SSE stream.
-#[derive(Debug, Default)]
+/// Incremental state of one subscriber's SSE stream: the shared reader plus the stamp of the
+/// block being read.
+#[derive(Debug)]
 pub struct SseParser {
-    carry: Vec<u8>,
-    after_cr: bool,
-    started: bool,
-    last_id: Vec<u8>,
-    id_in_block: bool,
-    name: Vec<u8>,
-    has_data: bool,
+    reader: SseReader,
     stamp: Stamp,
-    /// Whether a `retry:` field was seen.
-    pub retry_seen: bool,
-    /// Comment lines (`: ping`, closing reasons) seen.
-    pub comments: u64,
 }
 
 impl SseParser {
     /// A parser at the start of a stream.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            reader: SseReader::new().with_max_line(MAX_LINE),
+            stamp: Stamp::default(),
+        }
     }
 
     /// A parser that starts with a known last event id (a resumed connection).
     pub fn with_last_id(id: &[u8]) -> Self {
         Self {
-            last_id: id.to_vec(),
-            ..Self::default()
+            reader: SseReader::with_last_id(id).with_max_line(MAX_LINE),
+            stamp: Stamp::default(),
         }
     }
 
     /// The last event id seen.
     pub fn last_id(&self) -> &[u8] {
-        &self.last_id
+        self.reader.last_id()
     }
 
     /// Parses a run of body bytes, calling `sink` for every dispatched block.
-    pub fn feed(&mut self, mut input: &[u8], sink: &mut impl FnMut(SseItem<'_>)) {
-        if self.after_cr && !input.is_empty() {
-            self.after_cr = false;
-            if input[0] == b'\n' {
-                input = &input[1..];
-            }
-        }
-        while let Some(i) = memchr::memchr2(b'\n', b'\r', input) {
-            let ended_by_cr = input[i] == b'\r';
-            if self.carry.is_empty() {
-                self.line(&input[..i], sink);
-            } else {
-                let mut carry = std::mem::take(&mut self.carry);
-                append_limited(&mut carry, &input[..i]);
-                self.line(&carry, sink);
-                carry.clear();
-                self.carry = carry;
-            }
-            input = &input[i + 1..];
-            if ended_by_cr {
-                match input.first() {
-                    Some(b'\n') => input = &input[1..],
-                    Some(_) => {}
-                    None => self.after_cr = true,
-                }
-            }
-        }
-        if !input.is_empty() {
-            append_limited(&mut self.carry, input);
-        }
-    }
-
-    fn line(&mut self, mut line: &[u8], sink: &mut impl FnMut(SseItem<'_>)) {
-        if !self.started {
-            self.started = true;
-            line = line.strip_prefix("\u{feff}".as_bytes()).unwrap_or(line);
-        }
-        if line.is_empty() {
-            self.dispatch(sink);
-            return;
-        }
-        if line[0] == b':' {
-            self.comments += 1;
-            return;
-        }
-        let (field, value) = match memchr::memchr(b':', line) {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &b""[..]),
-        };
-        match field {
-            b"data" => {
-                if self.stamp.seq.is_none() || self.stamp.ts.is_none() {
+    pub fn feed(&mut self, input: &[u8], sink: &mut impl FnMut(SseItem<'_>)) {
+        let stamp = &mut self.stamp;
+        self.reader.feed(input, &mut |token| match token {
+            SseToken::Data(value) => {
+                if stamp.seq.is_none() || stamp.ts.is_none() {
                     let found = extract(value);
-                    self.stamp.seq = self.stamp.seq.or(found.seq);
-                    self.stamp.ts = self.stamp.ts.or(found.ts);
+                    stamp.seq = stamp.seq.or(found.seq);
+                    stamp.ts = stamp.ts.or(found.ts);
                 }
-                self.has_data = true;
             }
-            b"id" if memchr::memchr(0, value).is_none() => {
-                self.last_id.clear();
-                self.last_id.extend_from_slice(value);
-                self.id_in_block = true;
+            SseToken::Dispatch(block) => {
+                let stamp = std::mem::take(stamp);
+                if block.has_data {
+                    sink(SseItem::Event {
+                        id: block.last_id,
+                        id_in_block: block.id_in_block,
+                        name: block.event,
+                        stamp,
+                    });
+                } else if block.id_in_block {
+                    sink(SseItem::Marker { id: block.last_id });
+                }
             }
-            b"event" => {
-                self.name.clear();
-                self.name.extend_from_slice(value);
-            }
-            b"retry" => self.retry_seen = true,
-            _ => {}
-        }
+            SseToken::Comment(_) | SseToken::Retry(_) => {}
+        });
     }
-
-    fn dispatch(&mut self, sink: &mut impl FnMut(SseItem<'_>)) {
-        let id_in_block = std::mem::take(&mut self.id_in_block);
-        if self.has_data {
-            sink(SseItem::Event {
-                id: &self.last_id,
-                id_in_block,
-                name: &self.name,
-                stamp: self.stamp,
-            });
-        } else if id_in_block {
-            sink(SseItem::Marker { id: &self.last_id });
-        }
-        self.has_data = false;
-        self.stamp = Stamp::default();
-        self.name.clear();
-    }
-}
-
-fn append_limited(buf: &mut Vec<u8>, bytes: &[u8]) {
-    let room = MAX_LINE.saturating_sub(buf.len());
-    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
 #[cfg(test)]
@@ -176,8 +102,7 @@ mod tests {
         Marker(String),
     }
 
-    fn parse_split(bytes: &[u8], splits: &[usize]) -> (Vec<Owned>, SseParser) {
-        let mut p = SseParser::new();
+    fn parse_split(p: &mut SseParser, bytes: &[u8], splits: &[usize]) -> Vec<Owned> {
         let mut out = Vec::new();
         let mut last = 0;
         for &s in splits.iter().chain(std::iter::once(&bytes.len())) {
@@ -199,13 +124,13 @@ mod tests {
             });
             last = s;
         }
-        (out, p)
+        out
     }
 
     /// A gateway-like stream built with the gateway's own encoder.
     fn gateway_stream() -> (Vec<u8>, Vec<Owned>) {
         let mut out = Vec::new();
-        shared::sse::write_field(&mut out, b"retry", b"2000");
+        shared::sse::write_retry(&mut out, 2000);
         out.extend_from_slice(b"id: 1f:0\n\n");
         let mut expected = vec![Owned::Marker("1f:0".into())];
         for seq in 0..3u64 {
@@ -237,7 +162,7 @@ mod tests {
             "gap".into(),
             Stamp::default(),
         ));
-        // Multi-line data (an id-less event keeps the previous id).
+        // Multi-line data (an id-less event keeps the previous id): the stamp spans lines.
         shared::sse::write_event(&mut out, None, None, b"{\"seq\":7,\n\"ts\":8}");
         expected.push(Owned::Event(
             "1f:9".into(),
@@ -252,64 +177,35 @@ mod tests {
     }
 
     #[test]
-    fn encoder_output_split_at_every_byte_boundary() {
+    fn stamps_ids_and_names_at_every_split() {
         let (bytes, expected) = gateway_stream();
-        let (whole, p) = parse_split(&bytes, &[]);
-        assert_eq!(whole, expected);
-        assert!(p.retry_seen);
-        assert_eq!(p.comments, 1);
         for i in 0..=bytes.len() {
-            assert_eq!(parse_split(&bytes, &[i]).0, expected, "split at {i}");
+            assert_eq!(
+                parse_split(&mut SseParser::new(), &bytes, &[i]),
+                expected,
+                "split at {i}"
+            );
         }
-        // Byte by byte.
         let every: Vec<usize> = (1..bytes.len()).collect();
-        assert_eq!(parse_split(&bytes, &every).0, expected);
+        assert_eq!(parse_split(&mut SseParser::new(), &bytes, &every), expected);
     }
 
     #[test]
-    fn crlf_and_cr_line_endings_at_every_split() {
-        let (lf, expected) = gateway_stream();
-        for ending in [&b"\r\n"[..], &b"\r"[..]] {
-            let mut bytes = Vec::new();
-            for &b in &lf {
-                if b == b'\n' {
-                    bytes.extend_from_slice(ending);
-                } else {
-                    bytes.push(b);
-                }
-            }
-            for i in 0..=bytes.len() {
-                assert_eq!(parse_split(&bytes, &[i]).0, expected, "split at {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn odd_fields_and_resume_id() {
+    fn resumed_parser_keeps_its_id_until_a_new_one() {
         let mut p = SseParser::with_last_id(b"a:5");
-        let mut got = Vec::new();
-        p.feed(b"\xef\xbb\xbfdata\nid: x\0y\nfoo: bar\n\n", &mut |item| {
-            if let SseItem::Event {
-                id, id_in_block, ..
-            } = item
-            {
-                got.push((id.to_vec(), id_in_block));
-            }
-        });
-        assert_eq!(got, vec![(b"a:5".to_vec(), false)]);
+        let got = parse_split(&mut p, b"data: {\"seq\":1,\"ts\":2}\n\n", &[]);
+        assert_eq!(
+            got,
+            vec![Owned::Event(
+                "a:5".into(),
+                false,
+                "".into(),
+                Stamp {
+                    seq: Some(1),
+                    ts: Some(2)
+                }
+            )]
+        );
         assert_eq!(p.last_id(), b"a:5");
-    }
-
-    #[test]
-    fn huge_lines_are_bounded() {
-        let mut p = SseParser::new();
-        let chunk = vec![b'x'; 10_000];
-        for _ in 0..20 {
-            p.feed(&chunk, &mut |_| {});
-        }
-        assert!(p.carry.len() <= MAX_LINE);
-        let mut n = 0;
-        p.feed(b"\n\ndata: {\"seq\":1,\"ts\":2}\n\n", &mut |_| n += 1);
-        assert_eq!(n, 1);
     }
 }
