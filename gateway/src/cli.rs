@@ -128,8 +128,7 @@ async fn publish_batch(
         let requests = publish::batch::parse(&raw, settings.publish.max_batch)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let engine = crate::server::build_engine(settings, &Metrics::new())?;
-        let results = engine
-            .publish_batch(&requests)
+        let results = publish::batch::publish(&engine, &requests, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut ids = Vec::with_capacity(results.len());

@@ -1,17 +1,18 @@
-//! Batch publishing: `POST /publish` with a JSON array of publish objects stores them all in
-//! one round trip to the store (`Engine::publish_batch`). Every item is validated before any is
-//! stored, so a malformed batch publishes nothing; once stored, each event succeeds or fails by
-//! itself and the answer lists the outcome of each, in order.
+//! Batch publishing: `POST /publish` with a JSON array of publish objects (or `gateway publish
+//! --batch`) stores them all in one round trip to the store (`Engine::publish_batch`). Every
+//! item is validated before any is stored, so a malformed batch publishes nothing; the store
+//! then takes the batch all at once (on a Redis Cluster, all at once per hash slot), and the
+//! answer lists the outcome of each event, in order.
 
 use http::StatusCode;
 use serde_json::Value;
 use shared::{ErrorCode, Position};
 
 use super::{PublishBody, validate};
-use crate::engine::PublishRequest;
+use crate::engine::{Engine, PublishRequest};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::response::{self, Body};
-use crate::state::AppState;
 
 /// Whether a JSON body is a batch (an array) rather than one publish.
 pub fn is_batch(raw: &[u8]) -> bool {
@@ -58,18 +59,22 @@ pub fn parse(raw: &[u8], max: usize) -> Result<Vec<PublishRequest>, ApiError> {
         .collect()
 }
 
-/// Publishes a validated batch; each event's position or error, in order.
+/// The batch half of the single publishing path (beside [`super::publish`]): a validated
+/// batch into the engine's one-round-trip store-and-push, counted by where it came from
+/// (`None`: outside a serving instance); each event's position or error, in order.
 pub async fn publish(
-    state: &AppState,
+    engine: &Engine,
     requests: &[PublishRequest],
+    counted: Option<(&Metrics, &'static str)>,
 ) -> Result<Vec<Result<Position, ApiError>>, ApiError> {
-    let results = state.hub.engine().publish_batch(requests).await?;
-    let stored = results.iter().filter(|r| r.is_ok()).count();
-    state
-        .metrics
-        .published
-        .with_label_values(&["http"])
-        .inc_by(stored as u64);
+    let results = engine.publish_batch(requests).await?;
+    if let Some((metrics, via)) = counted {
+        let stored = results.iter().filter(|r| r.is_ok()).count();
+        metrics
+            .published
+            .with_label_values(&[via])
+            .inc_by(stored as u64);
+    }
     Ok(results
         .into_iter()
         .map(|r| r.map_err(ApiError::from))
