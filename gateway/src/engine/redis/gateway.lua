@@ -7,7 +7,11 @@
 --
 -- returns "<epoch>:<offset>", the event's position. `kind` is text (default), json or binary;
 -- `event` is an optional SSE event name ("" for none). `maxlen` and `ttl_ms` default to the
--- values of the gateway instance that loaded this library.
+-- values of the gateway instance that loaded this library. Many events in one atomic call:
+--
+--   FCALL gw_publish_many <2n> <stream 1> <meta 1> ... <stream n> <meta n> <maxlen> <ttl_ms> <channel#> <data> <event> <kind> [...]
+--
+-- (see publish_many below).
 --
 -- Per channel (the {hash tag} keeps all three in one Cluster slot):
 --   <prefix>{<channel>}:meta    hash: epoch (hex), offset, writer, lineage (see below)
