@@ -160,6 +160,11 @@ fn pub_target(common: &Common, p: &PubOpts, tls: Option<&TlsClient>) -> anyhow::
             body: p.publish_body.clone(),
         });
     }
+    let batched = p.publish_batch > 1;
+    ensure!(
+        !batched || p.publish == PublishVia::Http,
+        "--publish-batch needs --publish http"
+    );
     match p.publish {
         PublishVia::Redis if !p.redis_cluster.is_empty() => {
             for u in &p.redis_cluster {
@@ -194,6 +199,7 @@ fn pub_target(common: &Common, p: &PubOpts, tls: Option<&TlsClient>) -> anyhow::
             Ok(PubTarget::Gateway {
                 tls: tls_for(&url, tls)?,
                 url,
+                batch: usize::from(p.publish_batch),
             })
         }
     }
