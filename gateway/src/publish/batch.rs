@@ -85,6 +85,12 @@ pub async fn publish(
 /// when every event was stored, else the status of the first failure (the body still says
 /// which events were stored, so a retry can leave them out).
 pub fn answer(results: &[Result<Position, ApiError>]) -> http::Response<Body> {
+    let (status, body) = outcome(results);
+    response::json(status, &body)
+}
+
+/// The status and body of [`answer`].
+fn outcome(results: &[Result<Position, ApiError>]) -> (StatusCode, Value) {
     let status = results
         .iter()
         .find_map(|r| r.as_ref().err().map(ApiError::status))
@@ -96,7 +102,7 @@ pub fn answer(results: &[Result<Position, ApiError>]) -> http::Response<Body> {
             Err(e) => serde_json::json!({ "error": e.code().as_str(), "detail": e.detail() }),
         })
         .collect();
-    response::json(status, &serde_json::json!({ "results": items }))
+    (status, serde_json::json!({ "results": items }))
 }
 
 #[cfg(test)]
@@ -123,10 +129,43 @@ mod tests {
         let e = parse(br#"[{"channel":"a","data":1}, 5]"#, 10).unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidJson);
         assert_eq!(parse(b"[]", 10).unwrap_err().code(), ErrorCode::InvalidJson);
+        assert_eq!(
+            parse(b" [ ] ", 10).unwrap_err().code(),
+            ErrorCode::InvalidJson
+        );
+        let e = parse(br#"[[{"channel":"a","data":1}]]"#, 10).unwrap_err();
+        assert_eq!(
+            (e.code(), e.detail().starts_with("item 0:")),
+            (ErrorCode::InvalidJson, true)
+        );
+        let e = parse(br#"[{"channel":"a","data":1,"extra":1}]"#, 10).unwrap_err();
+        assert_eq!(
+            e.code(),
+            ErrorCode::InvalidJson,
+            "unknown fields are refused"
+        );
+        assert_eq!(parse(b"[{", 10).unwrap_err().code(), ErrorCode::InvalidJson);
         let big = format!("[{}]", [r#"{"channel":"a","data":1}"#; 3].join(","));
         assert_eq!(
             parse(big.as_bytes(), 2).unwrap_err().code(),
             ErrorCode::BatchTooLarge
         );
+    }
+
+    #[test]
+    fn the_answer_lists_every_outcome_with_the_first_failure_status() {
+        use shared::Epoch;
+        let stored = Position::new(Epoch(0xab), 7);
+        let (status, body) = outcome(&[Ok(stored), Ok(Position::new(Epoch(0xab), 8))]);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            serde_json::json!({ "results": [{ "id": "ab:7" }, { "id": "ab:8" }] })
+        );
+        let down = ApiError::unavailable(ErrorCode::EngineUnavailable, "down", 1);
+        let (status, body) = outcome(&[Ok(stored), Err(down)]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["results"][0]["id"], "ab:7");
+        assert_eq!(body["results"][1]["error"], "engine_unavailable");
     }
 }
