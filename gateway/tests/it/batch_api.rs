@@ -111,6 +111,45 @@ async fn hostile_batches_store_nothing() {
     }
 }
 
+/// The API key judges a batch whole: one channel it may not publish to, or more events than
+/// its rate has left, refuses the batch and stores none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_refused_whole_by_its_key() {
+    const KEY: &str = "batch-key-0123456789";
+    let config = std::env::temp_dir().join(format!("{}.toml", unique("batch-key")));
+    let toml = format!(
+        "[publish]\nburst = 5\n\n[[publish.keys]]\nname = \"chat\"\nkey = \"{KEY}\"\n\
+         channels = [\"chat:*\"]\nrate_per_second = 1\n"
+    );
+    std::fs::write(&config, toml).unwrap();
+    let gw = Gateway::spawn(&[("GATEWAY_CONFIG", config.to_str().unwrap())]);
+    gw.wait_ready();
+    let mut sse = Sse::connect(&gw.url("/sse?channel=chat:a"), None).await;
+    sse.ready().await;
+    let send = |items: Value| {
+        http()
+            .post(gw.url("/publish"))
+            .bearer_auth(KEY)
+            .json(&items)
+            .send()
+    };
+    let mixed = json!([{ "channel": "chat:a", "data": "x" }, { "channel": "news", "data": "y" }]);
+    expect_error(send(mixed).await.unwrap(), 403, "publish_forbidden").await;
+    let three = |tag: &str| {
+        Value::Array(
+            (1..=3)
+                .map(|i| json!({ "channel": "chat:a", "data": format!("{tag}{i}") }))
+                .collect(),
+        )
+    };
+    // Five tokens: one spent on the refused batch, three on this one, one left.
+    assert_eq!(send(three("a")).await.unwrap().status(), 200);
+    expect_error(send(three("b")).await.unwrap(), 429, "rate_limited").await;
+    assert_eq!(data(&sse.take(3).await), ["a1", "a2", "a3"]);
+    sse.assert_quiet(Duration::from_millis(300)).await;
+    let _ = std::fs::remove_file(&config);
+}
+
 /// `FCALL gw_publish_many`, as README documents it: many events to several channels in one
 /// call, ids in order, delivered to subscribers; a bad argument anywhere stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
