@@ -14,8 +14,8 @@ use super::{RedisEngine, parse_id};
 use crate::engine::{EngineError, PublishRequest};
 
 impl RedisEngine {
-    /// Publishes every request, each group of one slot atomically; the outer error when no
-    /// event was stored (nothing reached Redis, or every call was refused).
+    /// Publishes every request, each group of one slot atomically; the outer error when every
+    /// call failed (so nothing was stored, unless a call timed out after Redis ran it).
     pub async fn publish_batch(
         &self,
         requests: &[PublishRequest],
