@@ -240,18 +240,10 @@ async fn batches_span_the_shards_of_a_cluster() {
     gw.wait_ready();
 
     // One channel per primary, and a second channel in the first one's slot.
-    let layout = cluster.layout();
-    let mut channels: Vec<String> = Vec::new();
-    for p in layout.primaries() {
-        let c = (0..)
-            .map(|i| format!("sh{i}"))
-            .find(|c| {
-                let slot = cluster.keyslot(&format!("{prefix}{{{c}}}:stream"));
-                layout.owner(slot) == Some(p) && !channels.contains(c)
-            })
-            .expect("a channel on every primary");
-        channels.push(c);
-    }
+    let mut channels: Vec<String> = one_channel_per_primary(&cluster, &prefix)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
     let slot_of = |c: &str| Slot::for_key(format!("{prefix}{{{c}}}:stream"));
     let twin = (0..)
         .map(|i| format!("tw{i}"))
@@ -284,4 +276,87 @@ async fn batches_span_the_shards_of_a_cluster() {
     let body = json!([{ "channel": channels[0], "data": "after" }]);
     let res = http().post(gw.url("/publish")).json(&body).send().await;
     assert_eq!(res.expect("publish").status(), 200);
+}
+
+/// A channel (`sh<i>`) on each primary of `cluster`, with the primary's port.
+fn one_channel_per_primary(cluster: &RedisCluster, prefix: &str) -> Vec<(String, u16)> {
+    let layout = cluster.layout();
+    let mut channels: Vec<(String, u16)> = Vec::new();
+    for p in layout.primaries() {
+        let c = (0..)
+            .map(|i| format!("sh{i}"))
+            .find(|c| {
+                let slot = cluster.keyslot(&format!("{prefix}{{{c}}}:stream"));
+                layout.owner(slot) == Some(p) && channels.iter().all(|(o, _)| o != c)
+            })
+            .expect("a channel on every primary");
+        channels.push((c, p));
+    }
+    channels
+}
+
+/// The one case where a batch succeeds in part: on a cluster with a primary down (and the
+/// others serving their slots regardless), the events of the live shards are stored and
+/// delivered, and the answer carries the first failure's status, an id for each stored event
+/// and the error for each of the dead shard's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_batch_with_a_shard_down_answers_per_event() {
+    let mut cluster = RedisCluster::start(3, 0);
+    let prefix = format!("{}:", unique("bd"));
+    let seeds = cluster.seeds();
+    let gw = Gateway::spawn(&[
+        ("GATEWAY__REDIS__CLUSTER_NODES", seeds.as_str()),
+        ("GATEWAY__REDIS__KEY_PREFIX", prefix.as_str()),
+        ("GATEWAY__REDIS__TIMEOUT_SECONDS", "2"),
+    ]);
+    gw.wait_ready();
+    let channels = one_channel_per_primary(&cluster, &prefix);
+    let mut live = Vec::new();
+    for (c, _) in &channels[1..] {
+        let mut sse = Sse::connect(&gw.url(&format!("/sse?channel={c}")), None).await;
+        sse.ready().await;
+        live.push(sse);
+    }
+    let dead = channels[0].1;
+    for (_, p) in &channels[1..] {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no");
+        let _: String = cluster.query(*p, &cmd).expect("CONFIG SET");
+    }
+    cluster.kill(dead);
+
+    let items: Vec<Value> = (0..6)
+        .map(|i| json!({ "channel": channels[i % 3].0, "data": format!("e{i}") }))
+        .collect();
+    let res = http().post(gw.url("/publish")).json(&items).send().await;
+    let res = res.expect("an answer");
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.expect("JSON");
+    let results = body["results"].as_array().expect("results per event");
+    assert_eq!(results.len(), 6, "{body}");
+    let first_error = results[0]["error"]
+        .as_str()
+        .expect("the dead shard's error");
+    for (i, r) in results.iter().enumerate() {
+        if i % 3 == 0 {
+            assert_eq!(r["error"].as_str(), Some(first_error), "{body}");
+        } else {
+            assert!(
+                r["id"]
+                    .as_str()
+                    .is_some_and(|id| id.ends_with(":1") || id.ends_with(":2"))
+            );
+        }
+    }
+    assert_eq!(
+        (status, first_error),
+        (503, "engine_unavailable"),
+        "the first failure's status and code: {body}"
+    );
+    for (k, sse) in live.iter_mut().enumerate() {
+        let want = [format!("e{}", k + 1), format!("e{}", k + 4)];
+        assert_eq!(data(&sse.take(2).await), want);
+    }
 }
