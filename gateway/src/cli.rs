@@ -1,5 +1,5 @@
-//! The command line: `gateway` serves; `gateway publish` publishes one event; `gateway
-//! redis-function` prints the Redis library; `gateway check-config` validates settings.
+//! The command line: `gateway` serves; `gateway publish` publishes one event (or a batch);
+//! `gateway redis-function` prints the Redis library; `gateway check-config` validates settings.
 
 use std::path::PathBuf;
 
@@ -34,7 +34,7 @@ pub struct Cli {
 pub enum Command {
     /// Serve clients (the default).
     Serve,
-    /// Publish one event: straight into Redis when configured, else via a running gateway's HTTP API.
+    /// Publish one event (or a batch with --batch): straight into Redis when configured, else via a running gateway's HTTP API.
     Publish(PublishArgs),
     /// Print the Redis Functions library the gateway loads (for FUNCTION LOAD by hand).
     RedisFunction,
@@ -128,8 +128,7 @@ async fn publish_batch(
         let requests = publish::batch::parse(&raw, settings.publish.max_batch)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let engine = crate::server::build_engine(settings, &Metrics::new())?;
-        let results = engine
-            .publish_batch(&requests)
+        let results = publish::batch::publish(&engine, &requests, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut ids = Vec::with_capacity(results.len());

@@ -165,6 +165,11 @@ pub struct PubOpts {
     /// connection, so never more than one per channel).
     #[arg(long, default_value_t = 32)]
     pub publish_conns: usize,
+    /// Events per `POST /publish` (a JSON array when more than 1), for --publish http to the
+    /// gateway; at most the gateway's publish.max_batch, and each body within its max_bytes.
+    #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "publish_url",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub publish_batch: u16,
 }
 
 /// How much to publish.

@@ -1,7 +1,8 @@
 //! The publisher: events at a controlled total rate, spread over the channels round-robin, at
 //! most one request in flight per channel (so each channel's events are stored in `seq` order),
 //! over keep-alive HTTP/1.1 connections (a small raw client, over TLS for `https://` targets),
-//! or `FCALL gw_publish` to Redis.
+//! or `FCALL gw_publish` to Redis. With `--publish-batch N` each gateway request carries N
+//! events (a JSON array), sent when the last of them is due.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,12 +88,15 @@ impl Book {
 
 /// Where events go.
 pub enum PubTarget {
-    /// The gateway's `POST /publish` with `{"channel":C,"data":<payload>}`.
+    /// The gateway's `POST /publish` with `{"channel":C,"data":<payload>}`, or with a JSON
+    /// array of `batch` of them (`--publish-batch`).
     Gateway {
         /// Base URL.
         url: Url,
         /// TLS client for an `https://` URL.
         tls: Option<TlsClient>,
+        /// Events per request (1: one object, more: an array).
+        batch: usize,
     },
     /// Another server: `POST` to a URL template with a body template (`{payload}`,
     /// `{channel}`).
@@ -122,6 +126,14 @@ pub enum PubTarget {
 }
 
 impl PubTarget {
+    /// Events per request: more than one only for a gateway target with `--publish-batch`.
+    pub fn batch(&self) -> usize {
+        match self {
+            Self::Gateway { batch, .. } => (*batch).max(1),
+            _ => 1,
+        }
+    }
+
     /// Short name for reports.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -262,7 +274,14 @@ async fn worker(
     };
     let mut hist = new_histogram();
     let mut wait = new_histogram();
-    let mut payload = Vec::with_capacity(run.size + 64);
+    let batch = target.batch();
+    // The request being assembled: (channel, seq) of its events, when each was due, and their
+    // payloads in buffers reused from request to request.
+    let mut pending: Vec<(usize, u64)> = Vec::with_capacity(batch);
+    let mut dues: Vec<Instant> = Vec::with_capacity(batch);
+    let mut payloads: Vec<Vec<u8>> = (0..batch)
+        .map(|_| Vec::with_capacity(run.size + 64))
+        .collect();
     let mut j = 0u64;
     'run: loop {
         for &c in &owned {
@@ -287,27 +306,27 @@ async fn worker(
             };
             let seq = book.attempted[c].load(Ordering::Relaxed);
             book.attempted[c].store(seq + 1, Ordering::Relaxed);
+            let payload = &mut payloads[pending.len()];
             payload.clear();
-            write_payload(&mut payload, seq, unix_micros(), run.size);
-            let t0 = Instant::now();
-            let result = tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(c, &payload))
-                .await
-                .unwrap_or_else(|_| {
-                    client.reset();
-                    Err("timeout".into())
-                });
-            let answered = Instant::now();
-            hist.saturating_record((answered.duration_since(t0).as_micros() as u64).max(1));
-            wait.saturating_record((answered.duration_since(due).as_micros() as u64).max(1));
-            match result {
-                Ok(()) => {
-                    stats.ok.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(reason) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    lock(&book.failed).push((c, seq));
-                    *lock(&stats.failures).entry(reason).or_default() += 1;
-                }
+            write_payload(payload, seq, unix_micros(), run.size);
+            pending.push((c, seq));
+            dues.push(due);
+            // A batch goes out when full, at the time its last event is due.
+            if pending.len() >= batch {
+                let sent = Sent {
+                    hist: &mut hist,
+                    wait: &mut wait,
+                };
+                send(
+                    &mut client,
+                    &mut pending,
+                    &mut dues,
+                    &payloads,
+                    book,
+                    stats,
+                    sent,
+                )
+                .await;
             }
         }
         j += 1;
@@ -315,8 +334,73 @@ async fn worker(
             break;
         }
     }
+    if !pending.is_empty() {
+        let sent = Sent {
+            hist: &mut hist,
+            wait: &mut wait,
+        };
+        send(
+            &mut client,
+            &mut pending,
+            &mut dues,
+            &payloads,
+            book,
+            stats,
+            sent,
+        )
+        .await;
+    }
     let _ = lock(&stats.latency).add(&hist);
     wait
+}
+
+/// Where a request's timings go: its latency (sent to answered, once per request) and each
+/// event's wait (due to answered).
+struct Sent<'a> {
+    hist: &'a mut Histogram<u64>,
+    wait: &'a mut Histogram<u64>,
+}
+
+/// Sends the pending events in one request and counts the outcome for each of them (a failed
+/// batch counts every event as failed: it may not have been stored).
+async fn send(
+    client: &mut Client,
+    pending: &mut Vec<(usize, u64)>,
+    dues: &mut Vec<Instant>,
+    payloads: &[Vec<u8>],
+    book: &Book,
+    stats: &PubStats,
+    sent: Sent<'_>,
+) {
+    let events: Vec<(usize, &[u8])> = (pending.iter().zip(payloads))
+        .map(|(&(c, _), p)| (c, &p[..]))
+        .collect();
+    let t0 = Instant::now();
+    let result = tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(&events))
+        .await
+        .unwrap_or_else(|_| {
+            client.reset();
+            Err("timeout".into())
+        });
+    let answered = Instant::now();
+    sent.hist
+        .saturating_record((answered.duration_since(t0).as_micros() as u64).max(1));
+    for due in dues.drain(..) {
+        sent.wait
+            .saturating_record((answered.duration_since(due).as_micros() as u64).max(1));
+    }
+    let n = pending.len() as u64;
+    match result {
+        Ok(()) => {
+            stats.ok.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(reason) => {
+            stats.failed.fetch_add(n, Ordering::Relaxed);
+            lock(&book.failed).extend(pending.iter().copied());
+            *lock(&stats.failures).entry(reason).or_default() += n;
+        }
+    }
+    pending.clear();
 }
 
 /// A worker's connection.
@@ -369,7 +453,7 @@ fn fcall_keys(book: &Book, owned: &[usize], prefix: &str) -> BTreeMap<usize, (St
 impl Client {
     async fn new(target: &PubTarget, book: &Book, owned: &[usize]) -> Result<Self, String> {
         match target {
-            PubTarget::Gateway { url, tls } => Ok(Self::Http {
+            PubTarget::Gateway { url, tls, .. } => Ok(Self::Http {
                 conn: HttpConn::new(url.clone(), tls.clone()),
                 requests: owned
                     .iter()
@@ -446,17 +530,30 @@ impl Client {
         }
     }
 
-    async fn publish(&mut self, channel: usize, payload: &[u8]) -> Result<(), String> {
+    /// One request: one event, or (gateway targets with `--publish-batch`) a JSON array.
+    async fn publish(&mut self, events: &[(usize, &[u8])]) -> Result<(), String> {
         match self {
             Self::Http {
                 conn,
                 requests,
                 host,
             } => {
-                let Some((path, before, after)) = requests.get(&channel) else {
-                    return Err("unowned_channel".into());
+                let mut parts = Vec::with_capacity(events.len());
+                for &(channel, payload) in events {
+                    let Some((path, before, after)) = requests.get(&channel) else {
+                        return Err("unowned_channel".into());
+                    };
+                    parts.push((path, before, payload, after));
+                }
+                let Some(&(path, ..)) = parts.first() else {
+                    return Ok(());
                 };
-                let len = before.len() + payload.len() + after.len();
+                let array = parts.len() > 1;
+                let len = parts
+                    .iter()
+                    .map(|(_, before, payload, after)| before.len() + payload.len() + after.len())
+                    .sum::<usize>()
+                    + if array { parts.len() + 1 } else { 0 };
                 let req = &mut conn.req;
                 req.clear();
                 req.extend_from_slice(b"POST ");
@@ -468,9 +565,20 @@ impl Client {
                 );
                 req.extend_from_slice(len.to_string().as_bytes());
                 req.extend_from_slice(b"\r\n\r\n");
-                req.extend_from_slice(before);
-                req.extend_from_slice(payload);
-                req.extend_from_slice(after);
+                if array {
+                    req.push(b'[');
+                }
+                for (n, (_, before, payload, after)) in parts.iter().enumerate() {
+                    if n > 0 {
+                        req.push(b',');
+                    }
+                    req.extend_from_slice(before);
+                    req.extend_from_slice(payload);
+                    req.extend_from_slice(after);
+                }
+                if array {
+                    req.push(b']');
+                }
                 let status = conn.send().await?;
                 if (200..300).contains(&status) {
                     Ok(())
@@ -479,7 +587,10 @@ impl Client {
                 }
             }
             Self::Redis { con, keys } => {
-                let Some((stream, meta)) = keys.get(&channel) else {
+                let [(channel, payload)] = events else {
+                    return Err("redis_batch_unsupported".into());
+                };
+                let Some((stream, meta)) = keys.get(channel) else {
                     return Err("unowned_channel".into());
                 };
                 let mut cmd = redis::cmd("FCALL");
@@ -487,7 +598,7 @@ impl Client {
                     .arg(2)
                     .arg(stream)
                     .arg(meta)
-                    .arg(payload)
+                    .arg(*payload)
                     .arg("")
                     .arg("json");
                 con.query(&cmd)
@@ -695,6 +806,50 @@ mod tests {
         assert_eq!(book.owed(), 10 * 3 + 4 * 2);
         assert_eq!(book.failed_of(1), vec![4]);
         assert_eq!(book.total_attempted(), 15);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_request_with_a_json_array() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            while !got.ends_with(b"]") {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                .await
+                .unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let url = crate::target::parse_url(&format!("http://{addr}")).unwrap();
+        let target = PubTarget::Gateway {
+            url,
+            tls: None,
+            batch: 3,
+        };
+        let book = Book::new("c", 2);
+        let mut client = Client::new(&target, &book, &[0, 1]).await.unwrap();
+        let events: [(usize, &[u8]); 3] = [(0, b"1"), (1, br#"{"a":2}"#), (0, b"3")];
+        assert_eq!(client.publish(&events).await, Ok(()));
+        let request = server.await.unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{head}"
+        );
+        let items: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            items,
+            serde_json::json!([
+                {"channel": "c0", "data": 1},
+                {"channel": "c1", "data": {"a": 2}},
+                {"channel": "c0", "data": 3},
+            ])
+        );
     }
 
     #[tokio::test]

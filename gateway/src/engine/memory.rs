@@ -97,9 +97,28 @@ impl MemoryEngine {
 
     /// Appends an event and hands it to the listener; see the engine contract.
     pub fn publish(&self, req: PublishRequest) -> Result<Position, EngineError> {
+        let mut channels = self.inner.channels.lock();
+        Ok(self.append(&mut channels, req, Instant::now()))
+    }
+
+    /// Appends a batch under one lock, so no other publish interleaves with it: the
+    /// all-at-once of one `gw_publish_many` call on Redis. Positions in request order.
+    pub fn publish_many(&self, requests: &[PublishRequest]) -> Vec<Position> {
         let now = Instant::now();
         let mut channels = self.inner.channels.lock();
-        let log = live_log(&mut channels, &req.channel, now, self.inner.ttl);
+        requests
+            .iter()
+            .map(|req| self.append(&mut channels, req.clone(), now))
+            .collect()
+    }
+
+    fn append(
+        &self,
+        channels: &mut HashMap<ChannelName, Log>,
+        req: PublishRequest,
+        now: Instant,
+    ) -> Position {
+        let log = live_log(channels, &req.channel, now, self.inner.ttl);
         log.top += 1;
         let event = Event {
             channel: req.channel,
@@ -118,7 +137,7 @@ impl MemoryEngine {
         if let Some(listener) = self.inner.listener.get() {
             listener.on_event(event);
         }
-        Ok(position)
+        position
     }
 
     /// Reads events after `after`; creates an empty epoch for unknown channels.

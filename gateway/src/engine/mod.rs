@@ -120,14 +120,15 @@ impl Engine {
         }
     }
 
-    /// Stores and pushes many events in one round trip, each stored or refused by itself (not
-    /// a transaction); the outer error when the batch did not reach the store.
+    /// Stores and pushes many events in one round trip, in order, all at once (on a Redis
+    /// Cluster: all at once per hash slot, and each slot's group stored or refused by itself);
+    /// positions in request order, the outer error when every call to the store failed.
     pub async fn publish_batch(
         &self,
         requests: &[PublishRequest],
     ) -> Result<Vec<Result<Position, EngineError>>, EngineError> {
         match self {
-            Self::Memory(e) => Ok(requests.iter().map(|r| e.publish(r.clone())).collect()),
+            Self::Memory(e) => Ok(e.publish_many(requests).into_iter().map(Ok).collect()),
             Self::Redis(e) => e.publish_batch(requests).await,
         }
     }

@@ -1,17 +1,18 @@
-//! Batch publishing: `POST /publish` with a JSON array of publish objects stores them all in
-//! one round trip to the store (`Engine::publish_batch`). Every item is validated before any is
-//! stored, so a malformed batch publishes nothing; once stored, each event succeeds or fails by
-//! itself and the answer lists the outcome of each, in order.
+//! Batch publishing: `POST /publish` with a JSON array of publish objects (or `gateway publish
+//! --batch`) stores them all in one round trip to the store (`Engine::publish_batch`). Every
+//! item is validated before any is stored, so a malformed batch publishes nothing; the store
+//! then takes the batch all at once (on a Redis Cluster, all at once per hash slot), and the
+//! answer lists the outcome of each event, in order.
 
 use http::StatusCode;
 use serde_json::Value;
 use shared::{ErrorCode, Position};
 
 use super::{PublishBody, validate};
-use crate::engine::PublishRequest;
+use crate::engine::{Engine, PublishRequest};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::response::{self, Body};
-use crate::state::AppState;
 
 /// Whether a JSON body is a batch (an array) rather than one publish.
 pub fn is_batch(raw: &[u8]) -> bool {
@@ -58,18 +59,22 @@ pub fn parse(raw: &[u8], max: usize) -> Result<Vec<PublishRequest>, ApiError> {
         .collect()
 }
 
-/// Publishes a validated batch; each event's position or error, in order.
+/// The batch half of the single publishing path (beside [`super::publish`]): a validated
+/// batch into the engine's one-round-trip store-and-push, counted by where it came from
+/// (`None`: outside a serving instance); each event's position or error, in order.
 pub async fn publish(
-    state: &AppState,
+    engine: &Engine,
     requests: &[PublishRequest],
+    counted: Option<(&Metrics, &'static str)>,
 ) -> Result<Vec<Result<Position, ApiError>>, ApiError> {
-    let results = state.hub.engine().publish_batch(requests).await?;
-    let stored = results.iter().filter(|r| r.is_ok()).count();
-    state
-        .metrics
-        .published
-        .with_label_values(&["http"])
-        .inc_by(stored as u64);
+    let results = engine.publish_batch(requests).await?;
+    if let Some((metrics, via)) = counted {
+        let stored = results.iter().filter(|r| r.is_ok()).count();
+        metrics
+            .published
+            .with_label_values(&[via])
+            .inc_by(stored as u64);
+    }
     Ok(results
         .into_iter()
         .map(|r| r.map_err(ApiError::from))
@@ -80,6 +85,12 @@ pub async fn publish(
 /// when every event was stored, else the status of the first failure (the body still says
 /// which events were stored, so a retry can leave them out).
 pub fn answer(results: &[Result<Position, ApiError>]) -> http::Response<Body> {
+    let (status, body) = outcome(results);
+    response::json(status, &body)
+}
+
+/// The status and body of [`answer`].
+fn outcome(results: &[Result<Position, ApiError>]) -> (StatusCode, Value) {
     let status = results
         .iter()
         .find_map(|r| r.as_ref().err().map(ApiError::status))
@@ -91,7 +102,7 @@ pub fn answer(results: &[Result<Position, ApiError>]) -> http::Response<Body> {
             Err(e) => serde_json::json!({ "error": e.code().as_str(), "detail": e.detail() }),
         })
         .collect();
-    response::json(status, &serde_json::json!({ "results": items }))
+    (status, serde_json::json!({ "results": items }))
 }
 
 #[cfg(test)]
@@ -118,10 +129,43 @@ mod tests {
         let e = parse(br#"[{"channel":"a","data":1}, 5]"#, 10).unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidJson);
         assert_eq!(parse(b"[]", 10).unwrap_err().code(), ErrorCode::InvalidJson);
+        assert_eq!(
+            parse(b" [ ] ", 10).unwrap_err().code(),
+            ErrorCode::InvalidJson
+        );
+        let e = parse(br#"[[{"channel":"a","data":1}]]"#, 10).unwrap_err();
+        assert_eq!(
+            (e.code(), e.detail().starts_with("item 0:")),
+            (ErrorCode::InvalidJson, true)
+        );
+        let e = parse(br#"[{"channel":"a","data":1,"extra":1}]"#, 10).unwrap_err();
+        assert_eq!(
+            e.code(),
+            ErrorCode::InvalidJson,
+            "unknown fields are refused"
+        );
+        assert_eq!(parse(b"[{", 10).unwrap_err().code(), ErrorCode::InvalidJson);
         let big = format!("[{}]", [r#"{"channel":"a","data":1}"#; 3].join(","));
         assert_eq!(
             parse(big.as_bytes(), 2).unwrap_err().code(),
             ErrorCode::BatchTooLarge
         );
+    }
+
+    #[test]
+    fn the_answer_lists_every_outcome_with_the_first_failure_status() {
+        use shared::Epoch;
+        let stored = Position::new(Epoch(0xab), 7);
+        let (status, body) = outcome(&[Ok(stored), Ok(Position::new(Epoch(0xab), 8))]);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            serde_json::json!({ "results": [{ "id": "ab:7" }, { "id": "ab:8" }] })
+        );
+        let down = ApiError::unavailable(ErrorCode::EngineUnavailable, "down", 1);
+        let (status, body) = outcome(&[Ok(stored), Err(down)]);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["results"][0]["id"], "ab:7");
+        assert_eq!(body["results"][1]["error"], "engine_unavailable");
     }
 }

@@ -136,7 +136,8 @@ async fn handle(
         }
         // The key's rate counts events: the first was charged when it was identified.
         caller.charge(requests.len().saturating_sub(1))?;
-        let results = batch::publish(state, &requests).await?;
+        let counted = Some((&state.metrics, "http"));
+        let results = batch::publish(state.hub.engine(), &requests, counted).await?;
         return Ok(Published::Batch(results));
     } else {
         validate(parse_body(&raw)?)?

@@ -4,6 +4,8 @@
 mod admin;
 mod auth_hook;
 mod auth_tokens;
+mod batch_api;
+mod batch_race;
 mod cli;
 mod client_ip;
 mod cluster;

@@ -62,6 +62,11 @@ pub(super) fn pub_target(
             body: p.publish_body.clone(),
         });
     }
+    let batched = p.publish_batch > 1;
+    ensure!(
+        !batched || p.publish == PublishVia::Http,
+        "--publish-batch needs --publish http"
+    );
     match p.publish {
         PublishVia::Redis if !p.redis_cluster.is_empty() => {
             for u in &p.redis_cluster {
@@ -96,6 +101,7 @@ pub(super) fn pub_target(
             Ok(PubTarget::Gateway {
                 tls: tls_for(&url, tls)?,
                 url,
+                batch: usize::from(p.publish_batch),
             })
         }
     }

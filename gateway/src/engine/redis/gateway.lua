@@ -7,7 +7,11 @@
 --
 -- returns "<epoch>:<offset>", the event's position. `kind` is text (default), json or binary;
 -- `event` is an optional SSE event name ("" for none). `maxlen` and `ttl_ms` default to the
--- values of the gateway instance that loaded this library.
+-- values of the gateway instance that loaded this library. Many events in one atomic call:
+--
+--   FCALL gw_publish_many <2n> <stream 1> <meta 1> ... <stream n> <meta n> <maxlen> <ttl_ms> <channel#> <data> <event> <kind> [...]
+--
+-- (see publish_many below).
 --
 -- Per channel (the {hash tag} keeps all three in one Cluster slot):
 --   <prefix>{<channel>}:meta    hash: epoch (hex), offset, writer, lineage (see below)
@@ -151,40 +155,44 @@ local function head(stream_key, meta_key, ttl_ms)
   return epoch, top, lineage
 end
 
-local function publish(keys, args)
-  local stream_key, meta_key = keys[1], keys[2]
+-- The live channel of a valid <stream>, <meta> key pair of one channel, or nil.
+local function channel_keys(stream_key, meta_key)
   local live = stream_key and live_channel(stream_key)
-  if not live or not meta_key or string.sub(meta_key, -5) ~= ':meta' then
-    return fail('keys must be <prefix>{<channel>}:stream and <prefix>{<channel>}:meta')
+  if not live or not meta_key or string.sub(meta_key, -5) ~= ':meta'
+    or string.sub(meta_key, 1, -6) ~= string.sub(stream_key, 1, -8) then
+    return nil
   end
-  local data = args[1]
-  if data == nil then
-    return fail('missing data argument')
-  end
-  local name = args[2] or ''
+  return live
+end
+local BAD_KEYS = 'keys must be <prefix>{<channel>}:stream and <prefix>{<channel>}:meta'
+
+-- An event's kind ('' means text), or nil and why its name or kind is refused.
+local function checked_kind(name, kind)
   if #name > 64 or string.find(name, '[^%w_%.:%-]') then
-    return fail('event name must be up to 64 of A-Z a-z 0-9 _ - . :')
+    return nil, 'event name must be up to 64 of A-Z a-z 0-9 _ - . :'
   end
   if name == 'gap' or name == 'binary' or string.sub(name, 1, 7) == 'binary:' then
-    return fail('event names "gap", "binary" and "binary:..." are reserved')
+    return nil, 'event names "gap", "binary" and "binary:..." are reserved'
   end
-  local kind = args[3] or ''
   if kind == '' then
     kind = 'text'
   end
   if kind ~= 'text' and kind ~= 'json' and kind ~= 'binary' then
-    return fail('kind must be text, json or binary')
+    return nil, 'kind must be text, json or binary'
   end
-  local maxlen = positive(args[4], DEFAULT_MAXLEN)
-  local ttl_ms = positive(args[5], DEFAULT_TTL_MS)
-  if not maxlen or not ttl_ms then
-    return fail('maxlen and ttl_ms must be positive integers')
-  end
+  return kind
+end
 
-  local epoch = head(stream_key, meta_key, ttl_ms)
-  local offset = string.format('%d', redis.call('HINCRBY', meta_key, 'offset', 1))
+-- Now, in Unix milliseconds, as a decimal string.
+local function now_ms()
   local t = redis.call('TIME')
-  local ms = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+
+-- Appends one checked event to a channel whose head() was taken, and pushes it live; returns
+-- its offset. The caller refreshes the keys' expiry.
+local function append(stream_key, meta_key, live, epoch, ms, maxlen, data, name, kind)
+  local offset = string.format('%d', redis.call('HINCRBY', meta_key, 'offset', 1))
   local fields = { 'd', data, 't', ms }
   if name ~= '' then
     fields[#fields + 1] = 'e'
@@ -195,10 +203,98 @@ local function publish(keys, args)
     fields[#fields + 1] = kind
   end
   redis.call('XADD', stream_key, 'MAXLEN', '~', string.format('%d', maxlen), offset .. '-0', unpack(fields))
+  redis.call(CLUSTER and 'SPUBLISH' or 'PUBLISH', live, epoch .. ' ' .. offset .. ' ' .. ms .. ' ' .. kind .. ' ' .. name .. '\n' .. data)
+  return offset
+end
+
+local function publish(keys, args)
+  local stream_key, meta_key = keys[1], keys[2]
+  local live = channel_keys(stream_key, meta_key)
+  if not live then
+    return fail(BAD_KEYS)
+  end
+  local data = args[1]
+  if data == nil then
+    return fail('missing data argument')
+  end
+  local name = args[2] or ''
+  local kind, why = checked_kind(name, args[3] or '')
+  if not kind then
+    return fail(why)
+  end
+  local maxlen = positive(args[4], DEFAULT_MAXLEN)
+  local ttl_ms = positive(args[5], DEFAULT_TTL_MS)
+  if not maxlen or not ttl_ms then
+    return fail('maxlen and ttl_ms must be positive integers')
+  end
+
+  local epoch = head(stream_key, meta_key, ttl_ms)
+  local offset = append(stream_key, meta_key, live, epoch, now_ms(), maxlen, data, name, kind)
   redis.call('PEXPIRE', stream_key, ttl_ms)
   redis.call('PEXPIRE', meta_key, ttl_ms)
-  redis.call(CLUSTER and 'SPUBLISH' or 'PUBLISH', live, epoch .. ' ' .. offset .. ' ' .. ms .. ' ' .. kind .. ' ' .. name .. '\n' .. data)
   return epoch .. ':' .. offset
+end
+
+-- FCALL gw_publish_many <2n> <stream 1> <meta 1> ... <stream n> <meta n> <maxlen> <ttl_ms>
+--   <channel#> <data> <event> <kind> [<channel#> <data> <event> <kind> ...]
+-- Many events, to one or more channels, in one atomic call: each event names its channel by
+-- the number of its key pair (1 to n) and is stored and pushed exactly as gw_publish would,
+-- in argument order. Every argument is checked before anything is written, so a refused call
+-- stored nothing. `maxlen` and `ttl_ms` may be "" for the defaults. Returns the positions,
+-- in order. On Redis Cluster every key of a call must be in one slot (one channel per call,
+-- or channels whose names hash to the same slot).
+local function publish_many(keys, args)
+  if #keys == 0 or #keys % 2 ~= 0 then
+    return fail('keys must be pairs of <prefix>{<channel>}:stream <prefix>{<channel>}:meta')
+  end
+  local channels = {}
+  for i = 1, #keys, 2 do
+    local live = channel_keys(keys[i], keys[i + 1])
+    if not live then
+      return fail(BAD_KEYS)
+    end
+    channels[#channels + 1] = { stream = keys[i], meta = keys[i + 1], live = live }
+  end
+  local maxlen = positive(args[1], DEFAULT_MAXLEN)
+  local ttl_ms = positive(args[2], DEFAULT_TTL_MS)
+  if not maxlen or not ttl_ms then
+    return fail('maxlen and ttl_ms must be positive integers')
+  end
+  local events = {}
+  if #args < 6 or (#args - 2) % 4 ~= 0 then
+    return fail('each event takes 4 arguments: <channel#> <data> <event> <kind>')
+  end
+  for i = 3, #args, 4 do
+    local n = #events + 1
+    local c = tonumber(args[i])
+    if c == nil or c ~= math.floor(c) or not channels[c] then
+      return fail('event ' .. n .. ': channel# must be 1 to ' .. #channels)
+    end
+    local name = args[i + 2]
+    local kind, why = checked_kind(name, args[i + 3])
+    if not kind then
+      return fail('event ' .. n .. ': ' .. why)
+    end
+    events[n] = { channel = channels[c], data = args[i + 1], name = name, kind = kind }
+  end
+
+  local ms = now_ms()
+  local ids = {}
+  for n, e in ipairs(events) do
+    local ch = e.channel
+    if not ch.epoch then
+      ch.epoch = head(ch.stream, ch.meta, ttl_ms)
+    end
+    local offset = append(ch.stream, ch.meta, ch.live, ch.epoch, ms, maxlen, e.data, e.name, e.kind)
+    ids[n] = ch.epoch .. ':' .. offset
+  end
+  for _, ch in ipairs(channels) do
+    if ch.epoch then
+      redis.call('PEXPIRE', ch.stream, ttl_ms)
+      redis.call('PEXPIRE', ch.meta, ttl_ms)
+    end
+  end
+  return ids
 end
 
 -- FCALL gw_read 2 <stream> <meta> <after> <count> [ttl_ms]
@@ -254,5 +350,6 @@ local function fence(keys, args)
 end
 
 redis.register_function('gw_publish', publish)
+redis.register_function('gw_publish_many', publish_many)
 redis.register_function('gw_read', read)
 redis.register_function('gw_fence', fence)
