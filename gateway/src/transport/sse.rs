@@ -33,26 +33,45 @@ use crate::hub::queue::{CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, Start};
 use crate::metrics::Metrics;
 use crate::response::Body;
-use crate::session::{self, Admitted, Refusal, Transport};
+use crate::session::{self, Transport, Want};
 use crate::state::{AppState, ConnectionGuard};
+use crate::transport::params;
 
-/// A validated SSE request.
+/// A validated SSE (or long-poll) request.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SseRequest {
     /// Distinct channels, sorted (the cursor's order).
     pub channels: Vec<ChannelName>,
     /// Where to resume, if the client sent a cursor.
     pub cursor: Option<Cursor>,
+    /// `latest=N` / `since=latest`: start before each channel's last N events (a cursor wins:
+    /// a reconnect resumes instead of replaying them again).
+    pub latest: Option<u64>,
 }
 
-/// Parses the query string and headers of an SSE request.
+impl SseRequest {
+    /// Where each channel starts, in channel order.
+    pub fn wants(&self) -> Vec<Want> {
+        (0..self.channels.len())
+            .map(|i| match (&self.cursor, self.latest) {
+                (Some(c), _) => Want::After(c.0[i]),
+                (None, Some(n)) => Want::Latest(n),
+                (None, None) => Want::Head,
+            })
+            .collect()
+    }
+}
+
+/// Parses the query string and headers of an SSE request; `max_latest` bounds `latest=N`.
 pub fn parse_request(
     query: &str,
     headers: &HeaderMap,
     max_channels: usize,
+    max_latest: u64,
 ) -> Result<SseRequest, ApiError> {
     let mut channels: Vec<ChannelName> = Vec::new();
     let mut query_cursor = None;
+    let (mut since, mut latest) = (None, None);
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "channel" => {
@@ -74,6 +93,8 @@ pub fn parse_request(
             "lastEventId" | "lastEventID" | "last-event-id" => {
                 query_cursor = Some(value.into_owned())
             }
+            "since" => since = Some(value.into_owned()),
+            "latest" => latest = Some(value.into_owned()),
             _ => {}
         }
     }
@@ -103,7 +124,12 @@ pub fn parse_request(
         .map(|text| Cursor::parse(&text, channels.len()))
         .transpose()
         .map_err(|e| ApiError::bad_request(ErrorCode::BadCursor, e.to_string()))?;
-    Ok(SseRequest { channels, cursor })
+    let latest = params::latest(since.as_deref(), latest.as_deref(), max_latest)?;
+    Ok(SseRequest {
+        channels,
+        cursor,
+        latest,
+    })
 }
 
 /// The headers of every SSE response, whichever path serves it: the type, no caching, and no
@@ -148,52 +174,26 @@ pub async fn open(
     peer: IpAddr,
 ) -> Result<SseStream, ApiError> {
     let metrics = &state.metrics;
-    let request =
-        parse_request(query, headers, state.settings.limits.max_channels).inspect_err(|e| {
-            if e.code() == ErrorCode::BadCursor {
-                metrics.resume(crate::metrics::labels::ResumeOutcome::BadCursor);
-            }
-            metrics.rejected.with_label_values(&[e.code()]).inc();
-        })?;
-    let Admitted { grant, guard, .. } = session::admit(
+    let request = parse(state, query, headers)?;
+    let session::Opened {
+        grant,
+        guard,
+        queue,
+        members,
+        starts,
+    } = session::open(
         state,
         Transport::Sse,
         headers,
         query,
-        &request.channels,
         peer,
+        &request.channels,
+        &request.wants(),
     )
-    .await
-    .map_err(Refusal::into_error)?;
-    if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
-        return Err(ApiError::new(
-            http::StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!("the token does not allow channel {denied}"),
-        ));
-    }
-    let queue = state.hub.new_queue();
-    let attached =
-        futures_util::future::join_all(request.channels.iter().enumerate().map(|(i, channel)| {
-            let wanted = request.cursor.as_ref().map(|c| c.0[i]);
-            session::attach(state, channel.clone(), queue.clone(), i as u32, wanted)
-        }))
-        .await;
-    let mut members = Vec::with_capacity(attached.len());
-    let mut starts = Vec::with_capacity(attached.len());
-    for result in attached {
-        match result {
-            Ok(a) => {
-                members.push(a.membership);
-                starts.push(a.start);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    .await?;
     // The cursor starts at what was asked for: a client that reconnects before its gap notice
     // arrived is then told again.
     let positions: Vec<Position> = starts.iter().map(|s| s.requested).collect();
-    let members: Arc<[Membership]> = members.into();
     spawn_resume(
         state,
         members.clone(),
@@ -226,6 +226,21 @@ pub async fn open(
     }))
 }
 
+/// Parses an SSE or long-poll request, counting a refusal (and a bad cursor as a resume
+/// outcome).
+pub fn parse(state: &AppState, query: &str, headers: &HeaderMap) -> Result<SseRequest, ApiError> {
+    let settings = &state.settings;
+    let max_latest = settings.history.max_page as u64;
+    parse_request(query, headers, settings.limits.max_channels, max_latest).inspect_err(|e| {
+        if e.code() == ErrorCode::BadCursor {
+            state
+                .metrics
+                .resume(crate::metrics::labels::ResumeOutcome::BadCursor);
+        }
+        state.metrics.rejected.with_label_values(&[e.code()]).inc();
+    })
+}
+
 /// The instant of Unix second `exp` (now, when it is past; none when it is beyond what the
 /// clock can represent, i.e. never).
 fn instant_of(exp: u64) -> Option<Instant> {
@@ -242,7 +257,7 @@ fn earliest(at: Instant, other: Option<Instant>) -> Instant {
 
 /// Runs every channel's resume concurrently; a failure ends the connection so the client
 /// retries (and resumes) instead of silently missing a channel.
-fn spawn_resume(
+pub fn spawn_resume(
     state: &AppState,
     members: Arc<[Membership]>,
     starts: Vec<Start>,
@@ -503,7 +518,7 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        parse_request(query, &headers, 3)
+        parse_request(query, &headers, 3, 50)
     }
 
     #[test]
@@ -541,5 +556,27 @@ mod tests {
             ErrorCode::BadCursor
         );
         assert_eq!(code("channel=%FF", None), ErrorCode::InvalidChannel);
+        assert_eq!(
+            code("channel=a&latest=x", None),
+            ErrorCode::InvalidParameter
+        );
+        assert_eq!(
+            code("channel=a&since=1:1", None),
+            ErrorCode::InvalidParameter
+        );
+    }
+
+    #[test]
+    fn latest_starts_every_channel_but_a_cursor_wins() {
+        let r = parse("channel=a&channel=b&latest=3", None).unwrap();
+        assert_eq!(r.wants(), [Want::Latest(3), Want::Latest(3)]);
+        let r = parse("channel=a&since=latest", None).unwrap();
+        assert_eq!(r.wants(), [Want::Latest(1)]);
+        let r = parse("channel=a&latest=999", None).unwrap();
+        assert_eq!(r.wants(), [Want::Latest(50)]);
+        let r = parse("channel=a&latest=3", Some("1:5")).unwrap();
+        assert_eq!(r.wants(), [Want::After("1:5".parse().unwrap())]);
+        let r = parse("channel=a", None).unwrap();
+        assert_eq!(r.wants(), [Want::Head]);
     }
 }
