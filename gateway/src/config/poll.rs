@@ -12,7 +12,7 @@ pub struct PollSettings {
     /// Longest wait for an event a poll may ask for (`timeout=`), seconds; more is clamped.
     /// Keep it below proxies' read timeouts.
     pub max_timeout_seconds: u64,
-    /// The wait of a poll that does not say, seconds.
+    /// The wait of a poll that does not say, seconds (clamped to `max_timeout_seconds`).
     pub default_timeout_seconds: u64,
 }
 
@@ -36,12 +36,6 @@ impl Settings {
             return Err(invalid(
                 "poll.max_timeout_seconds",
                 "must be between 1 and 300",
-            ));
-        }
-        if self.poll.default_timeout_seconds > self.poll.max_timeout_seconds {
-            return Err(invalid(
-                "poll.default_timeout_seconds",
-                "must not exceed poll.max_timeout_seconds",
             ));
         }
         if !(1..=10_000).contains(&self.history.max_page) {
