@@ -171,8 +171,12 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             "text/javascript; charset=utf-8",
             include_str!("../../static/client.js"),
         ),
+        "/client-poll.js" if get => response::page(
+            "text/javascript; charset=utf-8",
+            include_str!("../../static/client-poll.js"),
+        ),
         "/sse" | "/ws" | "/publish" | "/history" | "/poll" | "/healthz" | "/readyz"
-        | "/metrics" | "/" | "/client.js" | "/admin" | "/admin/feed" => {
+        | "/metrics" | "/" | "/client.js" | "/client-poll.js" | "/admin" | "/admin/feed" => {
             method_not_allowed().into_response()
         }
         _ => not_found().into_response(),
