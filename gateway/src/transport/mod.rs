@@ -5,5 +5,6 @@ pub mod history;
 pub mod page;
 pub mod params;
 pub mod poll;
+pub mod request;
 pub mod sse;
 pub mod ws;

@@ -22,7 +22,7 @@ use crate::hub::{Announce, HubError};
 use crate::response::{self, Body};
 use crate::session::{self, Opened, Transport};
 use crate::state::AppState;
-use crate::transport::{page, params, sse};
+use crate::transport::{page, params, request};
 
 /// How long a poll waits and how much it returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,7 +86,7 @@ async fn answer(
     headers: &HeaderMap,
     peer: IpAddr,
 ) -> Result<Value, ApiError> {
-    let request = sse::parse(state, query, headers)?;
+    let request = request::parse(state, query, headers)?;
     let settings = &state.settings;
     let limits = parse_limits(
         query,
