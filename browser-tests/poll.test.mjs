@@ -7,7 +7,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { withTopology, publishSequence, assertExactlyOnce, sleep, WAIT_MS } from "./harness.mjs";
+import { withTopology, withGateway, publishSequence, assertExactlyOnce, sleep, WAIT_MS } from "./harness.mjs";
 
 const N = 120;
 
@@ -116,4 +116,50 @@ test("poll: client.js without WebSocket and EventSource long-polls through nginx
 
 test("poll: client.js whose WebSocket never opens falls back, two channels, exactly once", { timeout: 60_000 }, (t) =>
   fallback(t, "broken", 2),
+);
+
+// While a poll waits (up to pollTimeout), subscribing and unsubscribing start a new poll at once:
+// the new channel's events arrive well before the waiting poll would have returned, with its
+// latest value first, and the dropped channel's events stop.
+test("poll: subscriptions change while a poll waits; latest values; history", { timeout: 60_000 }, (t) =>
+  withGateway(t, {}, async (fixture) => {
+    await fixture.publish("late", "before-1");
+    await fixture.publish("late", "before-2");
+    const page = await fixture.newPage();
+    await page.goto(fixture.url("/"));
+    await page.evaluate(async () => {
+      const { connect } = await import("/client.js");
+      window.got = [];
+      const client = connect("/ws", { transport: "poll", pollTimeout: 20 });
+      window.client = client;
+      window.subA = client.subscribe("a", (e) => window.got.push(`${e.channel}:${e.data}`));
+    });
+    await page.waitForFunction(() => window.client.state === "open" && window.client.position("a"), null, {
+      polling: 50,
+      timeout: WAIT_MS,
+    });
+    await sleep(300); // the poll for "a" is now waiting
+    const started = Date.now();
+    await page.evaluate(() => {
+      window.client.subscribe("late", (e) => window.got.push(`${e.channel}:${e.data}`), { latest: 1 });
+      window.subA.unsubscribe();
+    });
+    await page.waitForFunction(() => window.client.position("late"), null, { polling: 50, timeout: WAIT_MS });
+    await fixture.publish("a", "dropped");
+    await fixture.publish("late", "after");
+    await page.waitForFunction(() => window.got.includes("late:after"), null, { polling: 50, timeout: WAIT_MS });
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed < 10_000, `the change did not wait for the 20 s poll (${elapsed} ms)`);
+    await sleep(300);
+    const got = await page.evaluate(() => window.got);
+    assert.deepEqual(got, ["late:before-2", "late:after"], "latest value, then live; nothing of the dropped channel");
+    const history = await page.evaluate(() => window.client.history("late", { limit: 2 }));
+    assert.deepEqual(
+      history.events.map((e) => e.data),
+      ["before-1", "before-2"],
+    );
+    assert.equal(history.more, true);
+    assert.equal(await page.evaluate(() => window.client.transport), "poll");
+    assert.deepEqual(page.errors, [], "no uncaught errors in the page");
+  }),
 );

@@ -50,18 +50,23 @@ export function startPolling(url, { timeout }, host) {
     const u = new URL(url);
     for (const c of channels) u.searchParams.append("channel", c);
     for (const [k, v] of Object.entries(params)) if (v !== undefined) u.searchParams.set(k, v);
+    // Made before anything is awaited, so a change of subscriptions meanwhile aborts this one.
+    const controller = (inflight = new AbortController());
     const headers = {};
     const token = await host.token();
     if (token) headers.authorization = `Bearer ${token}`;
-    inflight = new AbortController();
-    const res = await fetch(u, { headers, cache: "no-store", signal: inflight.signal });
+    const res = await fetch(u, { headers, cache: "no-store", signal: controller.signal });
     const body = await res.json().catch(() => ({}));
     return { status: res.status, body };
   }
 
-  // Applies one page: its messages in order, then every channel's position from `next`.
-  function apply(channels, page) {
+  // Applies one page: its messages in order, then every channel's position from `next` — only
+  // to the subscriptions the request was made for (`asked`: channel → subscription), not to
+  // one that replaced them meanwhile.
+  function apply(channels, page, asked) {
+    const current = (channel) => asked.get(channel) !== undefined && host.subs().get(channel) === asked.get(channel);
     for (const m of page.messages ?? []) {
+      if (!current(m.channel)) continue;
       if (m.type === "event") {
         const binary = m.binary === true;
         host.delivered({ channel: m.channel, id: m.id, event: m.event, data: binary ? base64Bytes(m.data) : m.data, binary });
@@ -71,8 +76,7 @@ export function startPolling(url, { timeout }, host) {
     }
     const positions = String(page.next ?? "").split(",");
     channels.forEach((c, i) => {
-      const sub = host.subs().get(c);
-      if (sub && positions[i]) sub.position = positions[i];
+      if (current(c) && positions[i]) asked.get(c).position = positions[i];
     });
   }
 
@@ -89,6 +93,7 @@ export function startPolling(url, { timeout }, host) {
       // its last events), on its own: a cursor must name a position for every channel.
       const fresh = subs.find((s) => !s.position);
       const channels = fresh ? [fresh.channel] : sorted(subs.map((s) => s.channel));
+      const asked = new Map(channels.map((c) => [c, host.subs().get(c)]));
       const params = fresh
         ? { timeout: 0, latest: fresh.latest }
         : { timeout, lastEventId: channels.map((c) => host.subs().get(c).position).join(",") };
@@ -114,10 +119,8 @@ export function startPolling(url, { timeout }, host) {
           // The last events of a `latest` subscription come with it.
           fresh.position = position;
           host.subscribed(fresh, position);
-          apply(channels, body);
-        } else {
-          apply(channels, body);
         }
+        apply(channels, body, asked);
         continue;
       }
       const error = { code: body.error ?? `http_${status}`, message: body.detail ?? `HTTP ${status}` };
