@@ -498,6 +498,21 @@ mod tests {
             serde_json::to_value(&m).unwrap(),
             json!({"type":"event","channel":"a","id":"1:2","data":{"x":1}})
         );
+        let h = ServerMessage::History {
+            channel: "a".into(),
+            events: vec![json!({"type":"event","channel":"a","id":"1:3","data":"x"})],
+            gap: Some(json!({"first_available": "1:3"})),
+            next: "1:3".into(),
+            head: "1:9".into(),
+            more: true,
+            req: Some(json!(4)),
+        };
+        assert_eq!(
+            serde_json::to_value(&h).unwrap(),
+            json!({"type":"history","channel":"a",
+                "events":[{"type":"event","channel":"a","id":"1:3","data":"x"}],
+                "gap":{"first_available":"1:3"},"next":"1:3","head":"1:9","more":true,"req":4})
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{ConfigError, Settings};
 #[serde(deny_unknown_fields, default)]
 pub struct PollSettings {
     /// Longest wait for an event a poll may ask for (`timeout=`), seconds; more is clamped.
-    /// Keep it below proxies' read timeouts.
+    /// Keep it below proxies' read timeouts (the shipped HAProxy: `timeout server 30s`).
     pub max_timeout_seconds: u64,
     /// The wait of a poll that does not say, seconds (clamped to `max_timeout_seconds`).
     pub default_timeout_seconds: u64,
@@ -19,7 +19,7 @@ pub struct PollSettings {
 impl Default for PollSettings {
     fn default() -> Self {
         Self {
-            max_timeout_seconds: 30,
+            max_timeout_seconds: 25,
             default_timeout_seconds: 25,
         }
     }
