@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod admin;
 mod auth;
+mod poll;
 mod publish;
 mod redis_password;
 mod redis_topology;
@@ -17,6 +18,7 @@ mod secret;
 
 pub use admin::AdminSettings;
 pub use auth::{AuthSettings, PublicKeySettings};
+pub use poll::PollSettings;
 pub use publish::{ApiKeySettings, PublishSettings};
 pub use secret::Secret;
 
@@ -62,6 +64,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The operators' status page (`/admin`), off by default.
     pub admin: AdminSettings,
+    /// Long-poll fallback (`GET /poll`).
+    pub poll: PollSettings,
 }
 
 /// `[server]`
@@ -232,6 +236,9 @@ pub struct HistorySettings {
     pub size: usize,
     /// Seconds a channel's history lives after its last publish.
     pub ttl_seconds: u64,
+    /// Most events one page of `GET /history`, `GET /poll` or the WebSocket `history` command
+    /// holds, and the most a `latest=N` subscription replays; larger asks are clamped.
+    pub max_page: usize,
 }
 
 impl Default for HistorySettings {
@@ -239,6 +246,7 @@ impl Default for HistorySettings {
         Self {
             size: 1000,
             ttl_seconds: 3600,
+            max_page: 100,
         }
     }
 }
@@ -480,6 +488,7 @@ impl Settings {
         self.validate_auth()?;
         self.validate_publish()?;
         self.validate_admin()?;
+        self.validate_poll()?;
         if self.limits.max_channels == 0 {
             return Err(invalid("limits.max_channels", "must be at least 1"));
         }

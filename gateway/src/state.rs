@@ -47,6 +47,8 @@ pub enum Transport {
     Sse,
     /// WebSocket.
     Ws,
+    /// Long poll (`GET /poll`): holds a slot while it waits.
+    Poll,
 }
 
 impl Transport {
@@ -55,6 +57,7 @@ impl Transport {
         match self {
             Self::Sse => "sse",
             Self::Ws => "ws",
+            Self::Poll => "poll",
         }
     }
 }

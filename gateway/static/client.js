@@ -11,6 +11,11 @@
 // What it adds over a bare WebSocket: reconnection with backoff, and resuming every channel
 // from the last id it delivered, so the app sees each event exactly once across reconnects
 // (the server guarantees that; this client deliberately never drops or de-duplicates).
+//
+// Fallback: where no WebSocket gets through (none in the browser, or `fallbackAfter` attempts
+// in a row that never opened, as behind a proxy that breaks upgrades and streams), the client
+// switches to long polling (`GET /poll`, module ./client-poll.js, loaded only then) with the
+// same API and the same exactness. `transport: "poll"` forces it, `"ws"` forbids it.
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -24,6 +29,7 @@ const shouldReconnect = (code) => !(code >= 4500 && code <= 4999) && code !== 10
 const TRANSIENT = new Set(["unavailable", "shutting_down", "rate_limited", "closed"]);
 
 const HEARTBEAT_TIMEOUT = 4002;
+const WS_OPEN = 1; // WebSocket.OPEN, without needing the global (absent where we fall back)
 const TOKEN_EXPIRED = 4501;
 
 function failure(code, message, channel) {
@@ -108,15 +114,26 @@ class Client {
   #positions = new Map(); // channel → last id seen (kept after unsubscribe)
   #draining = new Map(); // channel → unsubscribes not yet acknowledged on this socket
   #listeners = new Map(); // type → Set of callbacks
+  #poller = null; // the long-poll loop, once fallen back
+  #everOpened = false; // a WebSocket opened at least once: failures are outages, not a proxy
+  #wsFailures = 0; // WebSocket attempts in a row that never opened
 
   // connectTimeout (an extra, defaulting to pongTimeout): a stalled server can hold a browser's
   // WebSocket handshake for minutes, so we impose our own deadline.
-  constructor(url, { token, minDelay = 250, maxDelay = 10000, pingInterval = 15000, pongTimeout = 10000, connectTimeout = pongTimeout } = {}) {
+  // transport: "auto" (WebSocket, falling back to long polling), "ws" or "poll"; pollTimeout:
+  // seconds a poll waits for the next event (the gateway bounds it).
+  constructor(url, { token, minDelay = 250, maxDelay = 10000, pingInterval = 15000, pongTimeout = 10000, connectTimeout = pongTimeout, transport = "auto", fallbackAfter = 2, pollTimeout = 25 } = {}) {
     this.#url = url;
     const scheme = new URL(socketUrl(url)).protocol; // throws now, not on every retry, for a bad URL
     if (scheme !== "ws:" && scheme !== "wss:") throw new TypeError(`not a WebSocket URL: ${url}`);
-    this.#opts = { token, minDelay, maxDelay, pingInterval, pongTimeout, connectTimeout };
-    this.#open();
+    this.#opts = { token, minDelay, maxDelay, pingInterval, pongTimeout, connectTimeout, transport, fallbackAfter, pollTimeout };
+    if (transport === "poll" || (transport === "auto" && typeof globalThis.WebSocket !== "function")) this.#fallBack();
+    else this.#open();
+  }
+
+  // "ws" or "poll": what the client uses now.
+  get transport() {
+    return this.#poller ? "poll" : "ws";
   }
 
   get state() {
@@ -131,16 +148,19 @@ class Client {
     return () => this.#listeners.get(type).delete(fn);
   }
 
-  subscribe(channel, onEvent, { since, onGap, onSubscribed, onError } = {}) {
+  // latest: start with the channel's last N events (when there is no `since`).
+  subscribe(channel, onEvent, { since, latest, onGap, onSubscribed, onError } = {}) {
     if (this.#subs.has(channel)) throw failure("already_subscribed", `already subscribed to ${channel}`, channel);
-    const sub = { channel, onEvent, onGap, onSubscribed, onError, position: since || undefined, retries: 0, retry: null };
+    const sub = { channel, onEvent, onGap, onSubscribed, onError, position: since || undefined, latest, retries: 0, retry: null };
     if (this.#finished) {
       queueMicrotask(() => call(onError, { code: "closed", message: "the client is closed" }));
       return { channel, position: sub.position, unsubscribe() {} };
     }
     this.#subs.set(channel, sub);
     if (sub.position) this.#positions.set(channel, sub.position);
-    if (this.#isOpen()) {
+    if (this.#poller) {
+      this.#poller.wake();
+    } else if (this.#isOpen()) {
       this.#sendSubscribe(sub);
     } // otherwise it is sent on open, with everything else
     return {
@@ -161,6 +181,12 @@ class Client {
     return this.#positions.get(channel);
   }
 
+  // One page of a channel's history: { events, gap?, next, head, more } (see GET /history).
+  history(channel, { since, limit } = {}) {
+    if (this.#poller) return this.#fetchHistory(channel, since, limit);
+    return this.#request((req) => JSON.stringify({ type: "history", channel, since, limit, req }));
+  }
+
   publish(channel, data, { event } = {}) {
     return this.#request((req) => JSON.stringify({ type: "publish", channel, data, event, req }));
   }
@@ -174,6 +200,7 @@ class Client {
     if (this.#finished) return;
     this.#finished = true;
     clearTimeout(this.#timer);
+    this.#poller?.stop();
     const ws = this.#ws;
     this.#detach(ws, 1000, "client closed");
     ws?.close(1000, "client closed");
@@ -213,6 +240,8 @@ class Client {
     clearTimeout(this.#deadline); // the handshake deadline
     this.#deadline = null;
     this.#attempt = 0;
+    this.#everOpened = true;
+    this.#wsFailures = 0;
     this.#setState("open", {});
     for (const sub of this.#subs.values()) this.#sendSubscribe(sub);
     for (const frame of this.#outbox.splice(0)) ws.send(frame);
@@ -238,7 +267,66 @@ class Client {
       this.#setState("closed", { code, reason });
       return;
     }
+    if (!this.#everOpened && this.#opts.transport === "auto" && ++this.#wsFailures >= this.#opts.fallbackAfter) {
+      this.#fallBack();
+      return;
+    }
     this.#reconnect(code, reason);
+  }
+
+  // ---- long-poll fallback ----
+
+  async #fallBack() {
+    this.#setState("connecting", { transport: "poll" });
+    let poll;
+    try {
+      poll = await import(new URL("./client-poll.js", import.meta.url).href);
+    } catch (e) {
+      this.#reconnect(1006, `cannot load the long-poll transport: ${e?.message ?? e}`);
+      return;
+    }
+    if (this.#finished) return;
+    const client = this;
+    this.#poller = poll.startPolling(poll.pollUrl(socketUrl(this.#url)), { timeout: this.#opts.pollTimeout }, {
+      subs: () => this.#subs,
+      token: async () => (typeof this.#opts.token === "function" ? await this.#opts.token() : this.#opts.token),
+      opened() {
+        if (client.#state !== "open") client.#setState("open", { transport: "poll" });
+      },
+      lost: (info) => this.#setState("connecting", { transport: "poll", ...info }),
+      fatal: ({ code, reason }) => {
+        this.#finished = true;
+        this.#poller.stop();
+        for (const sub of this.#subs.values()) call(sub.onError, { code, message: reason });
+        this.#setState("closed", { code, reason });
+      },
+      delivered: (event) => this.#deliver(event),
+      gap: (msg) => call(this.#subs.get(msg.channel)?.onGap, { channel: msg.channel, first_available: msg.first_available }),
+      subscribed: (sub, position) => {
+        this.#positions.set(sub.channel, position);
+        call(sub.onSubscribed, { channel: sub.channel, position, recovered: false });
+      },
+      failed: (sub, error) => {
+        if (this.#subs.get(sub.channel) === sub) this.#subs.delete(sub.channel);
+        call(sub.onError, error);
+      },
+      backoff: (n) => this.#backoff(n),
+    });
+  }
+
+  async #fetchHistory(channel, since, limit) {
+    const u = new URL(socketUrl(this.#url));
+    u.protocol = u.protocol === "wss:" ? "https:" : "http:";
+    u.pathname = u.pathname.replace(/\/ws$/, "") + "/history";
+    u.search = "";
+    u.searchParams.set("channel", channel);
+    if (since) u.searchParams.set("since", since);
+    if (limit) u.searchParams.set("limit", limit);
+    const token = typeof this.#opts.token === "function" ? await this.#opts.token() : this.#opts.token;
+    const res = await fetch(u, { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: "no-store" });
+    const body = await res.json();
+    if (!res.ok) throw failure(body.error, body.detail, channel);
+    return body;
   }
 
   #detach(ws, code, reason) {
@@ -278,7 +366,7 @@ class Client {
   }
 
   #isOpen() {
-    return this.#state === "open" && this.#ws?.readyState === WebSocket.OPEN;
+    return this.#state === "open" && this.#ws?.readyState === WS_OPEN;
   }
 
   // ---- commands ----
@@ -292,7 +380,7 @@ class Client {
   #sendSubscribe(sub) {
     // `since` is the last id delivered (or the subscription's start): the server resumes right
     // after it, which is what makes reconnects lossless and duplicate-free.
-    const req = this.#send({ type: "subscribe", channel: sub.channel, since: sub.position });
+    const req = this.#send({ type: "subscribe", channel: sub.channel, since: sub.position, latest: sub.position ? undefined : sub.latest });
     this.#pending.set(req, { sub });
   }
 
@@ -300,7 +388,9 @@ class Client {
     if (this.#subs.get(sub.channel) !== sub) return;
     this.#subs.delete(sub.channel);
     clearTimeout(sub.retry);
-    if (this.#isOpen()) {
+    if (this.#poller) {
+      this.#poller.wake();
+    } else if (this.#isOpen()) {
       // Events of this subscription may already be on the wire; until the server acknowledges,
       // frames for the channel belong to it, not to a new subscription to the same channel.
       this.#draining.set(sub.channel, (this.#draining.get(sub.channel) ?? 0) + 1);
@@ -311,6 +401,7 @@ class Client {
 
   #request(frameFor) {
     if (this.#finished) return Promise.reject(failure("closed", "the client is closed"));
+    if (this.#poller) return Promise.reject(failure("not_websocket", "publishing needs the WebSocket; this client fell back to long polling"));
     return new Promise((resolve, reject) => {
       const req = this.#nextReq++;
       const frame = frameFor(req); // may throw: the promise rejects
@@ -385,6 +476,11 @@ class Client {
       case "published":
         entry?.resolve?.(msg.id);
         break;
+      case "history": {
+        const { type, req, ...page } = msg;
+        entry?.resolve?.(page);
+        break;
+      }
       case "error":
         this.#onError(msg, entry);
         break;
@@ -396,7 +492,7 @@ class Client {
     const ws = this.#ws;
     try {
       const token = await this.#opts.token();
-      if (ws === this.#ws && ws?.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "auth", token }));
+      if (ws === this.#ws && ws?.readyState === WS_OPEN) ws.send(JSON.stringify({ type: "auth", token }));
     } catch (e) {
       reportError(e); // the connection closes at exp with 4501 and reconnects with a new token
     }

@@ -94,6 +94,9 @@ codes! {
     AlreadySubscribed = "already_subscribed",
     /// Unsubscribing from a channel the WebSocket does not hold.
     NotSubscribed = "not_subscribed",
+    /// A query parameter or command option that is not what it must be (`limit`, `latest`,
+    /// `timeout`, `since`).
+    InvalidParameter = "invalid_parameter",
     // Publishing.
     /// A publish body that is not the documented JSON object.
     InvalidJson = "invalid_json",

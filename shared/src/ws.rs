@@ -57,13 +57,17 @@ pub mod close {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// Start receiving a channel, optionally resuming after `since` (a position).
+    /// Start receiving a channel, optionally resuming after `since` (a position), or with its
+    /// last `latest` events first (`since: "latest"`: the last one).
     Subscribe {
         /// Channel name.
         channel: String,
-        /// Last position the client has seen on this channel.
+        /// Last position the client has seen on this channel, or `latest`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<String>,
+        /// Deliver the channel's last this many events first (ignored with a position `since`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        latest: Option<u64>,
         /// Echoed in the reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
@@ -85,6 +89,20 @@ pub enum ClientMessage {
         /// Optional event name.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<String>,
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Value>,
+    },
+    /// One page of a channel's history, answered with `history`.
+    History {
+        /// Channel name.
+        channel: String,
+        /// Events after this position; from the oldest kept without it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<String>,
+        /// Most events in the page (bounded by the gateway).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
         /// Echoed in the reply.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
@@ -177,6 +195,25 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
     },
+    /// A page of history (reply to `history`), shaped like the body of `GET /history`.
+    History {
+        /// Channel name.
+        channel: String,
+        /// `{"type":"event",...}` objects, oldest first.
+        events: Vec<Value>,
+        /// `{"first_available": "<id>"}` when events after `since` are gone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gap: Option<Value>,
+        /// Send as `since` for the next page.
+        next: String,
+        /// The channel's newest position when the page was read.
+        head: String,
+        /// Whether events after `next` were already stored.
+        more: bool,
+        /// The request's `req`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Value>,
+    },
     /// Answer to `ping`.
     Pong {
         /// The request's `req`.
@@ -234,7 +271,14 @@ impl ParseError {
     }
 }
 
-const TYPES: &[&str] = &["subscribe", "unsubscribe", "publish", "ping", "auth"];
+const TYPES: &[&str] = &[
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "history",
+    "ping",
+    "auth",
+];
 
 /// Parses a client text message; on failure also returns the `req` (if one could be read) so
 /// the error reply can echo it.
@@ -408,7 +452,17 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 channel: "a".into(),
                 since: Some("1:2".into()),
+                latest: None,
                 req: Some(json!(7))
+            })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"history","channel":"a","limit":5}"#),
+            Ok(ClientMessage::History {
+                channel: "a".into(),
+                since: None,
+                limit: Some(5),
+                req: None
             })
         );
         assert_eq!(
@@ -443,6 +497,21 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&m).unwrap(),
             json!({"type":"event","channel":"a","id":"1:2","data":{"x":1}})
+        );
+        let h = ServerMessage::History {
+            channel: "a".into(),
+            events: vec![json!({"type":"event","channel":"a","id":"1:3","data":"x"})],
+            gap: Some(json!({"first_available": "1:3"})),
+            next: "1:3".into(),
+            head: "1:9".into(),
+            more: true,
+            req: Some(json!(4)),
+        };
+        assert_eq!(
+            serde_json::to_value(&h).unwrap(),
+            json!({"type":"history","channel":"a",
+                "events":[{"type":"event","channel":"a","id":"1:3","data":"x"}],
+                "gap":{"first_available":"1:3"},"next":"1:3","head":"1:9","more":true,"req":4})
         );
     }
 

@@ -139,6 +139,14 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             let query = req.uri().query().unwrap_or("");
             transport::sse::respond(state, query, req.headers(), inner.peer).await
         }
+        "/history" if get => {
+            let query = req.uri().query().unwrap_or("");
+            transport::history::respond(state, query, req.headers()).await
+        }
+        "/poll" if get => {
+            let query = req.uri().query().unwrap_or("");
+            transport::poll::respond(state, query, req.headers(), inner.peer).await
+        }
         "/ws" if get => {
             let (res, upgrade) = transport::ws::respond(state, &mut req, inner.peer).await;
             if let Some(upgrade) = upgrade {
@@ -163,8 +171,14 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             "text/javascript; charset=utf-8",
             include_str!("../../static/client.js"),
         ),
-        "/sse" | "/ws" | "/publish" | "/healthz" | "/readyz" | "/metrics" | "/" | "/client.js"
-        | "/admin" | "/admin/feed" => method_not_allowed().into_response(),
+        "/client-poll.js" if get => response::page(
+            "text/javascript; charset=utf-8",
+            include_str!("../../static/client-poll.js"),
+        ),
+        "/sse" | "/ws" | "/publish" | "/history" | "/poll" | "/healthz" | "/readyz"
+        | "/metrics" | "/" | "/client.js" | "/client-poll.js" | "/admin" | "/admin/feed" => {
+            method_not_allowed().into_response()
+        }
         _ => not_found().into_response(),
     }
 }

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::channel::Sub;
 use super::message::{Delivery, Message};
 use super::queue::{Item, PushError};
+use super::resolve::{Next, Reading, resolve};
 use super::{HookPoint, Hub, HubError, Membership};
 
 /// How a join ended.
@@ -245,39 +246,42 @@ impl Hub {
                     self.with_state(&m.channel, m.generation, |state, _| {
                         state.seed_ring(&page.messages)
                     });
-                    match page.continuity(from) {
-                        Continuity::Continuous(at) => from = at,
-                        Continuity::Lost {
-                            resume_after,
-                            fence,
-                        } => {
-                            if fence && !fenced {
-                                fenced = true;
-                                self.inner.engine.fence(&m.channel, from).await?;
-                            }
+                    let resolved = resolve(
+                        Reading {
+                            epoch: page.epoch,
+                            read_after: after,
+                            first_available: page.first_available(),
+                            continuity: page.continuity(from),
+                        },
+                        owe_gap,
+                    );
+                    if resolved.fence && !fenced {
+                        fenced = true;
+                        self.inner.engine.fence(&m.channel, from).await?;
+                    }
+                    match resolved.next {
+                        Next::Reread { after } => {
+                            // The page was read after the wrong offset: read again.
                             recovered = false;
                             owe_gap = true;
-                            from = Position::new(page.epoch, resume_after);
-                            if after != resume_after {
-                                // The page was read after the wrong offset: read again.
-                                continue;
+                            from = after;
+                            continue;
+                        }
+                        Next::Deliver { gap, after } => {
+                            from = after;
+                            if let Some(first_available) = gap {
+                                recovered = false;
+                                owe_gap = false;
+                                self.announce(m, &mut announced, requested, false).await?;
+                                m.queue
+                                    .push_wait(Item::Gap {
+                                        slot: m.slot,
+                                        first_available,
+                                    })
+                                    .await?;
+                                self.inner.metrics.gaps.inc();
                             }
                         }
-                    }
-                    if owe_gap || page.first_available() > from.offset + 1 {
-                        let first_available = Position::new(page.epoch, page.first_available());
-                        recovered = false;
-                        owe_gap = false;
-                        self.announce(m, &mut announced, requested, recovered && resuming)
-                            .await?;
-                        m.queue
-                            .push_wait(Item::Gap {
-                                slot: m.slot,
-                                first_available,
-                            })
-                            .await?;
-                        self.inner.metrics.gaps.inc();
-                        from = Position::new(page.epoch, first_available.offset - 1);
                     }
                     self.announce(m, &mut announced, requested, recovered && resuming)
                         .await?;

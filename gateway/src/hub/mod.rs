@@ -13,6 +13,8 @@ mod join;
 mod load;
 pub mod message;
 pub mod queue;
+mod range;
+mod resolve;
 mod tasks;
 pub mod worker;
 
@@ -36,6 +38,7 @@ use crate::metrics::labels::ResyncReason;
 
 pub use join::{Announce, JoinOutcome, Start};
 pub use load::ChannelLoad;
+pub use range::Range;
 
 /// Tuning of the hub, taken from [`crate::config::Settings`].
 #[derive(Clone, Debug)]

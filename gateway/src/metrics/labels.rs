@@ -102,6 +102,8 @@ label_enum! {
         Sse = "sse",
         /// WebSocket.
         Ws = "ws",
+        /// Long poll.
+        Poll = "poll",
     }
 }
 

@@ -94,6 +94,21 @@ impl Publishers {
         }
         Ok(Caller { key: Some(key) })
     }
+
+    /// Whether `Authorization: Bearer` names one of the configured keys (compared like
+    /// [`Publishers::identify`] does): a backend reading history with its API key rather than
+    /// a subscriber with a token.
+    pub fn holds_key(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = bearer(headers) else {
+            return false;
+        };
+        let given = digest(given.as_bytes());
+        let mut found = false;
+        for key in &self.keys {
+            found |= bool::from(key.digest.ct_eq(&given));
+        }
+        found
+    }
 }
 
 impl Caller<'_> {

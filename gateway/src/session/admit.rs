@@ -106,8 +106,9 @@ pub async fn admit(
 }
 
 /// What the connection may do: its token's grant; without a token, the authorization hook's
-/// answer; or, on a WebSocket, nothing until its first `auth` message (`true`).
-async fn credentials(
+/// answer; or, on a WebSocket, nothing until its first `auth` message (`true`). Also what a
+/// history read may see, so that whoever may subscribe to a channel may read its history.
+pub async fn credentials(
     state: &AppState,
     transport: Transport,
     headers: &HeaderMap,

@@ -24,7 +24,7 @@ use http::Response;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use shared::{ChannelName, Cursor, Position};
+use shared::{Cursor, Position};
 use shared::{Disconnect, ErrorCode};
 use tokio::time::{Instant, Sleep};
 
@@ -33,78 +33,9 @@ use crate::hub::queue::{CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, Start};
 use crate::metrics::Metrics;
 use crate::response::Body;
-use crate::session::{self, Admitted, Refusal, Transport};
+use crate::session::{self, Transport};
 use crate::state::{AppState, ConnectionGuard};
-
-/// A validated SSE request.
-#[derive(Debug, PartialEq, Eq)]
-pub struct SseRequest {
-    /// Distinct channels, sorted (the cursor's order).
-    pub channels: Vec<ChannelName>,
-    /// Where to resume, if the client sent a cursor.
-    pub cursor: Option<Cursor>,
-}
-
-/// Parses the query string and headers of an SSE request.
-pub fn parse_request(
-    query: &str,
-    headers: &HeaderMap,
-    max_channels: usize,
-) -> Result<SseRequest, ApiError> {
-    let mut channels: Vec<ChannelName> = Vec::new();
-    let mut query_cursor = None;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "channel" => {
-                for name in value.split(',').filter(|n| !n.is_empty()) {
-                    let channel = ChannelName::new(name).map_err(|e| {
-                        ApiError::bad_request(ErrorCode::InvalidChannel, e.to_string())
-                    })?;
-                    if !channels.contains(&channel) {
-                        if channels.len() == max_channels {
-                            return Err(ApiError::bad_request(
-                                ErrorCode::TooManyChannels,
-                                format!("at most {max_channels} channels per connection"),
-                            ));
-                        }
-                        channels.push(channel);
-                    }
-                }
-            }
-            "lastEventId" | "lastEventID" | "last-event-id" => {
-                query_cursor = Some(value.into_owned())
-            }
-            _ => {}
-        }
-    }
-    if channels.is_empty() {
-        return Err(ApiError::bad_request(
-            ErrorCode::MissingChannel,
-            "name at least one channel: /sse?channel=<name>",
-        ));
-    }
-    channels.sort();
-    let header_cursor = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| {
-                    ApiError::bad_request(
-                        ErrorCode::BadCursor,
-                        "Last-Event-ID is not visible ASCII",
-                    )
-                })?
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let cursor = header_cursor
-        .or(query_cursor)
-        .filter(|c| !c.trim().is_empty())
-        .map(|text| Cursor::parse(&text, channels.len()))
-        .transpose()
-        .map_err(|e| ApiError::bad_request(ErrorCode::BadCursor, e.to_string()))?;
-    Ok(SseRequest { channels, cursor })
-}
+use crate::transport::request;
 
 /// The headers of every SSE response, whichever path serves it: the type, no caching, and no
 /// buffering by nginx (which would hold events back).
@@ -148,52 +79,26 @@ pub async fn open(
     peer: IpAddr,
 ) -> Result<SseStream, ApiError> {
     let metrics = &state.metrics;
-    let request =
-        parse_request(query, headers, state.settings.limits.max_channels).inspect_err(|e| {
-            if e.code() == ErrorCode::BadCursor {
-                metrics.resume(crate::metrics::labels::ResumeOutcome::BadCursor);
-            }
-            metrics.rejected.with_label_values(&[e.code()]).inc();
-        })?;
-    let Admitted { grant, guard, .. } = session::admit(
+    let request = request::parse(state, query, headers)?;
+    let session::Opened {
+        grant,
+        guard,
+        queue,
+        members,
+        starts,
+    } = session::open(
         state,
         Transport::Sse,
         headers,
         query,
-        &request.channels,
         peer,
+        &request.channels,
+        &request.wants(),
     )
-    .await
-    .map_err(Refusal::into_error)?;
-    if let Some(denied) = request.channels.iter().find(|c| !grant.may_subscribe(c)) {
-        return Err(ApiError::new(
-            http::StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!("the token does not allow channel {denied}"),
-        ));
-    }
-    let queue = state.hub.new_queue();
-    let attached =
-        futures_util::future::join_all(request.channels.iter().enumerate().map(|(i, channel)| {
-            let wanted = request.cursor.as_ref().map(|c| c.0[i]);
-            session::attach(state, channel.clone(), queue.clone(), i as u32, wanted)
-        }))
-        .await;
-    let mut members = Vec::with_capacity(attached.len());
-    let mut starts = Vec::with_capacity(attached.len());
-    for result in attached {
-        match result {
-            Ok(a) => {
-                members.push(a.membership);
-                starts.push(a.start);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    .await?;
     // The cursor starts at what was asked for: a client that reconnects before its gap notice
     // arrived is then told again.
     let positions: Vec<Position> = starts.iter().map(|s| s.requested).collect();
-    let members: Arc<[Membership]> = members.into();
     spawn_resume(
         state,
         members.clone(),
@@ -488,58 +393,5 @@ impl Drop for SseStream {
     fn drop(&mut self) {
         // The client is gone (or the stream ended): stop fan-out to it and end its resume task.
         self.queue.close(CloseReason::Gone);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(query: &str, last_event_id: Option<&str>) -> Result<SseRequest, ApiError> {
-        let mut headers = HeaderMap::new();
-        if let Some(v) = last_event_id {
-            headers.insert(
-                HeaderName::from_static("last-event-id"),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        parse_request(query, &headers, 3)
-    }
-
-    #[test]
-    fn channels_are_deduplicated_and_sorted() {
-        let r = parse("channel=b&channel=a,c&channel=b", None).unwrap();
-        let names: Vec<_> = r.channels.iter().map(|c| c.as_str()).collect();
-        assert_eq!(names, ["a", "b", "c"]);
-        assert_eq!(r.cursor, None);
-    }
-
-    #[test]
-    fn header_cursor_wins_over_query() {
-        let r = parse("channel=a&lastEventId=1:5", Some("2:7")).unwrap();
-        assert_eq!(r.cursor.unwrap().to_string(), "2:7");
-        let r = parse("channel=a&lastEventId=1:5", None).unwrap();
-        assert_eq!(r.cursor.unwrap().to_string(), "1:5");
-    }
-
-    #[test]
-    fn bad_requests_have_codes() {
-        let code = |q: &str, h: Option<&str>| parse(q, h).unwrap_err().code();
-        assert_eq!(code("", None), ErrorCode::MissingChannel);
-        assert_eq!(code("channel=a%7Bb", None), ErrorCode::InvalidChannel);
-        assert_eq!(
-            code("channel=a&channel=b&channel=c&channel=d", None),
-            ErrorCode::TooManyChannels
-        );
-        assert_eq!(
-            code("channel=a&channel=b", Some("1:1")),
-            ErrorCode::BadCursor
-        );
-        assert_eq!(code("channel=a", Some("garbage")), ErrorCode::BadCursor);
-        assert_eq!(
-            code("channel=a&lastEventId=1:-1", None),
-            ErrorCode::BadCursor
-        );
-        assert_eq!(code("channel=%FF", None), ErrorCode::InvalidChannel);
     }
 }

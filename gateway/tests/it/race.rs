@@ -1,5 +1,7 @@
 //! The subscribe/history race, forced deterministically with the hub's test hooks: an event
-//! published at each dangerous point of a resume must reach the client exactly once.
+//! published at each dangerous point of a resume must reach the client exactly once — and the
+//! same for latest-value subscriptions (`latest=N`), which are resumes from before the Nth-last
+//! event.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -48,11 +50,19 @@ fn publish_at(
 enum Transport {
     Sse,
     Ws,
+    SseLatest,
+    WsLatest,
 }
 
 async fn race(point: HookPoint, redis: Option<&Redis>) {
-    race_on(point, redis, Transport::Sse).await;
-    race_on(point, redis, Transport::Ws).await;
+    for transport in [
+        Transport::Sse,
+        Transport::Ws,
+        Transport::SseLatest,
+        Transport::WsLatest,
+    ] {
+        race_on(point, redis, transport).await;
+    }
 }
 
 async fn race_on(point: HookPoint, redis: Option<&Redis>, transport: Transport) {
@@ -97,6 +107,36 @@ async fn race_on(point: HookPoint, redis: Option<&Redis>, transport: Transport) 
             publish(&gw.url(""), "room", "e5").await;
             assert_eq!(ws.event_data(1).await, ["e5"], "{context}");
             ws.assert_quiet(Duration::from_millis(300)).await;
+        }
+        Transport::SseLatest | Transport::WsLatest => {
+            // Before the head is read the racer is one of the last two; after, it is live.
+            let want: &[&str] = match point {
+                HookPoint::StartSubscribed => &["e3", "racer"],
+                _ => &["e2", "e3", "racer"],
+            };
+            let got = if matches!(transport, Transport::SseLatest) {
+                let mut sse = Sse::connect(&gw.url("/sse?channel=room&latest=2"), None).await;
+                let got = data(&sse.take(want.len()).await);
+                publish(&gw.url(""), "room", "e5").await;
+                assert_eq!(sse.next().await.data, "e5", "{context}");
+                sse.assert_quiet(Duration::from_millis(300)).await;
+                got
+            } else {
+                let mut ws = Ws::connect(&ws_url(gw.addr)).await;
+                let cmd = serde_json::json!({"type": "subscribe", "channel": "room", "latest": 2});
+                ws.send(cmd).await;
+                ws.expect("subscribed").await;
+                let got = ws.event_data(want.len()).await;
+                publish(&gw.url(""), "room", "e5").await;
+                assert_eq!(ws.event_data(1).await, ["e5"], "{context}");
+                ws.assert_quiet(Duration::from_millis(300)).await;
+                got
+            };
+            assert_eq!(got, want, "{context}");
+            assert!(
+                !armed.load(Ordering::SeqCst),
+                "the hook never ran: {context}"
+            );
         }
     }
 }

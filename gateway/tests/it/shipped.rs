@@ -4,8 +4,8 @@
 //! - each finds the gateways by a name resolved at run time (a DNS server of the test's own that
 //!   answers with every instance's address), with two gateways on one real Redis behind it;
 //! - an SSE client through it survives a SIGKILL of the gateway serving it: it reconnects with
-//!   Last-Event-ID through the same proxy and gets every event exactly once; a WebSocket
-//!   through it works too.
+//!   Last-Event-ID through the same proxy and gets every event exactly once; a WebSocket and
+//!   the long poll through it work too.
 
 mod dns;
 mod proxies;
@@ -200,6 +200,38 @@ async fn resume_through(base: &str, ws_url: &str, gateways: &mut [Gateway]) {
     ws.subscribe(&ws_channel, None).await;
     publish(base, &ws_channel, "over-ws").await;
     assert_eq!(ws.event_data(1).await, vec!["over-ws".to_owned()]);
+
+    poll_through(base).await;
+}
+
+/// The long poll through the proxy: answered at once, after waiting for an event, and empty
+/// after its timeout (the proxy must neither buffer nor cut it).
+async fn poll_through(base: &str) {
+    use crate::history::{datas, get_json};
+    let channel = unique("shipped-poll");
+    let first = publish(base, &channel, "p1").await;
+    publish(base, &channel, "p2").await;
+    let (status, page) = get_json(&format!(
+        "{base}/poll?channel={channel}&lastEventId={first}"
+    ))
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(datas(&page["messages"]), ["p2"]);
+    let next = page["next"].as_str().expect("next").to_owned();
+    let url = format!("{base}/poll?channel={channel}&lastEventId={next}&timeout=5");
+    let waiting = tokio::spawn(async move { get_json(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let third = publish(base, &channel, "p3").await;
+    let (status, page) = waiting.await.expect("poll");
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(datas(&page["messages"]), ["p3"]);
+    let url = format!("{base}/poll?channel={channel}&lastEventId={third}&timeout=2");
+    let (status, page) = get_json(&url).await;
+    assert_eq!(
+        (status, page["next"].as_str()),
+        (200, Some(third.as_str())),
+        "{page}"
+    );
 }
 
 #[tokio::test]

@@ -581,6 +581,8 @@ fn command(
         Ok(ClientMessage::Ping { req }) => ServerMessage::Pong { req },
         // No tokens here.
         Ok(ClientMessage::Auth { req, .. }) => error("unknown_type", String::new(), req),
+        // No history here.
+        Ok(ClientMessage::History { req, .. }) => error("unknown_type", String::new(), req),
         // Like the gateway's default (`ws.allow_publish` off).
         Ok(ClientMessage::Publish { channel, req, .. }) => error("publish_forbidden", channel, req),
         Err((e, req)) => ServerMessage::Error {

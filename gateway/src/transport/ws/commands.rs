@@ -18,7 +18,7 @@ use crate::engine::PublishRequest;
 use crate::hub::queue::Queue;
 use crate::hub::{Announce, HubError, Membership};
 use crate::publish::{self, PublishBody};
-use crate::session;
+use crate::session::{self, Want};
 use crate::state::AppState;
 
 /// A command the gateway will not carry out: answered with an `error` reply.
@@ -30,7 +30,7 @@ pub(super) struct Refused {
 }
 
 impl Refused {
-    fn new(code: ErrorCode, message: impl Into<String>, req: Option<Value>) -> Self {
+    pub(super) fn new(code: ErrorCode, message: impl Into<String>, req: Option<Value>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -39,7 +39,7 @@ impl Refused {
         }
     }
 
-    fn on(mut self, channel: &ChannelName) -> Self {
+    pub(super) fn on(mut self, channel: &ChannelName) -> Self {
         self.channel = Some(channel.clone());
         self
     }
@@ -63,13 +63,14 @@ fn req_of(cmd: &ClientMessage) -> Option<Value> {
         ClientMessage::Subscribe { req, .. }
         | ClientMessage::Unsubscribe { req, .. }
         | ClientMessage::Publish { req, .. }
+        | ClientMessage::History { req, .. }
         | ClientMessage::Ping { req }
         | ClientMessage::Auth { req, .. } => req.clone(),
     }
 }
 
 /// A channel name from a command, or its refusal.
-fn channel_of(name: &str, req: &Option<Value>) -> Result<ChannelName, Refused> {
+pub(super) fn channel_of(name: &str, req: &Option<Value>) -> Result<ChannelName, Refused> {
     ChannelName::new(name)
         .map_err(|e| Refused::new(ErrorCode::InvalidChannel, e.to_string(), req.clone()))
 }
@@ -211,8 +212,15 @@ impl Connection {
             ClientMessage::Subscribe {
                 channel,
                 since,
+                latest,
                 req,
-            } => Ok(self.subscribe(&channel, since, req)?),
+            } => Ok(self.subscribe(&channel, since, latest, req)?),
+            ClientMessage::History {
+                channel,
+                since,
+                limit,
+                req,
+            } => Ok(self.history(&channel, since, limit, req)?),
             ClientMessage::Unsubscribe { channel, req } => {
                 let name = channel_of(&channel, &req)?;
                 let Some(slot) = self.slots.find(&name) else {
@@ -312,6 +320,7 @@ impl Connection {
         &mut self,
         channel: &str,
         since: Option<String>,
+        latest: Option<u64>,
         req: Option<Value>,
     ) -> Result<(), Refused> {
         let name = channel_of(channel, &req)?;
@@ -329,20 +338,20 @@ impl Connection {
             let message = format!("at most {max} channels per connection");
             return Err(refuse(ErrorCode::TooManyChannels, message));
         }
-        let since = match since
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .map(str::parse::<Position>)
-            .transpose()
-        {
-            Ok(s) => s,
-            Err(e) => {
-                self.state
-                    .metrics
-                    .resume(crate::metrics::labels::ResumeOutcome::BadCursor);
-                let message = format!("since is not a position: {e}");
-                return Err(refuse(ErrorCode::BadPosition, message));
-            }
+        let max_latest = self.state.settings.history.max_page as u64;
+        let want = match since.as_deref().filter(|s| !s.is_empty()) {
+            Some("latest") => Want::Latest(latest.unwrap_or(1).min(max_latest)),
+            Some(since) => match since.parse::<Position>() {
+                Ok(p) => Want::After(p),
+                Err(e) => {
+                    self.state
+                        .metrics
+                        .resume(crate::metrics::labels::ResumeOutcome::BadCursor);
+                    let message = format!("since is not a position: {e}");
+                    return Err(refuse(ErrorCode::BadPosition, message));
+                }
+            },
+            None => latest.map_or(Want::Head, |n| Want::Latest(n.min(max_latest))),
         };
         let slot = self.next_slot;
         self.next_slot += 1;
@@ -351,7 +360,7 @@ impl Connection {
             self.queue.clone(),
             slot,
             name.clone(),
-            since,
+            want,
             self.reports.clone(),
         ));
         self.slots.0.push(Slot {
@@ -435,14 +444,14 @@ async fn resume(
     queue: Arc<Queue>,
     slot: u32,
     channel: ChannelName,
-    since: Option<Position>,
+    want: Want,
     reports: Arc<Inbox>,
 ) {
     let result: Result<Membership, (ErrorCode, String)> = async {
-        let attached = session::attach(&state, channel, queue, slot, since)
+        let attached = session::attach(&state, channel, queue, slot, want)
             .await
             .map_err(hub_failure)?;
-        let announce = if since.is_some() {
+        let announce = if want.resumes() {
             Announce::Resume
         } else {
             Announce::Fresh
@@ -451,7 +460,7 @@ async fn resume(
             &state,
             &attached.membership,
             attached.start,
-            since.is_some(),
+            want.resumes(),
             announce,
         )
         .await
@@ -470,7 +479,8 @@ async fn resume(
     reports.send(report);
 }
 
-fn hub_failure(e: HubError) -> (ErrorCode, String) {
+/// The error code and message of a hub failure, for `error` replies.
+pub(super) fn hub_failure(e: HubError) -> (ErrorCode, String) {
     let code = match e {
         HubError::ShuttingDown => ErrorCode::ShuttingDown,
         HubError::Closed => ErrorCode::Closed,

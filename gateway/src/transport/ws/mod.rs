@@ -19,6 +19,7 @@
 mod accept;
 mod commands;
 mod connection;
+mod history;
 mod inbox;
 pub mod io;
 mod limits;

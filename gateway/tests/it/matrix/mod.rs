@@ -9,6 +9,7 @@
 //! - `hostile`: oversized heads and frames, head rules, trickled heads and bodies.
 //! - `token_expiry`: streams at a token's `exp`, WebSocket refresh and first-message auth.
 //! - `publishing`: API keys, cross-site publishes, the Host allowlist.
+//! - `reads`: `GET /history` and the long poll `GET /poll`.
 //! - `curl`: a real HTTP/2 client (Debian's curl) over TLS and h2c.
 
 mod admission;
@@ -16,6 +17,7 @@ mod curl;
 mod delivery;
 mod hostile;
 mod publishing;
+mod reads;
 mod token_expiry;
 
 /// The WebSocket close code of an upgrade whose token was refused.
