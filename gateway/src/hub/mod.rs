@@ -201,7 +201,7 @@ impl Hub {
     /// a fresh subscriber starts there.
     pub async fn attach(
         &self,
-        channel: ChannelName,
+        mut channel: ChannelName,
         queue: Arc<Queue>,
         slot: u32,
     ) -> Result<(Membership, Position), HubError> {
@@ -211,6 +211,11 @@ impl Hub {
         let id = self.inner.next_sub.fetch_add(1, Ordering::Relaxed);
         let (generation, mut ready, created) = {
             let mut shard = self.shard(&channel).lock();
+            // Share the name the hub already holds: every subscriber then points to one
+            // allocation instead of keeping its own copy for as long as it stays.
+            if let Some((held, _)) = shard.channels.get_key_value(&channel) {
+                channel = held.clone();
+            }
             let mut created = false;
             let state = shard.channels.entry(channel.clone()).or_insert_with(|| {
                 created = true;
