@@ -220,6 +220,11 @@ fig_latency_nchan() {
 
 fig_channels() {
   per_transport channels gateway channels --conns 10000 --channels 1000 --rate 2000 --duration 30
+  # The same events as batches of 20 per POST /publish (one Redis call per batch).
+  start_redis; start_gateway
+  run channels "gateway-sse-batch20" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
+    --url "$GW_URL" --server-pid "$GW_PID" --publish-batch 20
+  stop_all
   # The gateway's delivery cost alone: events written straight into Redis, as backends do.
   start_redis; start_gateway
   run channels "gateway-sse-redis-publish" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
