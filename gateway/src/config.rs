@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod admin;
 mod auth;
+mod compression;
 mod publish;
 mod redis_password;
 mod redis_topology;
@@ -17,6 +18,7 @@ mod secret;
 
 pub use admin::AdminSettings;
 pub use auth::{AuthSettings, PublicKeySettings};
+pub use compression::CompressionSettings;
 pub use publish::{ApiKeySettings, PublishSettings};
 pub use secret::Secret;
 
@@ -62,6 +64,8 @@ pub struct Settings {
     pub log: LogSettings,
     /// The operators' status page (`/admin`), off by default.
     pub admin: AdminSettings,
+    /// Compressed SSE streams and WebSocket messages, off by default.
+    pub compression: CompressionSettings,
 }
 
 /// `[server]`
@@ -480,6 +484,7 @@ impl Settings {
         self.validate_auth()?;
         self.validate_publish()?;
         self.validate_admin()?;
+        self.validate_compression()?;
         if self.limits.max_channels == 0 {
             return Err(invalid("limits.max_channels", "must be at least 1"));
         }
