@@ -9,11 +9,13 @@
 //! - `hostile`: oversized heads and frames, head rules, trickled heads and bodies.
 //! - `token_expiry`: streams at a token's `exp`, WebSocket refresh and first-message auth.
 //! - `publishing`: API keys, cross-site publishes, the Host allowlist.
-//! - `compression`: gzip and deflate SSE streams (issue 15).
+//! - `compression`, `compression_ws`: gzip and deflate SSE streams, WebSocket permessage-deflate
+//!   (issue 15).
 //! - `curl`: a real HTTP/2 client (Debian's curl) over TLS and h2c.
 
 mod admission;
 mod compression;
+mod compression_ws;
 mod curl;
 mod delivery;
 mod hostile;
