@@ -8,6 +8,7 @@ mod cli;
 mod client_ip;
 mod cluster;
 mod common;
+mod compression_clients;
 mod connections;
 mod engine;
 mod fanout;
