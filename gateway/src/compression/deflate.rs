@@ -29,7 +29,7 @@ const STORED_MAX: usize = u16::MAX as usize;
 
 thread_local! {
     /// One compressor per worker thread, reset for every piece: a deflate compressor is a few
-    /// hundred KiB of tables, too much to allocate per event.
+    /// hundred KiB of tables and buffers, too much to allocate per event.
     static COMPRESSOR: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
 }
 
@@ -111,7 +111,7 @@ pub enum InflateError {
 }
 
 /// Inflates one connection's compressed messages. With context takeover the inflater (about
-/// 43 KiB: a 32 KiB window and the decoding tables) stays for the connection's life, since each
+/// 42 KiB: a 32 KiB window and the decoding tables) stays for the connection's life, since each
 /// message may refer back into earlier ones; without, it exists only while a message is
 /// inflated.
 #[derive(Debug)]
@@ -154,7 +154,8 @@ fn inflate_into(
     max: usize,
 ) -> Result<(Vec<u8>, bool), InflateError> {
     let limit = max.saturating_add(1);
-    let mut out = Vec::with_capacity(compressed.len().saturating_mul(2).clamp(64, limit));
+    // (Not `clamp`: it panics when the limit is below 64.)
+    let mut out = Vec::with_capacity(compressed.len().saturating_mul(2).max(64).min(limit));
     for input in [compressed, &SYNC_TAIL[..]] {
         let start = d.total_in();
         loop {
@@ -341,6 +342,13 @@ mod tests {
         );
         assert_eq!(i.inflate(&[0xff; 16], 1000), Err(InflateError::Corrupt));
         assert_eq!(i.inflate(&[], 1000).unwrap(), b"");
+        // Limits below the first allocation (found by the ws_frames fuzz target). A fresh
+        // inflater: the empty payload above is no valid deflate data, it left the window
+        // waiting in the middle of a block.
+        let mut i = Inflater::new(true);
+        assert_eq!(i.inflate(&message(b"abc"), 3).unwrap(), b"abc");
+        assert_eq!(i.inflate(&message(b"abc"), 2), Err(InflateError::TooBig));
+        assert_eq!(i.inflate(&message(b""), 0).unwrap(), b"");
     }
 
     #[test]

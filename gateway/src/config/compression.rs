@@ -17,7 +17,7 @@ pub struct CompressionSettings {
     /// Deflate level, 1 (fastest) to 9 (smallest); paid once per event.
     pub level: u32,
     /// Let WebSocket clients compress with context takeover: better ratios for what clients
-    /// send, at the cost of an inflater (about 43 KiB) kept per compressing connection. Off:
+    /// send, at the cost of an inflater (about 42 KiB) kept per compressing connection. Off:
     /// the gateway answers `client_no_context_takeover` and keeps none between messages.
     pub ws_client_context_takeover: bool,
 }
