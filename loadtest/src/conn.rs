@@ -94,6 +94,8 @@ pub struct SubPlan {
     pub http2: bool,
     /// With `http2`: subscribers per connection (subscriber i uses connection i / N).
     pub streams_per_conn: usize,
+    /// SSE over HTTP/1.1: ask for gzip and inflate.
+    pub compressed: bool,
 }
 
 /// State shared by all subscriber tasks.
@@ -313,6 +315,8 @@ struct Sub {
     up: bool,
     /// Whether any session got established.
     ever_up: bool,
+    /// The current session's gzip decoder (`--compressed`).
+    gzip: Option<Box<crate::inflate::GzipStream>>,
 }
 
 /// Keeps the `live` gauge right however a session ends (including being dropped).
@@ -361,6 +365,7 @@ impl Sub {
                 storm: None,
             },
             sse: SseParser::new(),
+            gzip: None,
             ws_last_id: Vec::new(),
             up: false,
             ever_up: false,
@@ -603,6 +608,9 @@ async fn sse_session(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
         url.host
     );
+    if sh.plan.compressed {
+        req.push_str("Accept-Encoding: gzip\r\n");
+    }
     let last_id = sub.sse.last_id();
     if !last_id.is_empty() {
         req.push_str("Last-Event-ID: ");
@@ -632,6 +640,7 @@ async fn sse_session(
     };
     // A new stream: keep the last id, drop any partial line of the old one.
     sub.sse = SseParser::with_last_id(sub.sse.last_id());
+    sub.gzip = sh.plan.compressed.then(Box::default);
     if sh.plan.template {
         establish(sh, sub, storm, live);
     }
@@ -667,14 +676,26 @@ fn process_sse(
 ) -> Result<bool, End> {
     let now = unix_micros();
     let mut any = false;
-    let Sub { sse, acct, .. } = sub;
+    let Sub {
+        sse, acct, gzip, ..
+    } = sub;
     acct.batch.c.reads += 1;
     let mut sink = |item: SseItem<'_>| acct.on_sse(item, now, sh);
+    let mut bad_gzip = None;
+    // The body's bytes, inflated first on a compressed stream.
+    let mut feed = |data: &[u8]| match gzip {
+        Some(z) => {
+            if let Err(e) = z.feed(data, &mut |plain| sse.feed(plain, &mut sink)) {
+                bad_gzip = Some(e);
+            }
+        }
+        None => sse.feed(data, &mut sink),
+    };
     let done = match body {
         Body::Chunked(d) => d
             .feed(bytes, |data| {
                 any = true;
-                sse.feed(data, &mut sink);
+                feed(data);
             })
             .map_err(|e| End::Protocol(e.to_string())),
         Body::Length(left) => {
@@ -682,16 +703,19 @@ fn process_sse(
                 .len()
                 .min(usize::try_from(*left).unwrap_or(usize::MAX));
             any = n > 0;
-            sse.feed(&bytes[..n], &mut sink);
+            feed(&bytes[..n]);
             *left -= n as u64;
             Ok(*left == 0)
         }
         Body::UntilClose => {
             any = true;
-            sse.feed(bytes, &mut sink);
+            feed(bytes);
             Ok(false)
         }
     };
+    if let Some(e) = bad_gzip {
+        return Err(End::Protocol(e));
+    }
     sh.stats.flush(sub.acct.shard, &mut sub.acct.batch);
     // Established by any body byte, even if garbage follows in the same read.
     if any && !sub.up {
@@ -1246,6 +1270,7 @@ mod tests {
                 tls: None,
                 http2: false,
                 streams_per_conn: 1,
+                compressed: false,
             },
             stats: Stats::new(),
             book,
@@ -1361,6 +1386,7 @@ mod tests {
                 tls: Some(TlsClient::new(Some(&dir.join("cert.pem")), false).unwrap()),
                 http2: true,
                 streams_per_conn: 3,
+                compressed: false,
             },
             stats: Stats::new(),
             book,
@@ -1471,6 +1497,7 @@ mod tests {
                 tls: None,
                 http2: true,
                 streams_per_conn: 1,
+                compressed: false,
             },
             stats: Stats::new(),
             book,

@@ -168,6 +168,8 @@ pub struct PubRun {
     pub max: Duration,
     /// Payload size.
     pub size: usize,
+    /// Rows resembling quote updates instead of x's ([`crate::payload::write_rows`]).
+    pub realistic: bool,
     /// Publisher connections (each owns a share of the channels).
     pub workers: usize,
 }
@@ -260,7 +262,11 @@ async fn worker(
             let seq = book.attempted[c].load(Ordering::Relaxed);
             book.attempted[c].store(seq + 1, Ordering::Relaxed);
             payload.clear();
-            write_payload(&mut payload, seq, unix_micros(), run.size);
+            if run.realistic {
+                crate::payload::write_rows(&mut payload, seq, unix_micros(), run.size);
+            } else {
+                write_payload(&mut payload, seq, unix_micros(), run.size);
+            }
             let t0 = Instant::now();
             let result = tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(c, &payload))
                 .await

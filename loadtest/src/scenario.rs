@@ -101,6 +101,7 @@ pub(crate) struct Harness {
     pub(crate) pstats: Arc<PubStats>,
     pub(crate) book: Arc<Book>,
     size: usize,
+    realistic: bool,
     workers: usize,
     start_at: Option<u64>,
     pub(crate) drain: Duration,
@@ -245,6 +246,10 @@ fn sub_plan(
         );
         any_tls |= u.is_tls();
     }
+    ensure!(
+        !s.compressed || (s.transport == Transport::Sse && !s.http2),
+        "--compressed is for SSE over HTTP/1.1"
+    );
     Ok(SubPlan {
         transport: s.transport,
         targets,
@@ -259,6 +264,7 @@ fn sub_plan(
         },
         http2: s.http2,
         streams_per_conn: s.streams_per_conn,
+        compressed: s.compressed,
     })
 }
 
@@ -294,6 +300,7 @@ impl Harness {
                 tls: None,
                 http2: false,
                 streams_per_conn: 1,
+                compressed: false,
             },
         };
         for pid in &common.server_pids {
@@ -315,6 +322,12 @@ impl Harness {
         report.set("server", if plan.template { "template" } else { "gateway" });
         report.set("publisher", target.kind());
         report.set("size", p.size as u64);
+        if p.realistic {
+            report.set("payload", "realistic");
+        }
+        if plan.compressed {
+            report.set("compressed", "gzip");
+        }
         Ok(Self {
             sh: Arc::new(Shared {
                 plan,
@@ -331,6 +344,7 @@ impl Harness {
             pstats: Arc::new(PubStats::default()),
             book,
             size: p.size,
+            realistic: p.realistic,
             workers: p.publish_conns.max(1),
             start_at: subs.and_then(|s| s.start_at),
             drain: Duration::from_secs_f64(subs.map_or(10.0, |s| s.drain).clamp(0.0, 120.0)),
@@ -481,6 +495,7 @@ impl Harness {
                 rate,
                 max,
                 size: self.size,
+                realistic: self.realistic,
                 workers: self.workers,
             },
         );
