@@ -1,7 +1,8 @@
 //! Which content coding an SSE stream gets, from the request's `Accept-Encoding` (RFC 9110
 //! §12.5.3): gzip or deflate, by the client's weights (gzip on a tie), or none. Brotli is not
-//! offered: every piece would need its own brotli stream (no concatenation of independent
-//! pieces), and gzip already gets JSON events most of the way.
+//! offered: a shared piece must not depend on what the encoder saw before, and the brotli
+//! crates' streaming API gives no such independent, concatenable pieces; gzip already gets
+//! JSON events most of the way.
 
 use super::deflate::{GZIP_HEADER, ZLIB_HEADER};
 
