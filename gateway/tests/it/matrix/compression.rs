@@ -96,3 +96,50 @@ async fn sse_compression_is_off_by_default() {
     })
     .await;
 }
+
+/// What one connection writes alone, in the coding too: on a compressed two-channel stream, a
+/// resume from a trimmed position gets its `gap` (and cursor lines) between the shared event
+/// pieces, and SIGTERM's closing comment ends the stream decodable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_and_the_closing_comment_travel_compressed() {
+    each(&Arrival::ALL, |arrival| async move {
+        let gw = arrival
+            .gateway(&[
+                ("GATEWAY__COMPRESSION__SSE", "true"),
+                ("GATEWAY__HISTORY__SIZE", "10"),
+            ])
+            .await;
+        let mut ctl = Control::new(&gw);
+        let first = ctl.publish("zfeed", "1").await;
+        for i in 2..=30 {
+            ctl.publish("zfeed", &i.to_string()).await;
+        }
+        // Channels sort as "zfeed", "zquiet": the cursor lists zfeed's position first.
+        let quiet = ctl.publish("zquiet", "q").await;
+        let cursor = format!("{first},{quiet}");
+        let reply = open_sse(
+            arrival,
+            &gw,
+            "/sse?channel=zfeed&channel=zquiet",
+            &[("accept-encoding", "deflate"), ("last-event-id", &cursor)],
+        )
+        .await;
+        assert_eq!(reply.header("content-encoding").as_deref(), Some("deflate"));
+        let mut stream = reply.events().await;
+        let gap = stream.next().await;
+        assert_eq!(gap.event, "gap", "{gap:?}");
+        let rest = stream.next().await;
+        assert_eq!(rest.event, "message");
+        assert!(rest.id.ends_with(&format!(",{quiet}")), "{}", rest.id);
+        let terminated = tokio::task::spawn_blocking(move || {
+            let mut gw = gw;
+            gw.terminate()
+        });
+        let (_, ended) = stream.read_to_end(Duration::from_secs(8)).await;
+        let tail = stream.tail();
+        assert!(ended, "the stream did not end: {tail:?}");
+        assert!(tail.contains("\n: closing: shutdown\n"), "{tail:?}");
+        assert_eq!(terminated.await.expect("terminate"), Some(0));
+    })
+    .await;
+}
