@@ -12,6 +12,10 @@
 //!   reader as the same messages (control payloads and close reasons cut to their RFC 6455
 //!   sizes), whole frames only, ending with the close frame.
 //!
+//! - with `permessage-deflate` on (with and without client context takeover): the same
+//!   independence of pieces, no inflated message bigger than the limit, and any data compressed
+//!   as one message (RSV1) reads back as that data if it fits the limit, else the too-big error.
+//!
 //! Input: bytes 0-1 the read limit (little-endian), byte 2 the close reason, byte 3 the number
 //! of piece sizes that follow (mod 8; 0 among them: one wait), then the bytes: read as a client
 //! stream, and as a script of writes (an op byte, a length byte, the payload; repeated).
@@ -26,6 +30,7 @@ use std::task::{Context, Poll, Waker};
 use actix_http::ws::{CloseCode, CloseReason};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
+use gateway::compression::Inflater;
 use gateway::transport::ws::io::{Message, MessageStream, Session};
 use libfuzzer_sys::fuzz_target;
 use shared::Disconnect;
@@ -172,6 +177,53 @@ fn read_all(mut stream: MessageStream) -> Vec<Outcome> {
 /// `data` read in `pieces` by a stream with limit `max`.
 fn read_in(data: &[u8], pieces: &[u8], max: usize) -> Vec<Outcome> {
     read_all(MessageStream::new(client(data, pieces), max))
+}
+
+/// Like [`read_in`], with `permessage-deflate` negotiated (`takeover`: client context kept).
+fn read_deflate(data: &[u8], pieces: &[u8], max: usize, takeover: bool) -> Vec<Outcome> {
+    let mut stream = MessageStream::new(client(data, pieces), max);
+    stream.inflate_with(Inflater::new(takeover));
+    read_all(stream)
+}
+
+fn check_inflating(data: &[u8], pieces: &[u8], max: usize) {
+    for takeover in [false, true] {
+        let whole = read_deflate(data, &[], max, takeover);
+        assert_eq!(
+            read_deflate(data, pieces, max, takeover),
+            whole,
+            "the pieces changed what was inflated"
+        );
+        for outcome in &whole {
+            match outcome {
+                Ok(Message::Text(text)) => assert!(text.len() <= max),
+                Ok(Message::Binary(bytes)) => assert!(bytes.len() <= max),
+                _ => {}
+            }
+        }
+    }
+    // `data` sent as one compressed binary message, masked as a client would.
+    let Some(mut z) = gateway::compression::deflate::compressed(data, 6) else {
+        panic!("compressing failed");
+    };
+    z.truncate(z.len() - 4);
+    let mut frame = BytesMut::new();
+    actix_http::ws::Parser::write_message(
+        &mut frame,
+        &z[..],
+        actix_http::ws::OpCode::Binary,
+        true,
+        true,
+    );
+    frame[0] |= 0x40;
+    let got = read_deflate(&frame, pieces, max, false);
+    if z.len() > max {
+        assert_eq!(got, [Err("Overflow".to_owned())], "a frame over the limit");
+    } else if data.len() > max {
+        assert_eq!(got, [Err("Overflow".to_owned())], "inflated past the limit");
+    } else {
+        assert_eq!(got, [Ok(Message::Binary(Bytes::copy_from_slice(data)))]);
+    }
 }
 
 /// `data` already read with the upgrade request.
@@ -436,5 +488,6 @@ fuzz_target!(|input: &[u8]| {
     let count = usize::from(*count % 8).min(rest.len());
     let (pieces, data) = rest.split_at(count);
     check_reading(data, pieces, max);
+    check_inflating(data, pieces, max);
     check_writing(data, pieces, *reason);
 });

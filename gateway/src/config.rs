@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 mod admin;
 mod auth;
+mod compression;
 mod poll;
 mod publish;
 mod redis_password;
@@ -18,6 +19,7 @@ mod secret;
 
 pub use admin::AdminSettings;
 pub use auth::{AuthSettings, PublicKeySettings};
+pub use compression::CompressionSettings;
 pub use poll::PollSettings;
 pub use publish::{ApiKeySettings, PublishSettings};
 pub use secret::Secret;
@@ -66,6 +68,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Long-poll fallback (`GET /poll`).
     pub poll: PollSettings,
+    /// Compressed SSE streams and WebSocket messages, off by default.
+    pub compression: CompressionSettings,
 }
 
 /// `[server]`
@@ -489,6 +493,7 @@ impl Settings {
         self.validate_publish()?;
         self.validate_admin()?;
         self.validate_poll()?;
+        self.validate_compression()?;
         if self.limits.max_channels == 0 {
             return Err(invalid("limits.max_channels", "must be at least 1"));
         }

@@ -10,6 +10,7 @@ pub mod browser;
 pub mod bucket;
 pub mod cli;
 pub mod client_ip;
+pub mod compression;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -122,6 +122,10 @@ pub struct SubOpts {
     /// i / N, from source address (i / N) mod (number of --source-ips).
     #[arg(long, default_value_t = 1, requires = "http2", value_name = "N")]
     pub streams_per_conn: usize,
+    /// SSE over HTTP/1.1: ask for a gzip stream (`Accept-Encoding: gzip`) and inflate it as it
+    /// arrives (gateway with `compression.sse` on).
+    #[arg(long)]
+    pub compressed: bool,
 }
 
 /// How events are published.
@@ -161,6 +165,10 @@ pub struct PubOpts {
     /// Payload size in bytes ({"seq":N,"ts":MICROS,"p":"xx.."} padded).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
+    /// Fill the payload with rows resembling quote updates (symbols, prices, sizes, venues)
+    /// instead of x's, so it compresses like real events.
+    #[arg(long)]
+    pub realistic: bool,
     /// Publisher connections (each owns a share of the channels; one request in flight per
     /// connection, so never more than one per channel).
     #[arg(long, default_value_t = 32)]

@@ -15,6 +15,7 @@ mod conn;
 mod failover;
 mod h2;
 mod http;
+mod inflate;
 mod net;
 mod payload;
 mod phase;

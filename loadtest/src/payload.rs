@@ -13,6 +13,45 @@ pub fn write_payload(out: &mut Vec<u8>, seq: u64, ts_us: u64, size: usize) {
     out.extend_from_slice(b"\"}");
 }
 
+/// Like [`write_payload`], but filled to about `size` bytes with rows resembling quote updates
+/// (`{"symbol":"MSFT","bid":412.31,"ask":412.35,"size":300,"venue":"XNAS","time":...}`), their
+/// numbers varying with `seq`, so the payload compresses like real events rather than a run of
+/// x's.
+pub fn write_rows(out: &mut Vec<u8>, seq: u64, ts_us: u64, size: usize) {
+    const SYMBOLS: [&str; 16] = [
+        "AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "BRK.B", "AVGO", "JPM", "LLY",
+        "V", "XOM", "UNH", "MA", "COST",
+    ];
+    const VENUES: [&str; 4] = ["XNAS", "XNYS", "ARCX", "BATS"];
+    let start = out.len();
+    let _ = write!(out, r#"{{"seq":{seq},"ts":{ts_us},"rows":["#);
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut first = true;
+    while out.len() - start + 100 < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let bid = 5_000 + (x >> 8) % 95_000;
+        let _ = write!(
+            out,
+            r#"{{"symbol":"{}","bid":{}.{:02},"ask":{}.{:02},"size":{},"venue":"{}","time":{}}}"#,
+            SYMBOLS[(x % 16) as usize],
+            bid / 100,
+            bid % 100,
+            (bid + 1 + (x >> 40) % 9) / 100,
+            (bid + 1 + (x >> 40) % 9) % 100,
+            100 * (1 + (x >> 20) % 50),
+            VENUES[((x >> 30) % 4) as usize],
+            ts_us / 1000 - (x >> 50) % 500,
+        );
+    }
+    out.extend_from_slice(b"]}");
+}
+
 /// The publisher's sequence number and send time found in an event's data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Stamp {

@@ -184,6 +184,8 @@ pub struct PubRun {
     pub max: Duration,
     /// Payload size.
     pub size: usize,
+    /// Rows resembling quote updates instead of x's ([`crate::payload::write_rows`]).
+    pub realistic: bool,
     /// Publisher connections (each owns a share of the channels).
     pub workers: usize,
 }
@@ -308,7 +310,11 @@ async fn worker(
             book.attempted[c].store(seq + 1, Ordering::Relaxed);
             let payload = &mut payloads[pending.len()];
             payload.clear();
-            write_payload(payload, seq, unix_micros(), run.size);
+            if run.realistic {
+                crate::payload::write_rows(payload, seq, unix_micros(), run.size);
+            } else {
+                write_payload(payload, seq, unix_micros(), run.size);
+            }
             pending.push((c, seq));
             dues.push(due);
             // A batch goes out when full, at the time its last event is due.

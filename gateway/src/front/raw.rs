@@ -12,7 +12,7 @@ use super::raw_io::RawIo;
 use super::{cors, refuse};
 use crate::browser;
 use crate::state::AppState;
-use crate::transport::sse::{STREAM_HEADERS, SseStream, open};
+use crate::transport::sse::{SseStream, open};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::OptionFuture;
@@ -64,7 +64,7 @@ async fn start<S: RawIo>(
         }
     };
     let mut response = String::from("HTTP/1.1 200 OK\r\nconnection: close\r\n");
-    for (name, value) in STREAM_HEADERS {
+    for (name, value) in body.headers(state.settings.compression.sse) {
         response.push_str(name);
         response.push_str(": ");
         response.push_str(value);

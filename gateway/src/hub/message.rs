@@ -8,6 +8,8 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use shared::{Event, PayloadKind, Position};
 
+use crate::compression::deflate;
+
 /// One worker's handle on a [`Message`]. Every queued item holds a reference; with one handle
 /// per worker, the reference count a worker bumps for each of its subscribers lives in a cache
 /// line no other core touches, while the frames are still encoded once, in the shared message.
@@ -29,6 +31,17 @@ pub struct Message {
     sse: OnceLock<SseFrame>,
     ws_text: OnceLock<ByteString>,
     ws_binary: OnceLock<Bytes>,
+    /// The compressed forms (`compression.*`), each built once, by the first subscriber that
+    /// needs it, and shared like the frames above.
+    deflated: Deflated,
+}
+
+#[derive(Debug, Default)]
+struct Deflated {
+    sse_frame: OnceLock<Bytes>,
+    sse_body: OnceLock<Bytes>,
+    /// `None`: compressing did not make the message smaller, so it goes uncompressed.
+    ws: OnceLock<Option<Bytes>>,
 }
 
 #[derive(Debug)]
@@ -45,6 +58,7 @@ impl Message {
             sse: OnceLock::new(),
             ws_text: OnceLock::new(),
             ws_binary: OnceLock::new(),
+            deflated: Deflated::default(),
         }
     }
 
@@ -92,6 +106,42 @@ impl Message {
                 )
                 .map(Bytes::from)
                 .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    /// [`Message::sse_frame`] as a self-contained deflate piece for gzip and deflate streams
+    /// (`compression::deflate`), compressed at `level` once for every subscriber.
+    pub fn sse_frame_deflated(&self, level: u32) -> Bytes {
+        self.deflated
+            .sse_frame
+            .get_or_init(|| Bytes::from(deflate::piece(self.sse_frame(), level)))
+            .clone()
+    }
+
+    /// [`Message::sse_body`] as a deflate piece, for multi-channel streams.
+    pub fn sse_body_deflated(&self, level: u32) -> Bytes {
+        self.deflated
+            .sse_body
+            .get_or_init(|| Bytes::from(deflate::piece(&self.sse_body(), level)))
+            .clone()
+    }
+
+    /// The WebSocket message (text or binary, as [`Message::is_binary`] says) compressed for
+    /// `permessage-deflate` without context takeover: sync-flushed, `00 00 ff ff` stripped.
+    /// `None` when compressing does not make it smaller: it is sent uncompressed.
+    pub fn ws_deflated(&self, level: u32) -> Option<Bytes> {
+        self.deflated
+            .ws
+            .get_or_init(|| {
+                let plain = if self.is_binary() {
+                    self.ws_binary()
+                } else {
+                    self.ws_text().into_bytes()
+                };
+                let mut out = deflate::compressed(&plain, level)?;
+                out.truncate(out.len().checked_sub(deflate::SYNC_TAIL.len())?);
+                (out.len() < plain.len()).then(|| Bytes::from(out))
             })
             .clone()
     }
@@ -218,6 +268,33 @@ mod tests {
         let bad = message(PayloadKind::Json, None, b"{not json");
         let v: serde_json::Value = serde_json::from_str(&bad.ws_text()).unwrap();
         assert_eq!(v["data"], "{not json");
+    }
+
+    #[test]
+    fn compressed_forms_are_built_once_and_inflate_to_the_frames() {
+        use flate2::{Decompress, FlushDecompress};
+        let inflate = |bytes: &[u8]| {
+            let mut out = Vec::with_capacity(4096);
+            Decompress::new(false)
+                .decompress_vec(bytes, &mut out, FlushDecompress::Sync)
+                .unwrap();
+            out
+        };
+        let m = message(
+            PayloadKind::Json,
+            None,
+            br#"{"price":42,"symbol":"ACME","note":"ACME ACME ACME ACME"}"#,
+        );
+        let piece = m.sse_frame_deflated(6);
+        assert_eq!(inflate(&piece), &m.sse_frame()[..]);
+        assert_eq!(m.sse_frame_deflated(6).as_ptr(), piece.as_ptr(), "shared");
+        assert_eq!(inflate(&m.sse_body_deflated(6)), &m.sse_body()[..]);
+        let ws = m.ws_deflated(6).unwrap();
+        let mut wire = ws.to_vec();
+        wire.extend_from_slice(&deflate::SYNC_TAIL);
+        assert_eq!(inflate(&wire), m.ws_text().as_bytes()[..]);
+        let tiny = message(PayloadKind::Binary, None, &[1]);
+        assert_eq!(tiny.ws_deflated(6), None, "not worth compressing");
     }
 
     #[test]

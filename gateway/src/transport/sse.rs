@@ -28,6 +28,7 @@ use shared::{Cursor, Position};
 use shared::{Disconnect, ErrorCode};
 use tokio::time::{Instant, Sleep};
 
+use crate::compression::SseEncoding;
 use crate::error::ApiError;
 use crate::hub::queue::{CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, Start};
@@ -36,6 +37,8 @@ use crate::response::Body;
 use crate::session::{self, Transport};
 use crate::state::{AppState, ConnectionGuard};
 use crate::transport::request;
+
+mod compress;
 
 /// The headers of every SSE response, whichever path serves it: the type, no caching, and no
 /// buffering by nginx (which would hold events back).
@@ -55,10 +58,12 @@ pub async fn respond(
 ) -> Response<Body> {
     match open(state, query, headers, peer).await {
         Ok(stream) => {
+            let names = stream.headers(state.settings.compression.sse);
+            let names: Vec<_> = names.collect();
             let body = StreamBody::new(stream.map(|chunk| chunk.map(Frame::data)));
             let mut res = Response::new(body.boxed_unsync());
             let headers = res.headers_mut();
-            for (name, value) in STREAM_HEADERS {
+            for (name, value) in names {
                 headers.insert(
                     HeaderName::from_static(name),
                     HeaderValue::from_static(value),
@@ -108,6 +113,7 @@ pub async fn open(
     );
 
     let settings = &state.settings;
+    let encoding = compress::choose(&settings.compression, headers);
     let mut prelude = Vec::new();
     shared::sse::write_field(
         &mut prelude,
@@ -122,7 +128,9 @@ pub async fn open(
         queue,
         members,
         positions,
-        prelude: Bytes::from(prelude),
+        prelude: compress::preamble(encoding, &prelude),
+        encoding,
+        level: settings.compression.level as u8,
         heartbeat: settings.heartbeat(),
         retry_ms: settings.sse.retry_ms,
         metrics: metrics.clone(),
@@ -178,6 +186,8 @@ struct SseParts {
     members: Arc<[Membership]>,
     positions: Vec<Position>,
     prelude: Bytes,
+    encoding: Option<SseEncoding>,
+    level: u8,
     heartbeat: Duration,
     retry_ms: u64,
     metrics: Metrics,
@@ -199,6 +209,9 @@ pub struct SseStream {
     idle_timer: Pin<Box<Sleep>>,
     last_write: Instant,
     finished: bool,
+    /// The stream's content coding (`compression.sse` and `Accept-Encoding`), and its level.
+    encoding: Option<SseEncoding>,
+    level: u8,
     retry_ms: u64,
     batch: Vec<Item>,
     metrics: Metrics,
@@ -221,6 +234,8 @@ impl SseStream {
             ))),
             last_write: now,
             finished: false,
+            encoding: p.encoding,
+            level: p.level,
             retry_ms: p.retry_ms,
             batch: Vec::new(),
             metrics: p.metrics,
@@ -254,14 +269,23 @@ impl SseStream {
             match item {
                 Item::Event { slot, message, .. } => {
                     self.positions[slot as usize] = message.position();
+                    let level = u32::from(self.level);
                     if !multi {
-                        return Some(message.sse_frame().clone());
+                        return Some(match self.encoding {
+                            None => message.sse_frame().clone(),
+                            Some(_) => message.sse_frame_deflated(level),
+                        });
                     }
-                    let body = message.sse_body();
-                    let mut out = Vec::with_capacity(body.len() + 16 * self.positions.len());
-                    out.extend_from_slice(b"id: ");
-                    Cursor::write_to(&self.positions, &mut out);
-                    out.push(b'\n');
+                    let mut id = Vec::with_capacity(8 + 16 * self.positions.len());
+                    id.extend_from_slice(b"id: ");
+                    Cursor::write_to(&self.positions, &mut id);
+                    id.push(b'\n');
+                    // The cursor line is this connection's own; the body is shared.
+                    let body = match self.encoding {
+                        None => message.sse_body(),
+                        Some(_) => message.sse_body_deflated(level),
+                    };
+                    let mut out = compress::own(self.encoding, &id);
                     out.extend_from_slice(&body);
                     return Some(Bytes::from(out));
                 }
@@ -292,7 +316,7 @@ impl SseStream {
                         Some("gap"),
                         data.to_string().as_bytes(),
                     );
-                    return Some(Bytes::from(out));
+                    return Some(Bytes::from(compress::own(self.encoding, &out)));
                 }
                 Item::Subscribed { .. } => {}
             }
@@ -327,7 +351,7 @@ impl SseStream {
             .disconnects
             .with_label_values(&[disconnect.label()])
             .inc();
-        Bytes::from(out)
+        Bytes::from(compress::own(self.encoding, &out))
     }
 
     fn closing_frame(&self, reason: CloseReason) -> Bytes {
@@ -335,7 +359,15 @@ impl SseStream {
         shared::sse::write_comment(&mut out, &format!("closing: {}", reason.as_str()));
         shared::sse::write_retry(&mut out, self.retry_ms);
         reason.count(&self.metrics);
-        Bytes::from(out)
+        Bytes::from(compress::own(self.encoding, &out))
+    }
+
+    /// The response headers: [`STREAM_HEADERS`], and with `compression.sse` on the content
+    /// coding and `Vary: Accept-Encoding`, the same whichever path serves the stream.
+    pub fn headers(&self, compression: bool) -> impl Iterator<Item = (&'static str, &'static str)> {
+        let vary = compression.then_some(("vary", "accept-encoding"));
+        let coding = self.encoding.map(|e| ("content-encoding", e.name()));
+        STREAM_HEADERS.into_iter().chain(vary).chain(coding)
     }
 }
 
@@ -381,7 +413,7 @@ impl Stream for SseStream {
                 this.last_write = now;
                 let next = earliest(now + this.heartbeat, this.expires);
                 this.idle_timer.as_mut().reset(next);
-                return Poll::Ready(Some(Ok(Bytes::from_static(b": ping\n\n"))));
+                return Poll::Ready(Some(Ok(compress::ping(this.encoding))));
             }
             this.idle_timer.as_mut().reset(earliest(due, this.expires));
         }

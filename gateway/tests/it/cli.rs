@@ -75,6 +75,8 @@ async fn invalid_settings_exit_2_naming_the_key() {
             "server.max_connections",
         ),
         ("GATEWAY__LOG__FORMAT", "xml", "log.format"),
+        ("GATEWAY__COMPRESSION__LEVEL", "0", "compression.level"),
+        ("GATEWAY__COMPRESSION__LEVEL", "10", "compression.level"),
         // Authenticated subscribers beside an open publish endpoint.
         (
             "GATEWAY__AUTH__JWT_SECRET",

@@ -10,6 +10,7 @@ mod cli;
 mod client_ip;
 mod cluster;
 mod common;
+mod compression_clients;
 mod connections;
 mod engine;
 mod fanout;

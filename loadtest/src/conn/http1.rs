@@ -73,6 +73,9 @@ pub(super) async fn sse_session(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
         url.host
     );
+    if sh.plan.compressed {
+        req.push_str("Accept-Encoding: gzip\r\n");
+    }
     let last_id = sub.sse.last_id();
     if !last_id.is_empty() {
         req.push_str("Last-Event-ID: ");
@@ -102,6 +105,7 @@ pub(super) async fn sse_session(
     };
     // A new stream: keep the last id, drop any partial line of the old one.
     sub.sse = SseParser::with_last_id(sub.sse.last_id());
+    sub.gzip = sh.plan.compressed.then(Box::default);
     if sh.plan.template {
         establish(sh, sub, storm, live);
     }
@@ -137,14 +141,26 @@ pub(super) fn process_sse(
 ) -> Result<bool, End> {
     let now = unix_micros();
     let mut any = false;
-    let Sub { sse, acct, .. } = sub;
+    let Sub {
+        sse, acct, gzip, ..
+    } = sub;
     acct.batch.c.reads += 1;
     let mut sink = |item: SseItem<'_>| acct.on_sse(item, now, sh);
+    let mut bad_gzip = None;
+    // The body's bytes, inflated first on a compressed stream.
+    let mut feed = |data: &[u8]| match gzip {
+        Some(z) => {
+            if let Err(e) = z.feed(data, &mut |plain| sse.feed(plain, &mut sink)) {
+                bad_gzip = Some(e);
+            }
+        }
+        None => sse.feed(data, &mut sink),
+    };
     let done = match body {
         Body::Chunked(d) => d
             .feed(bytes, |data| {
                 any = true;
-                sse.feed(data, &mut sink);
+                feed(data);
             })
             .map_err(|e| End::Protocol(e.to_string())),
         Body::Length(left) => {
@@ -152,16 +168,19 @@ pub(super) fn process_sse(
                 .len()
                 .min(usize::try_from(*left).unwrap_or(usize::MAX));
             any = n > 0;
-            sse.feed(&bytes[..n], &mut sink);
+            feed(&bytes[..n]);
             *left -= n as u64;
             Ok(*left == 0)
         }
         Body::UntilClose => {
             any = true;
-            sse.feed(bytes, &mut sink);
+            feed(bytes);
             Ok(false)
         }
     };
+    if let Some(e) = bad_gzip {
+        return Err(End::Protocol(e));
+    }
     sh.stats.flush(sub.acct.shard, &mut sub.acct.batch);
     // Established by any body byte, even if garbage follows in the same read.
     if any && !sub.up {

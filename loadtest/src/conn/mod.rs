@@ -96,6 +96,8 @@ pub struct SubPlan {
     pub http2: bool,
     /// With `http2`: subscribers per connection (subscriber i uses connection i / N).
     pub streams_per_conn: usize,
+    /// SSE over HTTP/1.1: ask for gzip and inflate.
+    pub compressed: bool,
 }
 
 /// State shared by all subscriber tasks.

@@ -21,6 +21,8 @@ pub(super) struct Sub {
     pub(super) up: bool,
     /// Whether any session got established.
     pub(super) ever_up: bool,
+    /// The current session's gzip decoder (`--compressed`).
+    pub(super) gzip: Option<Box<crate::inflate::GzipStream>>,
 }
 
 /// Keeps the `live` gauge right however a session ends (including being dropped).
@@ -69,6 +71,7 @@ impl Sub {
                 storm: None,
             },
             sse: SseParser::new(),
+            gzip: None,
             ws_last_id: Vec::new(),
             up: false,
             ever_up: false,

@@ -41,6 +41,7 @@ pub(crate) struct Harness {
     pub(crate) pstats: Arc<PubStats>,
     pub(crate) book: Arc<Book>,
     pub(super) size: usize,
+    realistic: bool,
     pub(super) workers: usize,
     pub(super) start_at: Option<u64>,
     pub(crate) drain: Duration,
@@ -82,6 +83,7 @@ impl Harness {
                 tls: None,
                 http2: false,
                 streams_per_conn: 1,
+                compressed: false,
             },
         };
         for pid in &common.server_pids {
@@ -103,6 +105,12 @@ impl Harness {
         report.set("server", if plan.template { "template" } else { "gateway" });
         report.set("publisher", target.kind());
         report.set("size", p.size as u64);
+        if p.realistic {
+            report.set("payload", "realistic");
+        }
+        if plan.compressed {
+            report.set("compressed", "gzip");
+        }
         Ok(Self {
             sh: Arc::new(Shared {
                 plan,
@@ -119,6 +127,7 @@ impl Harness {
             pstats: Arc::new(PubStats::default()),
             book,
             size: p.size,
+            realistic: p.realistic,
             workers: p.publish_conns.max(1),
             start_at: subs.and_then(|s| s.start_at),
             drain: Duration::from_secs_f64(subs.map_or(10.0, |s| s.drain).clamp(0.0, 120.0)),
@@ -270,6 +279,7 @@ impl Harness {
                 rate,
                 max,
                 size: self.size,
+                realistic: self.realistic,
                 workers: self.workers,
             },
         );

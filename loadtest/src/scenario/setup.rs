@@ -153,6 +153,10 @@ pub(super) fn sub_plan(
         );
         any_tls |= u.is_tls();
     }
+    ensure!(
+        !s.compressed || (s.transport == Transport::Sse && !s.http2),
+        "--compressed is for SSE over HTTP/1.1"
+    );
     Ok(SubPlan {
         transport: s.transport,
         targets,
@@ -167,5 +171,6 @@ pub(super) fn sub_plan(
         },
         http2: s.http2,
         streams_per_conn: s.streams_per_conn,
+        compressed: s.compressed,
     })
 }

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 
 use bytes::BytesMut;
 use http::header::{
-    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+    CONNECTION, HeaderMap, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -16,6 +16,7 @@ use shared::{Disconnect, ErrorCode};
 
 use super::io::{MessageStream, ReadIo, Session, WriteIo};
 use super::session::{Running, close_with};
+use crate::compression::{Inflater, PerMessageDeflate};
 use crate::error::ApiError;
 use crate::response::{self, Body};
 use crate::session::{self, Admitted, Refusal, Transport};
@@ -32,6 +33,8 @@ pub struct Upgrade {
 /// What runs on an upgraded socket.
 pub struct Accepted {
     state: AppState,
+    /// `permessage-deflate`, when negotiated.
+    deflate: Option<PerMessageDeflate>,
     /// The admitted connection, or the reason of the 4500 close.
     admitted: Result<Admitted, String>,
 }
@@ -42,7 +45,12 @@ impl Accepted {
     pub async fn run(self, read: ReadIo, write: WriteIo, pending: BytesMut) {
         let limit = self.state.settings.ws.max_message_bytes;
         let mut stream = MessageStream::with_pending(read, limit, pending);
-        let session = Session::new(write);
+        let mut session = Session::new(write);
+        if let Some(deflate) = self.deflate {
+            let takeover = !deflate.client_no_context_takeover;
+            stream.inflate_with(Inflater::new(takeover));
+            session.deflate(deflate.server_max_window_bits);
+        }
         match self.admitted {
             Ok(admitted) => {
                 Running::new(self.state, admitted)
@@ -75,6 +83,12 @@ pub async fn respond(
             headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+            if let Some(deflate) = &upgrade.accepted.deflate {
+                // Built from a fixed template and digits: always a valid header value.
+                if let Ok(value) = HeaderValue::from_str(&deflate.response()) {
+                    headers.insert(SEC_WEBSOCKET_EXTENSIONS, value);
+                }
+            }
             (res, Some(upgrade))
         }
         Err(e) => (e.into_response(), None),
@@ -97,8 +111,18 @@ async fn admit(
         Err(Refusal::Unauthorized(e)) => Err(unauthorized_reason(&e)),
         Err(refusal) => return Err(refusal.into_error()),
     };
+    let compression = &state.settings.compression;
+    let deflate = compression
+        .ws
+        .then(|| {
+            let offers = headers.get_all(SEC_WEBSOCKET_EXTENSIONS);
+            let offers = offers.iter().filter_map(|v| v.to_str().ok());
+            PerMessageDeflate::negotiate(offers, compression.ws_client_context_takeover)
+        })
+        .flatten();
     let accepted = Accepted {
         state: state.clone(),
+        deflate,
         admitted,
     };
     Ok((accept, accepted))

@@ -43,6 +43,7 @@ impl Connection {
             match frame {
                 Frame::Text(text) => session.feed_text(text).await,
                 Frame::Binary(bytes) => session.feed_binary(bytes).await,
+                Frame::Deflated { bytes, binary } => session.feed_deflated(&bytes, binary).await,
             }
         };
         self.timed(write, timeout).await?;
@@ -97,6 +98,20 @@ impl Connection {
                     } else {
                         Frame::Text(message.ws_text())
                     };
+                    let frame = match session.compress_up_to() {
+                        Some(max) if frame.len() <= max => {
+                            // Compressed once per event, shared by every subscriber.
+                            let level = self.state.settings.compression.level;
+                            match message.ws_deflated(level) {
+                                Some(bytes) => Frame::Deflated {
+                                    bytes,
+                                    binary: message.is_binary(),
+                                },
+                                None => frame,
+                            }
+                        }
+                        _ => frame,
+                    };
                     self.feed(session, frame, timeout).await?;
                     delivered += 1;
                     if live && oldest_live_ms.is_none() {
@@ -150,10 +165,21 @@ impl Connection {
     }
 }
 
-/// A frame to send: text or binary.
+/// A frame to send: text or binary, or a message compressed for `permessage-deflate`.
 pub(super) enum Frame {
     Text(ByteString),
     Binary(Bytes),
+    Deflated { bytes: Bytes, binary: bool },
+}
+
+impl Frame {
+    /// The payload's length as sent.
+    fn len(&self) -> usize {
+        match self {
+            Frame::Text(t) => t.len(),
+            Frame::Binary(b) | Frame::Deflated { bytes: b, .. } => b.len(),
+        }
+    }
 }
 
 pub(super) fn text_frame(msg: &ServerMessage) -> Frame {

@@ -10,9 +10,13 @@
 //! - `token_expiry`: streams at a token's `exp`, WebSocket refresh and first-message auth.
 //! - `publishing`: API keys, cross-site publishes, the Host allowlist.
 //! - `reads`: `GET /history` and the long poll `GET /poll`.
+//! - `compression`, `compression_ws`: gzip and deflate SSE streams, WebSocket permessage-deflate
+//!   (issue 15).
 //! - `curl`: a real HTTP/2 client (Debian's curl) over TLS and h2c.
 
 mod admission;
+mod compression;
+mod compression_ws;
 mod curl;
 mod delivery;
 mod hostile;

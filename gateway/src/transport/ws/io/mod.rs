@@ -61,8 +61,9 @@ mod tests {
             "{}",
             std::mem::size_of::<Session>()
         );
+        // 96 before permessage-deflate: one pointer more, to state boxed only when negotiated.
         assert!(
-            std::mem::size_of::<MessageStream>() <= 96,
+            std::mem::size_of::<MessageStream>() <= 104,
             "{}",
             std::mem::size_of::<MessageStream>()
         );

@@ -39,6 +39,11 @@ impl MessageStream {
         }
     }
 
+    /// Accepts messages compressed with `permessage-deflate` (negotiated at the upgrade).
+    pub fn inflate_with(&mut self, inflater: crate::compression::Inflater) {
+        self.decoder.inflate_with(inflater);
+    }
+
     /// The next complete message; `None` once the client is gone. Cancel-safe: dropping the
     /// future loses nothing, so it can sit in a `select!`.
     pub async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {

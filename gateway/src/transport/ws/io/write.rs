@@ -23,6 +23,9 @@ const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
 /// the copy a large batch makes, and how much one timed write has to move.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// RSV1: the message is compressed (RFC 7692 §6).
+const RSV1: u8 = 0x40;
+
 /// The writing half of a WebSocket: frames buffered into one write per batch.
 pub struct Session {
     io: WriteIo,
@@ -32,6 +35,8 @@ pub struct Session {
     written: usize,
     /// A flush started and has not finished: it was cancelled (timed out) or failed.
     stalled: bool,
+    /// With `permessage-deflate`: the client's window for our messages, in bits; 0 without.
+    deflate_bits: u8,
 }
 
 impl Session {
@@ -42,7 +47,34 @@ impl Session {
             out: BytesMut::new(),
             written: 0,
             stalled: false,
+            deflate_bits: 0,
         }
+    }
+
+    /// Sends compressed messages (`permessage-deflate` was negotiated) of at most `2^bits`
+    /// bytes uncompressed: a message compressed from scratch refers back no further.
+    pub fn deflate(&mut self, bits: u8) {
+        self.deflate_bits = bits.min(15);
+    }
+
+    /// The longest message that may be sent compressed; `None` without `permessage-deflate`.
+    pub fn compress_up_to(&self) -> Option<usize> {
+        (self.deflate_bits > 0).then(|| 1 << self.deflate_bits)
+    }
+
+    /// Queues a message compressed for `permessage-deflate` (RSV1 set), like
+    /// [`Session::feed_text`]; the caller checks [`Session::compress_up_to`].
+    pub async fn feed_deflated(&mut self, payload: &[u8], binary: bool) -> Result<(), Closed> {
+        let at = self.out.len();
+        let op = if binary { OpCode::Binary } else { OpCode::Text };
+        Parser::write_message(&mut self.out, payload, op, true, false);
+        if let Some(first) = self.out.get_mut(at) {
+            *first |= RSV1;
+        }
+        if self.out.len() >= FLUSH_AT {
+            self.write_out().await.map_err(|_| Closed)?;
+        }
+        Ok(())
     }
 
     /// Queues a text frame, written by [`Session::flush`] (or once enough is buffered).

@@ -222,7 +222,8 @@ impl Reply {
             }
             Arrival::Tls2 | Arrival::H2c => {}
         }
-        Events::new(self.body, self.client)
+        let coding = self.header("content-encoding");
+        Events::new(self.body, self.client, coding.as_deref())
     }
 }
 

@@ -41,9 +41,44 @@ pub(super) fn body_stream(body: Incoming) -> BoxStream<'static, Result<Bytes, St
 /// Bytes of the stream's end kept for [`Events::tail`].
 pub(super) const TAIL: usize = 64 * 1024;
 
+/// A compressed stream's decoder (`Content-Encoding: gzip` or `deflate`), fed chunk by chunk as
+/// they arrive, so each event must be decodable without the bytes of the next.
+enum Inflate {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
+}
+
+impl Inflate {
+    fn of(content_encoding: Option<&str>) -> Option<Self> {
+        match content_encoding? {
+            "gzip" => Some(Self::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
+            "deflate" => Some(Self::Zlib(flate2::write::ZlibDecoder::new(Vec::new()))),
+            other => panic!("unexpected content-encoding {other}"),
+        }
+    }
+
+    /// Everything `chunk` decodes to now.
+    fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let out = match self {
+            Self::Gzip(d) => {
+                d.write_all(chunk).and_then(|()| d.flush()).expect("gzip");
+                d.get_mut()
+            }
+            Self::Zlib(d) => {
+                d.write_all(chunk).and_then(|()| d.flush()).expect("zlib");
+                d.get_mut()
+            }
+        };
+        std::mem::take(out)
+    }
+}
+
 /// A served SSE stream, decoded as a browser would.
 pub struct Events {
     body: BoxStream<'static, Result<Bytes, String>>,
+    /// The stream's content coding, undone before decoding.
+    inflate: Option<Inflate>,
     decoder: SseDecoder,
     tail: Vec<u8>,
     _client: Client,
@@ -51,9 +86,10 @@ pub struct Events {
 
 impl Events {
     /// Decodes `body`, keeping its connection (`client`) open as long as the stream.
-    pub(super) fn new(body: Incoming, client: Client) -> Self {
+    pub(super) fn new(body: Incoming, client: Client, content_encoding: Option<&str>) -> Self {
         Self {
             body: body_stream(body),
+            inflate: Inflate::of(content_encoding),
             decoder: SseDecoder::new(),
             tail: Vec::new(),
             _client: client,
@@ -65,6 +101,10 @@ impl Events {
         match tokio::time::timeout_at(deadline, self.body.next()).await {
             Err(_) => None,
             Ok(Some(Ok(chunk))) => {
+                let chunk = match &mut self.inflate {
+                    Some(inflate) => Bytes::from(inflate.feed(&chunk)),
+                    None => chunk,
+                };
                 self.decoder.feed(&chunk);
                 self.tail.extend_from_slice(&chunk);
                 if self.tail.len() > TAIL {
@@ -147,7 +187,7 @@ impl Events {
         self.decoder.last_event_id().to_owned()
     }
 
-    /// The last bytes received (up to 64 KiB), as text.
+    /// The last bytes received (up to 64 KiB, after the content coding is undone), as text.
     pub fn tail(&self) -> String {
         String::from_utf8_lossy(&self.tail).into_owned()
     }
