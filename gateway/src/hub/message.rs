@@ -8,6 +8,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use shared::{Event, PayloadKind, Position};
 
+use super::ws_frame;
 use crate::compression::deflate;
 
 /// One worker's handle on a [`Message`]. Every queued item holds a reference; with one handle
@@ -29,8 +30,8 @@ pub struct Message {
     /// The event.
     pub event: Event,
     sse: OnceLock<SseFrame>,
-    ws_text: OnceLock<ByteString>,
-    ws_binary: OnceLock<Bytes>,
+    /// The whole WebSocket frame (header and payload), text or binary.
+    ws: OnceLock<Bytes>,
     /// The compressed forms (`compression.*`), each built once, by the first subscriber that
     /// needs it, and shared like the frames above.
     deflated: Deflated,
@@ -40,7 +41,8 @@ pub struct Message {
 struct Deflated {
     sse_frame: OnceLock<Bytes>,
     sse_body: OnceLock<Bytes>,
-    /// `None`: compressing did not make the message smaller, so it goes uncompressed.
+    /// The whole compressed WebSocket frame; `None`: compressing did not make the message
+    /// smaller, so it goes uncompressed.
     ws: OnceLock<Option<Bytes>>,
 }
 
@@ -56,8 +58,7 @@ impl Message {
         Self {
             event,
             sse: OnceLock::new(),
-            ws_text: OnceLock::new(),
-            ws_binary: OnceLock::new(),
+            ws: OnceLock::new(),
             deflated: Deflated::default(),
         }
     }
@@ -83,31 +84,44 @@ impl Message {
         frame.bytes.slice(frame.body_start..)
     }
 
-    /// The WebSocket text message `{"type":"event",...}` (text and JSON payloads).
-    pub fn ws_text(&self) -> ByteString {
-        self.ws_text
-            .get_or_init(|| encode_ws_text(&self.event))
+    /// The whole WebSocket frame of the event (header included: server frames are unmasked,
+    /// so every subscriber can be sent the same bytes).
+    pub fn ws_frame(&self) -> Bytes {
+        self.ws
+            .get_or_init(|| {
+                let e = &self.event;
+                if self.is_binary() {
+                    let id = e.position.to_string();
+                    // Channel names, ids and event names are at most 128, 37 and 64 bytes, so
+                    // the one-byte length prefixes always fit.
+                    let payload = shared::ws::encode_binary_event(
+                        e.channel.as_str(),
+                        &id,
+                        e.name.as_ref().map(|n| n.as_str()),
+                        &e.data,
+                    )
+                    .unwrap_or_default();
+                    ws_frame::encode(&payload, true, false)
+                } else {
+                    ws_frame::encode(encode_ws_text(e).as_bytes(), false, false)
+                }
+            })
             .clone()
     }
 
-    /// The WebSocket binary frame (binary payloads); see `shared::ws` for the layout.
+    /// The length of the WebSocket message before any compression.
+    pub fn ws_payload_len(&self) -> usize {
+        ws_frame::payload(&self.ws_frame()).len()
+    }
+
+    /// The WebSocket text message `{"type":"event",...}` (text and JSON payloads).
+    pub fn ws_text(&self) -> ByteString {
+        ByteString::try_from(ws_frame::payload(&self.ws_frame())).unwrap_or_default()
+    }
+
+    /// The WebSocket binary message (binary payloads); see `shared::ws` for the layout.
     pub fn ws_binary(&self) -> Bytes {
-        self.ws_binary
-            .get_or_init(|| {
-                let e = &self.event;
-                let id = e.position.to_string();
-                // Channel names, ids and event names are at most 128, 37 and 64 bytes, so the
-                // one-byte length prefixes always fit.
-                shared::ws::encode_binary_event(
-                    e.channel.as_str(),
-                    &id,
-                    e.name.as_ref().map(|n| n.as_str()),
-                    &e.data,
-                )
-                .map(Bytes::from)
-                .unwrap_or_default()
-            })
-            .clone()
+        ws_frame::payload(&self.ws_frame())
     }
 
     /// [`Message::sse_frame`] as a self-contained deflate piece for gzip and deflate streams
@@ -131,17 +145,20 @@ impl Message {
     /// `permessage-deflate` without context takeover: sync-flushed, `00 00 ff ff` stripped.
     /// `None` when compressing does not make it smaller: it is sent uncompressed.
     pub fn ws_deflated(&self, level: u32) -> Option<Bytes> {
+        self.ws_deflated_frame(level).map(|f| ws_frame::payload(&f))
+    }
+
+    /// [`Message::ws_deflated`] as a whole frame with RSV1 set, shared like
+    /// [`Message::ws_frame`].
+    pub fn ws_deflated_frame(&self, level: u32) -> Option<Bytes> {
         self.deflated
             .ws
             .get_or_init(|| {
-                let plain = if self.is_binary() {
-                    self.ws_binary()
-                } else {
-                    self.ws_text().into_bytes()
-                };
+                let frame = self.ws_frame();
+                let plain = ws_frame::payload(&frame);
                 let mut out = deflate::compressed(&plain, level)?;
                 out.truncate(out.len().checked_sub(deflate::SYNC_TAIL.len())?);
-                (out.len() < plain.len()).then(|| Bytes::from(out))
+                (out.len() < plain.len()).then(|| ws_frame::encode(&out, self.is_binary(), true))
             })
             .clone()
     }

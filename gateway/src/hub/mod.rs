@@ -17,6 +17,7 @@ mod range;
 mod resolve;
 mod tasks;
 pub mod worker;
+pub mod ws_frame;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

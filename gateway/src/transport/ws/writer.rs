@@ -42,8 +42,7 @@ impl Connection {
         let write = async {
             match frame {
                 Frame::Text(text) => session.feed_text(text).await,
-                Frame::Binary(bytes) => session.feed_binary(bytes).await,
-                Frame::Deflated { bytes, binary } => session.feed_deflated(&bytes, binary).await,
+                Frame::Whole(bytes) => session.feed_frame(bytes).await,
             }
         };
         self.timed(write, timeout).await?;
@@ -93,26 +92,18 @@ impl Connection {
                     if self.slots.get(slot).is_none() {
                         continue; // unsubscribed meanwhile
                     }
-                    let frame = if message.is_binary() {
-                        Frame::Binary(message.ws_binary())
-                    } else {
-                        Frame::Text(message.ws_text())
-                    };
+                    // The whole frame, encoded (and compressed) once per event and shared by
+                    // every subscriber.
                     let frame = match session.compress_up_to() {
-                        Some(max) if frame.len() <= max => {
-                            // Compressed once per event, shared by every subscriber.
+                        Some(max) if message.ws_payload_len() <= max => {
                             let level = self.state.settings.compression.level;
-                            match message.ws_deflated(level) {
-                                Some(bytes) => Frame::Deflated {
-                                    bytes,
-                                    binary: message.is_binary(),
-                                },
-                                None => frame,
-                            }
+                            message
+                                .ws_deflated_frame(level)
+                                .unwrap_or_else(|| message.ws_frame())
                         }
-                        _ => frame,
+                        _ => message.ws_frame(),
                     };
-                    self.feed(session, frame, timeout).await?;
+                    self.feed(session, Frame::Whole(frame), timeout).await?;
                     delivered += 1;
                     if live && oldest_live_ms.is_none() {
                         oldest_live_ms = Some(message.event.published_ms);
@@ -165,21 +156,10 @@ impl Connection {
     }
 }
 
-/// A frame to send: text or binary, or a message compressed for `permessage-deflate`.
+/// A frame to send: a reply's text, or an event's whole frame (header included), shared.
 pub(super) enum Frame {
     Text(ByteString),
-    Binary(Bytes),
-    Deflated { bytes: Bytes, binary: bool },
-}
-
-impl Frame {
-    /// The payload's length as sent.
-    fn len(&self) -> usize {
-        match self {
-            Frame::Text(t) => t.len(),
-            Frame::Binary(b) | Frame::Deflated { bytes: b, .. } => b.len(),
-        }
-    }
+    Whole(Bytes),
 }
 
 pub(super) fn text_frame(msg: &ServerMessage) -> Frame {

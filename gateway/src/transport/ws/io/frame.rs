@@ -1,6 +1,5 @@
 //! WebSocket frame headers (RFC 6455 §5.2), read without any I/O: how long the frame a buffer
-//! starts with is, so the reader can refuse an oversized frame from its header alone and the
-//! writer can find frame boundaries in what it has buffered.
+//! starts with is, so the reader can refuse an oversized frame from its header alone.
 
 /// Header and payload length of the frame `buf` starts with, if its header is complete up to
 /// the length (the masking key, if any, is counted but need not have arrived).
@@ -20,39 +19,20 @@ pub(super) fn header_and_payload(buf: &[u8]) -> Option<(usize, u64)> {
     }
 }
 
-/// Total length (header and payload) of the frame `buf` starts with.
-pub(super) fn frame_len(buf: &[u8]) -> Option<usize> {
-    let (header, payload) = header_and_payload(buf)?;
-    header.checked_add(usize::try_from(payload).ok()?)
-}
-
-/// The first frame boundary at or after `pos` in `buf`, a run of whole frames from its start;
-/// `None` if a header on the way is incomplete.
-pub(super) fn boundary_from(buf: &[u8], pos: usize) -> Option<usize> {
-    let mut boundary = 0;
-    while boundary < pos {
-        boundary = boundary.checked_add(frame_len(buf.get(boundary..)?)?)?;
-    }
-    Some(boundary)
-}
-
 #[cfg(test)]
 mod tests {
-    use actix_http::ws::{OpCode, Parser};
-    use bytes::BytesMut;
-
     use super::*;
 
     #[test]
-    fn frame_lengths_from_headers() {
-        assert_eq!(frame_len(&[0x81, 5]), Some(7));
-        assert_eq!(frame_len(&[0x81, 0x85]), Some(11), "masked");
-        assert_eq!(frame_len(&[0x82, 126, 1, 0]), Some(4 + 256));
-        assert_eq!(frame_len(&[0x82, 126, 1]), None, "incomplete");
+    fn lengths_from_headers() {
+        assert_eq!(header_and_payload(&[0x81, 5]), Some((2, 5)));
+        assert_eq!(header_and_payload(&[0x81, 0x85]), Some((6, 5)), "masked");
+        assert_eq!(header_and_payload(&[0x82, 126, 1, 0]), Some((4, 256)));
+        assert_eq!(header_and_payload(&[0x82, 126, 1]), None, "incomplete");
         let mut long = vec![0x82, 127];
         long.extend(70_000u64.to_be_bytes());
-        assert_eq!(frame_len(&long), Some(10 + 70_000));
-        assert_eq!(frame_len(&[0x82]), None);
+        assert_eq!(header_and_payload(&long), Some((10, 70_000)));
+        assert_eq!(header_and_payload(&[0x82]), None);
     }
 
     #[test]
@@ -66,22 +46,5 @@ mod tests {
         let mut huge = vec![0x82, 127];
         huge.extend(u64::MAX.to_be_bytes());
         assert_eq!(header_and_payload(&huge), Some((10, u64::MAX)));
-        assert_eq!(frame_len(&huge), None);
-    }
-
-    #[test]
-    fn boundaries_are_found_by_walking_whole_frames() {
-        let mut buf = BytesMut::new();
-        for payload in [&b"first"[..], &[0; 300][..], b""] {
-            Parser::write_message(&mut buf, payload, OpCode::Binary, true, false);
-        }
-        // 7, then 304, then 2 bytes.
-        assert_eq!(boundary_from(&buf, 0), Some(0));
-        assert_eq!(boundary_from(&buf, 1), Some(7));
-        assert_eq!(boundary_from(&buf, 7), Some(7));
-        assert_eq!(boundary_from(&buf, 8), Some(311));
-        assert_eq!(boundary_from(&buf, 312), Some(313));
-        assert_eq!(boundary_from(&buf, 314), None, "past the last frame");
-        assert_eq!(boundary_from(&buf[..9], 8), None, "an incomplete header");
     }
 }

@@ -1,9 +1,12 @@
-//! The writing half of a WebSocket: frames are written with actix-http's [`Parser`] into one
-//! buffer per batch, kept only until written, and a close after a stalled write still leaves the
-//! client whole frames.
+//! The writing half of a WebSocket: queued frames go out in one vectored write per batch.
+//! Event frames are encoded once per event (header included: server frames are unmasked) and
+//! shared by every subscriber, so a delivery queues a reference, not a copy; replies and
+//! control frames are encoded here. A close after a stalled write still leaves the client
+//! whole frames.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -12,27 +15,33 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::frame::boundary_from;
 use super::{Closed, WriteIo};
 
 /// RFC 6455 §5.5: control frame payloads are at most 125 bytes.
 pub(super) const MAX_CONTROL_PAYLOAD: usize = 125;
 /// A close payload is a 2-byte code and the reason.
 const MAX_CLOSE_REASON: usize = MAX_CONTROL_PAYLOAD - 2;
-/// Buffered output is written once it reaches this size, even in the middle of a batch: bounds
-/// the copy a large batch makes, and how much one timed write has to move.
+/// Queued output is written once it reaches this size, even in the middle of a batch: bounds
+/// how much one timed write has to move.
 const FLUSH_AT: usize = 64 * 1024;
+/// Frames gathered into one vectored write at most.
+const MAX_SLICES: usize = 64;
 
-/// RSV1: the message is compressed (RFC 7692 §6).
-const RSV1: u8 = 0x40;
+/// Encodes one unmasked frame (see `hub::ws_frame`), for replies and tests.
+pub fn encode_frame(payload: &[u8], binary: bool, compressed: bool) -> Bytes {
+    crate::hub::ws_frame::encode(payload, binary, compressed)
+}
 
-/// The writing half of a WebSocket: frames buffered into one write per batch.
+/// The writing half of a WebSocket: whole frames queued, written in one go per batch.
 pub struct Session {
     io: WriteIo,
-    /// Frames not yet completely written; starts at a frame boundary.
-    out: BytesMut,
-    /// How much of `out` is already written.
+    /// Whole frames not yet completely written, oldest first.
+    out: VecDeque<Bytes>,
+    /// How much of the first frame is already written.
     written: usize,
+    /// Bytes queued in `out`, written or not (saturating: only compared with `FLUSH_AT`);
+    /// 32 bits keep the session in one cache line.
+    queued: u32,
     /// A flush started and has not finished: it was cancelled (timed out) or failed.
     stalled: bool,
     /// With `permessage-deflate`: the client's window for our messages, in bits; 0 without.
@@ -44,8 +53,9 @@ impl Session {
     pub fn new(io: WriteIo) -> Self {
         Self {
             io,
-            out: BytesMut::new(),
+            out: VecDeque::new(),
             written: 0,
+            queued: 0,
             stalled: false,
             deflate_bits: 0,
         }
@@ -62,29 +72,20 @@ impl Session {
         (self.deflate_bits > 0).then(|| 1 << self.deflate_bits)
     }
 
-    /// Queues a message compressed for `permessage-deflate` (RSV1 set), like
-    /// [`Session::feed_text`]; the caller checks [`Session::compress_up_to`].
-    pub async fn feed_deflated(&mut self, payload: &[u8], binary: bool) -> Result<(), Closed> {
-        let at = self.out.len();
-        let op = if binary { OpCode::Binary } else { OpCode::Text };
-        Parser::write_message(&mut self.out, payload, op, true, false);
-        if let Some(first) = self.out.get_mut(at) {
-            *first |= RSV1;
-        }
-        if self.out.len() >= FLUSH_AT {
+    /// Queues a whole frame made by [`encode_frame`] (an event's, shared by every
+    /// subscriber), written by [`Session::flush`] or once enough is queued.
+    pub async fn feed_frame(&mut self, frame: Bytes) -> Result<(), Closed> {
+        self.push(frame);
+        if self.queued as usize >= FLUSH_AT {
             self.write_out().await.map_err(|_| Closed)?;
         }
         Ok(())
     }
 
-    /// Queues a text frame, written by [`Session::flush`] (or once enough is buffered).
+    /// Queues a text frame (a reply), like [`Session::feed_frame`].
     pub async fn feed_text(&mut self, text: ByteString) -> Result<(), Closed> {
-        self.feed(text.as_bytes(), OpCode::Text).await
-    }
-
-    /// Queues a binary frame, like [`Session::feed_text`].
-    pub async fn feed_binary(&mut self, bytes: Bytes) -> Result<(), Closed> {
-        self.feed(&bytes, OpCode::Binary).await
+        self.feed_frame(encode_frame(text.as_bytes(), false, false))
+            .await
     }
 
     /// Writes whatever was fed, so a batch of frames becomes one write.
@@ -107,21 +108,20 @@ impl Session {
         self.finish(reason).await.map_err(|_| Closed)
     }
 
-    async fn feed(&mut self, payload: &[u8], op: OpCode) -> Result<(), Closed> {
-        Parser::write_message(&mut self.out, payload, op, true, false);
-        if self.out.len() >= FLUSH_AT {
-            self.write_out().await.map_err(|_| Closed)?;
-        }
-        Ok(())
+    fn push(&mut self, frame: Bytes) {
+        self.queued = self.queued.saturating_add(len32(&frame));
+        self.out.push_back(frame);
     }
 
     async fn control(&mut self, payload: &[u8], op: OpCode) -> Result<(), Closed> {
         let payload = &payload[..payload.len().min(MAX_CONTROL_PAYLOAD)];
-        Parser::write_message(&mut self.out, payload, op, true, false);
+        let mut frame = BytesMut::with_capacity(payload.len() + 2);
+        Parser::write_message(&mut frame, payload, op, true, false);
+        self.push(frame.freeze());
         self.write_out().await.map_err(|_| Closed)
     }
 
-    /// Writes everything buffered, then frees the buffer: an idle connection holds none.
+    /// Writes everything queued, then frees the queue: an idle connection holds none.
     /// Cancel-safe: progress is recorded after every write.
     async fn write_out(&mut self) -> io::Result<()> {
         self.stalled = true;
@@ -132,28 +132,51 @@ impl Session {
 
     /// Polled, not awaited through a future that would add to the session task's size.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.out.len() {
-            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..])) {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.written += n,
-                Err(e) => return Poll::Ready(Err(e)),
+        while !self.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for (slot, frame) in slices.iter_mut().zip(&self.out) {
+                let from = if n == 0 { self.written } else { 0 };
+                *slot = IoSlice::new(&frame[from..]);
+                n += 1;
             }
+            let wrote = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]))?;
+            if wrote == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(wrote);
         }
-        self.out = BytesMut::new();
+        self.out = VecDeque::new();
         self.written = 0;
+        self.queued = 0;
         self.stalled = false;
         Poll::Ready(Ok(()))
     }
 
-    /// After a write that stalled (a slow consumer), drops the buffered frames not yet begun,
+    /// Records `n` more bytes written: whole frames leave the queue.
+    fn advance(&mut self, mut n: usize) {
+        while let Some(first) = self.out.front() {
+            let left = first.len() - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.queued = self.queued.saturating_sub(len32(first));
+            self.written = 0;
+            self.out.pop_front();
+        }
+    }
+
+    /// After a write that stalled (a slow consumer), drops the queued frames not yet begun,
     /// so the close frame goes out next, right after the one partly written.
     fn discard_unsent(&mut self) {
         if !self.stalled {
             return;
         }
-        // `None` cannot happen: `out` holds whole frames.
-        if let Some(boundary) = boundary_from(&self.out, self.written) {
-            self.out.truncate(boundary);
+        let keep = usize::from(self.written > 0).min(self.out.len());
+        for frame in self.out.drain(keep..) {
+            self.queued = self.queued.saturating_sub(len32(&frame));
         }
     }
 
@@ -165,10 +188,17 @@ impl Session {
             }
             r
         });
-        Parser::write_close(&mut self.out, reason, false);
+        let mut frame = BytesMut::new();
+        Parser::write_close(&mut frame, reason, false);
+        self.push(frame.freeze());
         self.write_out().await?;
         self.io.shutdown().await
     }
+}
+
+/// A frame's length for [`Session::queued`].
+fn len32(frame: &Bytes) -> u32 {
+    u32::try_from(frame.len()).unwrap_or(u32::MAX)
 }
 
 /// Cuts `text` to at most `max` bytes, at a character boundary.
@@ -198,7 +228,7 @@ mod tests {
         let mut session = writer;
         session.feed_text("a".into()).await.unwrap();
         session
-            .feed_binary(Bytes::from_static(&[1, 2]))
+            .feed_frame(encode_frame(&[1, 2], true, false))
             .await
             .unwrap();
         session.feed_text("c".into()).await.unwrap();
@@ -246,13 +276,14 @@ mod tests {
             bytes.len()
         });
         let chunk = Bytes::from(vec![0u8; 10_000]);
+        let frame = encode_frame(&chunk, true, false);
         for _ in 0..7 {
-            writer.feed(&chunk, OpCode::Binary).await.unwrap();
+            writer.feed_frame(frame.clone()).await.unwrap();
         }
         // 7 frames of 10 004 bytes crossed FLUSH_AT once.
         assert!(writer.out.is_empty(), "flushed at the threshold");
-        writer.feed(&chunk, OpCode::Binary).await.unwrap();
-        assert_eq!(writer.out.len(), 10_004);
+        writer.feed_frame(frame).await.unwrap();
+        assert_eq!(writer.queued, 10_004);
         writer.close(None).await.unwrap();
         assert_eq!(drain.await.unwrap(), 8 * 10_004 + 2);
     }
@@ -261,16 +292,19 @@ mod tests {
     async fn a_close_after_a_stalled_write_keeps_framing() {
         let (_reader, mut writer, mut client) = raw().await;
         for payload in [&b"first"[..], b"second", b"third"] {
-            Parser::write_message(&mut writer.out, payload, OpCode::Text, true, false);
+            writer.push(encode_frame(payload, false, false));
         }
         // As if a write had stalled inside the second frame (7 + 8 + 7 bytes).
-        writer.io.write_all(&writer.out[..9]).await.unwrap();
-        writer.written = 9;
+        let first = writer.out[0].clone();
+        let second = writer.out[1].clone();
+        writer.io.write_all(&first).await.unwrap();
+        writer.io.write_all(&second[..2]).await.unwrap();
+        writer.advance(9);
         writer.stalled = true;
         writer.discard_unsent();
         assert_eq!(
-            writer.out.len(),
-            15,
+            (writer.out.len(), writer.written, writer.queued),
+            (1, 2, 8),
             "the second frame is finished, the third dropped"
         );
         writer.close(None).await.unwrap();
@@ -291,8 +325,9 @@ mod tests {
         let payload = vec![b'x'; 100_000];
         // Far more than loopback socket buffers hold.
         let fed = 200;
+        let frame = encode_frame(&payload, true, false);
         for _ in 0..fed {
-            Parser::write_message(&mut writer.out, &payload, OpCode::Binary, true, false);
+            writer.push(frame.clone());
         }
         let stalled = tokio::time::timeout(Duration::from_millis(300), writer.flush()).await;
         assert!(stalled.is_err(), "the flush should have stalled");
@@ -310,6 +345,24 @@ mod tests {
             events
                 .iter()
                 .all(|f| *f == (OpCode::Binary, payload.clone()))
+        );
+    }
+
+    #[tokio::test]
+    async fn many_shared_frames_go_out_whole_and_in_order() {
+        let (_reader, mut writer, mut client) = raw().await;
+        // More frames than one vectored write gathers, sharing one allocation.
+        let frame = encode_frame(b"shared", false, false);
+        for _ in 0..(MAX_SLICES * 2 + 3) {
+            writer.feed_frame(frame.clone()).await.unwrap();
+        }
+        writer.close(None).await.unwrap();
+        let frames = server_frames(&mut client).await;
+        assert_eq!(frames.len(), MAX_SLICES * 2 + 4);
+        assert!(
+            frames[..frames.len() - 1]
+                .iter()
+                .all(|f| *f == (OpCode::Text, b"shared".to_vec()))
         );
     }
 
