@@ -66,6 +66,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Long-poll fallback (`GET /poll`).
     pub poll: PollSettings,
+    /// Who is subscribed to each channel (`GET /presence`).
+    pub presence: PresenceSettings,
 }
 
 /// `[server]`
@@ -247,6 +249,26 @@ impl Default for HistorySettings {
             size: 1000,
             ttl_seconds: 3600,
             max_page: 100,
+        }
+    }
+}
+
+/// `[presence]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSettings {
+    /// Seconds an entry outlives its instance's last refresh (refreshed every third of it), so
+    /// a killed instance's connections vanish within this.
+    pub ttl_seconds: u64,
+    /// Most entries `/presence` lists; a channel with more answers its count only.
+    pub max_entries: usize,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 30,
+            max_entries: 1000,
         }
     }
 }
@@ -442,6 +464,9 @@ impl Settings {
             }
             redis::Client::open(url.as_str())
                 .map_err(|e| invalid("redis.url", format!("cannot be parsed: {e}")))?;
+        }
+        if self.presence.ttl_seconds == 0 {
+            return Err(invalid("presence.ttl_seconds", "must be at least 1"));
         }
         self.validate_sentinels()?;
         self.validate_cluster()?;

@@ -95,6 +95,8 @@ pub async fn run(
         metrics.clone(),
         options.hook,
     );
+    let presence = crate::presence::Presence::new(engine.clone(), &settings.presence);
+    presence.start();
     let auth = Arc::new(Authenticator::new(&settings.auth).map_err(std::io::Error::other)?);
     auth.start().await.map_err(std::io::Error::other)?;
     let state = AppState {
@@ -114,6 +116,7 @@ pub async fn run(
             settings.limits.new_connections_per_ip_per_second,
         ),
         admin_feeds: crate::admin::Feeds::new(settings.admin.max_feeds),
+        presence: presence.clone(),
     };
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -161,6 +164,7 @@ pub async fn run(
         handle.stop(true).await;
     });
     let result = server.await;
+    presence.stop(Duration::from_secs(2)).await;
     engine.stop();
     tracing::info!("stopped");
     result

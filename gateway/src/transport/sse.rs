@@ -107,6 +107,11 @@ pub async fn open(
         queue.clone(),
     );
 
+    let conn = state.presence.connection_id();
+    let presence = (request.channels.iter())
+        .map(|c| state.presence.track(c, &conn, &grant))
+        .collect();
+
     let settings = &state.settings;
     let mut prelude = Vec::new();
     shared::sse::write_field(
@@ -128,6 +133,7 @@ pub async fn open(
         metrics: metrics.clone(),
         expires: grant.expires().and_then(instant_of),
         guard,
+        presence,
     }))
 }
 
@@ -184,6 +190,7 @@ struct SseParts {
     /// When the token expires: the stream ends there with an `error` event.
     expires: Option<Instant>,
     guard: ConnectionGuard,
+    presence: Vec<crate::presence::Tracked>,
 }
 
 /// The response body: drains the queue into SSE frames, with heartbeats when idle.
@@ -204,6 +211,8 @@ pub struct SseStream {
     metrics: Metrics,
     expires: Option<Instant>,
     _guard: ConnectionGuard,
+    /// The stream's presence entries, removed when it ends.
+    _presence: Vec<crate::presence::Tracked>,
 }
 
 impl SseStream {
@@ -226,6 +235,7 @@ impl SseStream {
             metrics: p.metrics,
             expires: p.expires,
             _guard: p.guard,
+            _presence: p.presence,
         }
     }
 

@@ -349,7 +349,64 @@ local function fence(keys, args)
   return epoch
 end
 
+-- Presence: who is subscribed to a channel, on every instance.
+--   <prefix>{<channel>}:presence      hash: connection id -> JSON {"conn","sub","info"}
+--   <prefix>{<channel>}:presence:exp  sorted set: connection id -> deadline (Unix ms)
+-- FCALL gw_presence 2 <hash> <zset> <ttl_ms> [op conn value]...
+-- applies ops in order: "a" adds or refreshes an entry (deadline now + ttl_ms), "r" removes it
+-- (its value is ignored). Both keys then live 2 * ttl_ms, so a channel whose instances all died
+-- vanishes by itself. Returns the number of ops applied.
+local function presence(keys, args)
+  local ttl = tonumber(args[1])
+  if ttl == nil or ttl <= 0 then
+    return fail('ttl_ms must be a positive number')
+  end
+  local deadline = tonumber(now_ms()) + ttl
+  local applied = 0
+  for i = 2, #args - 2, 3 do
+    local op, conn = args[i], args[i + 1]
+    if op == 'a' then
+      redis.call('HSET', keys[1], conn, args[i + 2])
+      redis.call('ZADD', keys[2], deadline, conn)
+    else
+      redis.call('HDEL', keys[1], conn)
+      redis.call('ZREM', keys[2], conn)
+    end
+    applied = applied + 1
+  end
+  if redis.call('EXISTS', keys[1]) == 1 then
+    redis.call('PEXPIRE', keys[1], ttl * 2)
+    redis.call('PEXPIRE', keys[2], ttl * 2)
+  end
+  return applied
+end
+
+-- FCALL gw_presence_read 2 <hash> <zset> <max>
+-- drops entries past their deadline, then returns { count, value... } with every entry's value
+-- when count <= max, else { count } alone.
+local function presence_read(keys, args)
+  local max = tonumber(args[1]) or 0
+  local now = now_ms()
+  while true do
+    local gone = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
+    if #gone == 0 then
+      break
+    end
+    redis.call('HDEL', keys[1], unpack(gone))
+    redis.call('ZREM', keys[2], unpack(gone))
+  end
+  local count = redis.call('HLEN', keys[1])
+  if count > max then
+    return { count }
+  end
+  local reply = redis.call('HVALS', keys[1])
+  table.insert(reply, 1, count)
+  return reply
+end
+
 redis.register_function('gw_publish', publish)
 redis.register_function('gw_publish_many', publish_many)
 redis.register_function('gw_read', read)
 redis.register_function('gw_fence', fence)
+redis.register_function('gw_presence', presence)
+redis.register_function('gw_presence_read', presence_read)

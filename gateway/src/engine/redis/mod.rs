@@ -10,6 +10,7 @@ mod conn;
 mod conns;
 mod dial;
 pub mod keys;
+pub mod presence;
 pub mod library;
 mod pubsub;
 mod shards;

@@ -64,6 +64,7 @@ fn req_of(cmd: &ClientMessage) -> Option<Value> {
         | ClientMessage::Unsubscribe { req, .. }
         | ClientMessage::Publish { req, .. }
         | ClientMessage::History { req, .. }
+        | ClientMessage::Presence { req, .. }
         | ClientMessage::Ping { req }
         | ClientMessage::Auth { req, .. } => req.clone(),
     }
@@ -90,6 +91,8 @@ impl Connection {
         match report {
             Report::Joined { slot, membership } => {
                 if let Some(s) = self.slots.get_mut(slot) {
+                    let presence = &self.state.presence;
+                    s.presence = Some(presence.track(&s.channel, &self.conn_id, &self.grant));
                     s.membership = Some(membership);
                     s.task = None;
                 }
@@ -221,6 +224,7 @@ impl Connection {
                 limit,
                 req,
             } => Ok(self.history(&channel, since, limit, req)?),
+            ClientMessage::Presence { channel, req } => Ok(self.presence(&channel, req)?),
             ClientMessage::Unsubscribe { channel, req } => {
                 let name = channel_of(&channel, &req)?;
                 let Some(slot) = self.slots.find(&name) else {
@@ -369,6 +373,7 @@ impl Connection {
             req,
             membership: None,
             task: Some(task),
+            presence: None,
         });
         Ok(())
     }
