@@ -180,10 +180,9 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             "text/javascript; charset=utf-8",
             include_str!("../../static/client-poll.js"),
         ),
-        "/sse" | "/ws" | "/publish" | "/history" | "/presence" | "/presence/stats" | "/poll" | "/healthz" | "/readyz"
-        | "/metrics" | "/" | "/client.js" | "/client-poll.js" | "/admin" | "/admin/feed" => {
-            method_not_allowed().into_response()
-        }
+        "/sse" | "/ws" | "/publish" | "/history" | "/presence" | "/presence/stats" | "/poll"
+        | "/healthz" | "/readyz" | "/metrics" | "/" | "/client.js" | "/client-poll.js"
+        | "/admin" | "/admin/feed" => method_not_allowed().into_response(),
         _ => not_found().into_response(),
     }
 }

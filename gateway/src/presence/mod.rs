@@ -204,7 +204,10 @@ mod tests {
         };
         let v: Value =
             serde_json::from_str(&entry("i-2", &Grant::Token(Arc::new(claims)))).unwrap();
-        assert_eq!(v, json!({"conn": "i-2", "sub": "u1", "info": {"name": "Ada"}}));
+        assert_eq!(
+            v,
+            json!({"conn": "i-2", "sub": "u1", "info": {"name": "Ada"}})
+        );
     }
 
     #[test]

@@ -85,7 +85,10 @@ mod tests {
 
     #[test]
     fn groups_keep_each_channels_order() {
-        let (a, b) = (ChannelName::new("a").unwrap(), ChannelName::new("b").unwrap());
+        let (a, b) = (
+            ChannelName::new("a").unwrap(),
+            ChannelName::new("b").unwrap(),
+        );
         let add = |c: &str| PresenceOp::Add(c.into(), "{}".into());
         let rm = |c: &str| PresenceOp::Remove(c.into());
         let groups = group(vec![
@@ -93,6 +96,9 @@ mod tests {
             (b.clone(), add("2")),
             (a.clone(), rm("1")),
         ]);
-        assert_eq!(groups, vec![(a, vec![add("1"), rm("1")]), (b, vec![add("2")])]);
+        assert_eq!(
+            groups,
+            vec![(a, vec![add("1"), rm("1")]), (b, vec![add("2")])]
+        );
     }
 }
