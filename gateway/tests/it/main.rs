@@ -24,6 +24,7 @@ mod lost_writes;
 mod matrix;
 mod operator;
 mod poll;
+mod presence;
 mod pubsub_drop;
 mod race;
 mod redis_cluster;

@@ -1,0 +1,233 @@
+//! Presence (`GET /presence`, `/presence/stats`, the WebSocket `presence` command): one roster
+//! per channel shared by every instance on one Redis, SSE and WebSocket connections joining and
+//! leaving, entries of a SIGKILLed instance expiring within the TTL, the bound, the in-memory
+//! engine, and the refusals.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+const SECRET: &str = "a-presence-test-secret-0123456789";
+const KEY: &str = "a-presence-test-api-key";
+
+fn token(sub: &str, channels: &[&str]) -> String {
+    jwt::hs256(
+        SECRET,
+        &json!({"sub": sub, "info": {"name": sub.to_uppercase()}, "channels": channels,
+                "exp": jwt::now() + 600}),
+    )
+}
+
+/// `GET <url>` with an optional bearer: status and JSON body.
+async fn get(url: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = http().get(url);
+    if let Some(b) = bearer {
+        req = req.bearer_auth(b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("JSON body"))
+}
+
+/// The roster's subs, sorted.
+fn subs(body: &Value) -> Vec<String> {
+    let mut subs: Vec<String> = body["clients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("clients in {body}"))
+        .iter()
+        .map(|c| c["sub"].as_str().unwrap_or("null").to_owned())
+        .collect();
+    subs.sort();
+    subs
+}
+
+/// Waits until every gateway's `/presence?channel=room` lists exactly `want`.
+async fn every_instance_lists(gws: &[&Gateway], want: &[&str]) {
+    for gw in gws {
+        let url = gw.url("/presence?channel=room");
+        eventually(&format!("{want:?} on {}", gw.addr), async || {
+            let (status, body) = get(&url, Some(KEY)).await;
+            status == 200 && subs(&body) == want && body["count"] == want.len()
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_shared_by_every_instance_and_expires_with_a_dead_one() {
+    let redis = Redis::start();
+    let prefix = format!("{}:", unique("pres"));
+    let env = [
+        ("GATEWAY__AUTH__JWT_SECRET", SECRET),
+        ("GATEWAY__PUBLISH__API_KEY", KEY),
+        ("GATEWAY__PRESENCE__TTL_SECONDS", "2"),
+    ];
+    let (gw1, mut gw2, gw3) = (
+        Gateway::on_redis(&redis, &prefix, &env),
+        Gateway::on_redis(&redis, &prefix, &env),
+        Gateway::on_redis(&redis, &prefix, &env),
+    );
+    // u1 over SSE on the first, u2 and u3 over WebSocket on the second and third.
+    let t1 = token("u1", &["room"]);
+    let sse = Sse::connect(&gw1.url(&format!("/sse?channel=room&token={t1}")), None).await;
+    let mut ws2 = Ws::connect(&format!(
+        "{}?token={}",
+        ws_url(gw2.addr),
+        token("u2", &["room"])
+    ))
+    .await;
+    ws2.subscribe("room", None).await;
+    let mut ws3 = Ws::connect(&format!(
+        "{}?token={}",
+        ws_url(gw3.addr),
+        token("u3", &["room", "other"])
+    ))
+    .await;
+    ws3.subscribe("room", None).await;
+    ws3.subscribe("other", None).await;
+    every_instance_lists(&[&gw1, &gw2, &gw3], &["u1", "u2", "u3"]).await;
+
+    // Entries carry sub, info and a connection id unique across instances.
+    let (_, body) = get(&gw1.url("/presence?channel=room"), Some(KEY)).await;
+    let clients = body["clients"].as_array().expect("clients");
+    let u1 = clients.iter().find(|c| c["sub"] == "u1").expect("u1");
+    assert_eq!(u1["info"], json!({"name": "U1"}));
+    let mut conns: Vec<&str> = clients.iter().filter_map(|c| c["conn"].as_str()).collect();
+    conns.dedup();
+    assert_eq!(conns.len(), 3, "{body}");
+
+    // The WebSocket command answers the same, for a token allowing the channel.
+    ws3.send(json!({"type": "presence", "channel": "room", "req": 7}))
+        .await;
+    let reply = ws3.expect("presence").await;
+    assert_eq!(
+        (reply["count"].clone(), reply["req"].clone()),
+        (json!(3), json!(7))
+    );
+    assert_eq!(subs(&reply), ["u1", "u2", "u3"]);
+    let (_, other) = get(&gw2.url("/presence/stats?channel=other"), Some(KEY)).await;
+    assert_eq!(other, json!({"channel": "other", "count": 1}));
+
+    // Heartbeats keep entries alive past several TTLs.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    every_instance_lists(&[&gw1, &gw2, &gw3], &["u1", "u2", "u3"]).await;
+
+    // Leaving: an unsubscribe, then an SSE stream closed.
+    ws3.send(json!({"type": "unsubscribe", "channel": "room"}))
+        .await;
+    ws3.expect("unsubscribed").await;
+    every_instance_lists(&[&gw1, &gw2, &gw3], &["u1", "u2"]).await;
+    drop(sse);
+    every_instance_lists(&[&gw1, &gw2, &gw3], &["u2"]).await;
+
+    // An instance killed without goodbye: its entries are gone within the TTL (2 s), plus a
+    // refresh period and slack.
+    gw2.kill();
+    let killed = std::time::Instant::now();
+    every_instance_lists(&[&gw1, &gw3], &[]).await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_refusals_follow_the_history_rule() {
+    let redis = Redis::start();
+    let prefix = format!("{}:", unique("pres-auth"));
+    let gw = Gateway::on_redis(
+        &redis,
+        &prefix,
+        &[
+            ("GATEWAY__AUTH__JWT_SECRET", SECRET),
+            ("GATEWAY__PUBLISH__API_KEY", KEY),
+        ],
+    );
+    let url = gw.url("/presence?channel=room");
+    let (status, body) = get(&url, None).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (401, json!("unauthorized")),
+        "{body}"
+    );
+    let (status, body) = get(&url, Some("not-a-key-nor-a-token")).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = get(&url, Some(&token("u", &["elsewhere"]))).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (403, json!("forbidden")),
+        "{body}"
+    );
+    let (status, body) = get(&url, Some(&token("u", &["room"]))).await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"channel": "room", "count": 0, "clients": []}))
+    );
+    let (status, body) = get(&gw.url("/presence"), Some(KEY)).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (400, json!("missing_channel"))
+    );
+    let (status, _) = get(&gw.url("/presence?channel=a%7B"), Some(KEY)).await;
+    assert_eq!(status, 400);
+    // Over WebSocket, a channel the token does not allow is refused.
+    let mut ws = Ws::connect(&format!(
+        "{}?token={}",
+        ws_url(gw.addr),
+        token("u", &["room"])
+    ))
+    .await;
+    ws.send(json!({"type": "presence", "channel": "elsewhere", "req": 1}))
+        .await;
+    let err = ws.expect("error").await;
+    assert_eq!(
+        (err["code"].clone(), err["req"].clone()),
+        (json!("forbidden"), json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_engine_presence_counts_anonymous_connections_and_bounds_the_list() {
+    let gw = InProcess::start(
+        settings(None, &[("GATEWAY__PRESENCE__MAX_ENTRIES", "2")]),
+        gateway::RunOptions::default(),
+    );
+    let url = gw.url("/presence?channel=room");
+    let a = Sse::connect(&gw.url("/sse?channel=room"), None).await;
+    let mut ws = Ws::connect(&ws_url(gw.addr)).await;
+    ws.subscribe("room", None).await;
+    let (status, body) = get(&url, None).await;
+    assert_eq!((status, body["count"].clone()), (200, json!(2)), "{body}");
+    // Anonymous connections count, with a null sub and info.
+    assert!(
+        body["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .all(|c| c["sub"].is_null() && c["info"].is_null())
+    );
+    // Beyond presence.max_entries: the count only.
+    let b = Sse::connect(&gw.url("/sse?channel=room"), None).await;
+    let (_, body) = get(&url, None).await;
+    assert_eq!(
+        body,
+        json!({"channel": "room", "count": 3, "max_entries": 2})
+    );
+    let (_, stats) = get(&gw.url("/presence/stats?channel=room"), None).await;
+    assert_eq!(stats, json!({"channel": "room", "count": 3}));
+    ws.send(json!({"type": "presence", "channel": "room"}))
+        .await;
+    let reply = ws.expect("presence").await;
+    assert_eq!(
+        reply,
+        json!({"type": "presence", "channel": "room", "count": 3})
+    );
+    drop((a, b));
+    eventually("the streams to leave", async || {
+        get(&url, None).await.1["count"] == 1
+    })
+    .await;
+}
