@@ -262,6 +262,11 @@ pub struct PresenceSettings {
     pub ttl_seconds: u64,
     /// Most entries `/presence` lists; a channel with more answers its count only.
     pub max_entries: usize,
+    /// Channel patterns (`*` globs) whose subscribers are tracked; none by default, as every
+    /// subscribe and unsubscribe on a tracked channel costs Redis work. In the environment, a
+    /// comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub channels: Vec<String>,
 }
 
 impl Default for PresenceSettings {
@@ -269,6 +274,7 @@ impl Default for PresenceSettings {
         Self {
             ttl_seconds: 30,
             max_entries: 1000,
+            channels: Vec::new(),
         }
     }
 }

@@ -40,6 +40,8 @@ struct Inner {
     pending: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<(ChannelName, PresenceOp)>>>,
     ttl: Duration,
     max_entries: usize,
+    /// Patterns of the tracked channels.
+    channels: Vec<String>,
     stop: watch::Sender<bool>,
     writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -80,6 +82,7 @@ impl Presence {
                 pending: parking_lot::Mutex::new(pending),
                 ttl: Duration::from_secs(settings.ttl_seconds),
                 max_entries: settings.max_entries,
+                channels: settings.channels.clone(),
                 stop: watch::channel(false).0,
                 writer: parking_lot::Mutex::new(None),
             }),
@@ -118,32 +121,52 @@ impl Presence {
         format!("{}-{n}", self.inner.instance).into()
     }
 
-    /// Records `conn` (holding `grant`) as subscribed to `channel` until the result drops.
-    pub fn track(&self, channel: &ChannelName, conn: &Arc<str>, grant: &Grant) -> Tracked {
+    /// Whether `channel`'s subscribers are tracked (`presence.channels`).
+    pub fn tracks(&self, channel: &ChannelName) -> bool {
+        let name = channel.as_str();
+        self.inner
+            .channels
+            .iter()
+            .any(|p| shared::pattern_matches(p, name))
+    }
+
+    /// Records `conn` (holding `grant`) as subscribed to `channel` until the result drops;
+    /// nothing when the channel is not tracked.
+    pub fn track(&self, channel: &ChannelName, conn: &Arc<str>, grant: &Grant) -> Option<Tracked> {
+        if !self.tracks(channel) {
+            return None;
+        }
         let value = entry(conn, grant);
         self.inner.local.insert(channel, conn, value.clone());
         if let Some(changes) = &self.inner.changes {
             let _ = changes.send((channel.clone(), PresenceOp::Add(conn.to_string(), value)));
         }
-        Tracked {
+        Some(Tracked {
             presence: self.clone(),
             channel: channel.clone(),
             conn: conn.clone(),
-        }
+        })
     }
 
     /// Who is subscribed to `channel` on every instance (entries up to `max_entries`; `0`
-    /// asks for the count only).
-    pub async fn roster(&self, channel: &ChannelName, max: usize) -> Result<Roster, EngineError> {
+    /// asks for the count only); `None` when the channel is not tracked.
+    pub async fn roster(
+        &self,
+        channel: &ChannelName,
+        max: usize,
+    ) -> Result<Option<Roster>, EngineError> {
+        if !self.tracks(channel) {
+            return Ok(None);
+        }
         let max = max.min(self.inner.max_entries);
         let (count, values) = match &self.inner.engine {
             Engine::Redis(e) => e.presence_read(channel, max).await?,
             Engine::Memory(_) => self.inner.local.read(channel, max),
         };
-        Ok(Roster {
+        Ok(Some(Roster {
             count,
             clients: values.map(|v| parse_entries(&v)),
-        })
+        }))
     }
 
     /// The most entries a roster lists.

@@ -40,6 +40,15 @@ pub fn parse(query: &str) -> Result<ChannelName, ApiError> {
     })
 }
 
+/// The 404 for a channel whose subscribers are not tracked.
+pub fn off(channel: &ChannelName) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::PresenceOff,
+        format!("presence is not tracked on channel {channel} (see presence.channels)"),
+    )
+}
+
 /// The JSON body of a roster (also the fields of the WebSocket `presence` reply).
 pub fn body(channel: &ChannelName, roster: &Roster, max_entries: usize) -> Map<String, Value> {
     let mut body = Map::new();
@@ -77,11 +86,14 @@ async fn answer(
     let channel = parse(query)?;
     authorize(state, headers, query, &channel).await?;
     let presence = &state.presence;
+    let max = if stats { 0 } else { presence.max_entries() };
+    let roster = presence
+        .roster(&channel, max)
+        .await?
+        .ok_or_else(|| off(&channel))?;
     let body = if stats {
-        let roster = presence.roster(&channel, 0).await?;
         json!({"channel": channel.as_str(), "count": roster.count})
     } else {
-        let roster = presence.roster(&channel, presence.max_entries()).await?;
         Value::Object(body(&channel, &roster, presence.max_entries()))
     };
     let mut res = response::json(StatusCode::OK, &body);

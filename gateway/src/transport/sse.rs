@@ -109,7 +109,7 @@ pub async fn open(
 
     let conn = state.presence.connection_id();
     let presence = (request.channels.iter())
-        .map(|c| state.presence.track(c, &conn, &grant))
+        .filter_map(|c| state.presence.track(c, &conn, &grant))
         .collect();
 
     let settings = &state.settings;

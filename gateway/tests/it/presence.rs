@@ -63,6 +63,7 @@ async fn presence_is_shared_by_every_instance_and_expires_with_a_dead_one() {
         ("GATEWAY__AUTH__JWT_SECRET", SECRET),
         ("GATEWAY__PUBLISH__API_KEY", KEY),
         ("GATEWAY__PRESENCE__TTL_SECONDS", "2"),
+        ("GATEWAY__PRESENCE__CHANNELS", "room,oth*"),
     ];
     let (gw1, mut gw2, gw3) = (
         Gateway::on_redis(&redis, &prefix, &env),
@@ -95,6 +96,7 @@ async fn presence_is_shared_by_every_instance_and_expires_with_a_dead_one() {
     let u1 = clients.iter().find(|c| c["sub"] == "u1").expect("u1");
     assert_eq!(u1["info"], json!({"name": "U1"}));
     let mut conns: Vec<&str> = clients.iter().filter_map(|c| c["conn"].as_str()).collect();
+    conns.sort_unstable();
     conns.dedup();
     assert_eq!(conns.len(), 3, "{body}");
 
@@ -144,6 +146,7 @@ async fn presence_refusals_follow_the_history_rule() {
         &[
             ("GATEWAY__AUTH__JWT_SECRET", SECRET),
             ("GATEWAY__PUBLISH__API_KEY", KEY),
+            ("GATEWAY__PRESENCE__CHANNELS", "room"),
         ],
     );
     let url = gw.url("/presence?channel=room");
@@ -173,6 +176,12 @@ async fn presence_refusals_follow_the_history_rule() {
     );
     let (status, _) = get(&gw.url("/presence?channel=a%7B"), Some(KEY)).await;
     assert_eq!(status, 400);
+    // A channel presence.channels does not name is not tracked.
+    let (status, body) = get(&gw.url("/presence/stats?channel=untracked"), Some(KEY)).await;
+    assert_eq!(
+        (status, body["error"].clone()),
+        (404, json!("presence_off"))
+    );
     // Over WebSocket, a channel the token does not allow is refused.
     let mut ws = Ws::connect(&format!(
         "{}?token={}",
@@ -187,12 +196,29 @@ async fn presence_refusals_follow_the_history_rule() {
         (err["code"].clone(), err["req"].clone()),
         (json!("forbidden"), json!(1))
     );
+    // Subscribers of untracked channels are not recorded.
+    let t = token("u", &["*"]);
+    let mut ws = Ws::connect(&format!("{}?token={t}", ws_url(gw.addr))).await;
+    ws.subscribe("untracked", None).await;
+    ws.send(json!({"type": "presence", "channel": "untracked", "req": 2}))
+        .await;
+    let err = ws.expect("error").await;
+    assert_eq!(
+        (err["code"].clone(), err["req"].clone()),
+        (json!("presence_off"), json!(2))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_engine_presence_counts_anonymous_connections_and_bounds_the_list() {
     let gw = InProcess::start(
-        settings(None, &[("GATEWAY__PRESENCE__MAX_ENTRIES", "2")]),
+        settings(
+            None,
+            &[
+                ("GATEWAY__PRESENCE__MAX_ENTRIES", "2"),
+                ("GATEWAY__PRESENCE__CHANNELS", "*"),
+            ],
+        ),
         gateway::RunOptions::default(),
     );
     let url = gw.url("/presence?channel=room");

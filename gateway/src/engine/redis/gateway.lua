@@ -353,27 +353,46 @@ end
 --   <prefix>{<channel>}:presence      hash: connection id -> JSON {"conn","sub","info"}
 --   <prefix>{<channel>}:presence:exp  sorted set: connection id -> deadline (Unix ms)
 -- FCALL gw_presence 2 <hash> <zset> <ttl_ms> [op conn value]...
--- applies ops in order: "a" adds or refreshes an entry (deadline now + ttl_ms), "r" removes it
--- (its value is ignored). Both keys then live 2 * ttl_ms, so a channel whose instances all died
--- vanishes by itself. Returns the number of ops applied.
+-- "a" adds or refreshes an entry (deadline now + ttl_ms), "r" removes it (its value is ignored);
+-- each connection at most once per call, so all adds go out as one HSET and one ZADD, all
+-- removals as one HDEL and one ZREM (per 1000 entries). Both keys then live 2 * ttl_ms, so a
+-- channel whose instances all died vanishes by itself. Returns the number of ops applied.
 local function presence(keys, args)
   local ttl = tonumber(args[1])
   if ttl == nil or ttl <= 0 then
     return fail('ttl_ms must be a positive number')
   end
   local deadline = tonumber(now_ms()) + ttl
+  local fields, scores, gone = {}, {}, {}
+  local function flush()
+    if #fields > 0 then
+      redis.call('HSET', keys[1], unpack(fields))
+      redis.call('ZADD', keys[2], unpack(scores))
+      fields, scores = {}, {}
+    end
+    if #gone > 0 then
+      redis.call('HDEL', keys[1], unpack(gone))
+      redis.call('ZREM', keys[2], unpack(gone))
+      gone = {}
+    end
+  end
   local applied = 0
   for i = 2, #args - 2, 3 do
-    local op, conn = args[i], args[i + 1]
-    if op == 'a' then
-      redis.call('HSET', keys[1], conn, args[i + 2])
-      redis.call('ZADD', keys[2], deadline, conn)
+    local conn = args[i + 1]
+    if args[i] == 'a' then
+      fields[#fields + 1] = conn
+      fields[#fields + 1] = args[i + 2]
+      scores[#scores + 1] = deadline
+      scores[#scores + 1] = conn
     else
-      redis.call('HDEL', keys[1], conn)
-      redis.call('ZREM', keys[2], conn)
+      gone[#gone + 1] = conn
     end
     applied = applied + 1
+    if #fields >= 2000 or #gone >= 1000 then
+      flush()
+    end
   end
+  flush()
   if redis.call('EXISTS', keys[1]) == 1 then
     redis.call('PEXPIRE', keys[1], ttl * 2)
     redis.call('PEXPIRE', keys[2], ttl * 2)

@@ -91,8 +91,6 @@ impl Connection {
         match report {
             Report::Joined { slot, membership } => {
                 if let Some(s) = self.slots.get_mut(slot) {
-                    let presence = &self.state.presence;
-                    s.presence = Some(presence.track(&s.channel, &self.conn_id, &self.grant));
                     s.membership = Some(membership);
                     s.task = None;
                 }
@@ -369,11 +367,11 @@ impl Connection {
         ));
         self.slots.0.push(Slot {
             id: slot,
+            _presence: self.state.presence.track(&name, &self.conn_id, &self.grant),
             channel: name,
             req,
             membership: None,
             task: Some(task),
-            presence: None,
         });
         Ok(())
     }

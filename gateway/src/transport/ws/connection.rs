@@ -27,8 +27,8 @@ pub(super) struct Slot {
     pub membership: Option<Membership>,
     /// The resume task, until it reports.
     pub task: Option<JoinHandle<()>>,
-    /// The connection's presence entry in the channel, once joined.
-    pub presence: Option<crate::presence::Tracked>,
+    /// The connection's presence entry in the channel (from the subscribe on).
+    pub _presence: Option<crate::presence::Tracked>,
 }
 
 /// Everything the session loop and the command handlers share.

@@ -22,14 +22,17 @@ impl Connection {
         let reports = self.reports.clone();
         actix_rt::spawn(async move {
             let msg = match presence.roster(&name, presence.max_entries()).await {
-                Ok(roster) => ServerMessage::Presence {
+                Ok(Some(roster)) => ServerMessage::Presence {
                     channel: name.to_string(),
                     count: roster.count,
                     clients: roster.clients,
                     req,
                 },
-                Err(e) => {
-                    let e = crate::error::ApiError::from(e);
+                result => {
+                    let e = match result {
+                        Err(e) => crate::error::ApiError::from(e),
+                        Ok(_) => crate::transport::presence::off(&name),
+                    };
                     ServerMessage::Error {
                         code: e.code().as_str().to_owned(),
                         message: e.to_string(),
