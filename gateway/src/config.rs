@@ -267,6 +267,10 @@ pub struct PresenceSettings {
     /// comma-separated list.
     #[serde(deserialize_with = "string_or_list")]
     pub channels: Vec<String>,
+    /// Patterns of tracked channels whose subscribers' comings and goings are published as
+    /// `presence.join` / `presence.leave` events. In the environment, a comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub events: Vec<String>,
 }
 
 impl Default for PresenceSettings {
@@ -275,6 +279,7 @@ impl Default for PresenceSettings {
             ttl_seconds: 30,
             max_entries: 1000,
             channels: Vec::new(),
+            events: Vec::new(),
         }
     }
 }

@@ -25,15 +25,15 @@ impl Local {
             .insert(conn.clone(), value);
     }
 
-    /// Removes one entry, and the channel once it has none.
-    pub(super) fn remove(&self, channel: &ChannelName, conn: &Arc<str>) {
+    /// Removes one entry (returned), and the channel once it has none.
+    pub(super) fn remove(&self, channel: &ChannelName, conn: &Arc<str>) -> Option<String> {
         let mut channels = self.channels.lock();
-        if let Some(entries) = channels.get_mut(channel) {
-            entries.remove(conn);
-            if entries.is_empty() {
-                channels.remove(channel);
-            }
+        let entries = channels.get_mut(channel)?;
+        let removed = entries.remove(conn);
+        if entries.is_empty() {
+            channels.remove(channel);
         }
+        removed
     }
 
     /// The channel's count, and its entries when there are at most `max`.

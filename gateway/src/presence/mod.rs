@@ -7,6 +7,7 @@
 //! entries with a fresh deadline, so those of an instance that died without cleaning up expire.
 //! SSE streams and WebSocket subscriptions are tracked; long polls are not (they come and go).
 
+pub mod events;
 mod local;
 mod writer;
 
@@ -42,8 +43,13 @@ struct Inner {
     max_entries: usize,
     /// Patterns of the tracked channels.
     channels: Vec<String>,
+    /// Patterns of the tracked channels that get join and leave events.
+    events: Vec<String>,
+    announce: mpsc::UnboundedSender<crate::engine::PublishRequest>,
+    announced: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<crate::engine::PublishRequest>>>,
     stop: watch::Sender<bool>,
-    writer: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The Redis writer and the events task, once started.
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A channel's presence: how many connections, and who, unless there are too many to list.
@@ -72,6 +78,7 @@ impl Presence {
             }
             Engine::Memory(_) => (None, None),
         };
+        let (announce, announced) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 instance: format!("{:012x}", fastrand::u64(..) >> 16),
@@ -83,36 +90,43 @@ impl Presence {
                 ttl: Duration::from_secs(settings.ttl_seconds),
                 max_entries: settings.max_entries,
                 channels: settings.channels.clone(),
+                events: settings.events.clone(),
+                announce,
+                announced: parking_lot::Mutex::new(Some(announced)),
                 stop: watch::channel(false).0,
-                writer: parking_lot::Mutex::new(None),
+                tasks: parking_lot::Mutex::new(Vec::new()),
             }),
         }
     }
 
-    /// Starts the Redis writer (nothing to start for the in-memory engine).
+    /// Starts the Redis writer (none for the in-memory engine) and the events task.
     pub fn start(&self) {
-        let (Engine::Redis(engine), Some(changes)) =
+        let mut tasks = self.inner.tasks.lock();
+        if let Some(events) = self.inner.announced.lock().take() {
+            tasks.push(tokio::spawn(events::run(
+                self.inner.engine.clone(),
+                events,
+                self.inner.stop.subscribe(),
+            )));
+        }
+        if let (Engine::Redis(engine), Some(changes)) =
             (&self.inner.engine, self.inner.pending.lock().take())
-        else {
-            return;
-        };
-        let task = tokio::spawn(writer::run(
-            engine.clone(),
-            self.clone(),
-            changes,
-            self.inner.stop.subscribe(),
-        ));
-        *self.inner.writer.lock() = Some(task);
+        {
+            tasks.push(tokio::spawn(writer::run(
+                engine.clone(),
+                self.clone(),
+                changes,
+                self.inner.stop.subscribe(),
+            )));
+        }
     }
 
     /// Stops the writer once what is queued (the removals of the connections that just ended)
     /// has been written, waiting for that at most `wait`.
     pub async fn stop(&self, wait: Duration) {
         let _ = self.inner.stop.send(true);
-        let task = self.inner.writer.lock().take();
-        if let Some(task) = task {
-            let _ = tokio::time::timeout(wait, task).await;
-        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock());
+        let _ = tokio::time::timeout(wait, futures_util::future::join_all(tasks)).await;
     }
 
     /// A fresh connection id, `<instance>-<n>`, unique across instances.
@@ -137,6 +151,10 @@ impl Presence {
             return None;
         }
         let value = entry(conn, grant);
+        if self.announces(channel) {
+            let join = events::request(channel, events::JOIN, &value);
+            let _ = self.inner.announce.send(join);
+        }
         self.inner.local.insert(channel, conn, value.clone());
         if let Some(changes) = &self.inner.changes {
             let _ = changes.send((channel.clone(), PresenceOp::Add(conn.to_string(), value)));
@@ -174,8 +192,22 @@ impl Presence {
         self.inner.max_entries
     }
 
+    /// Whether `channel` gets join and leave events (`presence.events`).
+    fn announces(&self, channel: &ChannelName) -> bool {
+        let name = channel.as_str();
+        self.inner
+            .events
+            .iter()
+            .any(|p| shared::pattern_matches(p, name))
+    }
+
     fn untrack(&self, channel: &ChannelName, conn: &Arc<str>) {
-        self.inner.local.remove(channel, conn);
+        if let Some(value) = self.inner.local.remove(channel, conn)
+            && self.announces(channel)
+        {
+            let leave = events::request(channel, events::LEAVE, &value);
+            let _ = self.inner.announce.send(leave);
+        }
         if let Some(changes) = &self.inner.changes {
             let _ = changes.send((channel.clone(), PresenceOp::Remove(conn.to_string())));
         }

@@ -257,3 +257,82 @@ async fn memory_engine_presence_counts_anonymous_connections_and_bounds_the_list
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_and_leave_events_are_published_in_order_with_positions() {
+    let redis = Redis::start();
+    let prefix = format!("{}:", unique("pres-ev"));
+    let env = [
+        ("GATEWAY__AUTH__JWT_SECRET", SECRET),
+        ("GATEWAY__PUBLISH__API_KEY", KEY),
+        ("GATEWAY__PRESENCE__CHANNELS", "chat*,quiet"),
+        ("GATEWAY__PRESENCE__EVENTS", "chat*"),
+    ];
+    let (gw1, gw2) = (
+        Gateway::on_redis(&redis, &prefix, &env),
+        Gateway::on_redis(&redis, &prefix, &env),
+    );
+    let t = token("a", &["chat", "quiet"]);
+    let mut a = Ws::connect(&format!("{}?token={t}", ws_url(gw1.addr))).await;
+    a.subscribe("chat", None).await;
+    a.subscribe("quiet", None).await;
+    // b comes over SSE on the other instance, then goes. (a's own join was published as its
+    // subscription started: it may or may not be delivered to a itself; it is in history.)
+    let history = gw2.url("/history?channel=chat");
+    eventually("a's join in history", async || {
+        get(&history, Some(KEY)).await.1["events"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+    })
+    .await;
+    let tb = token("b", &["chat"]);
+    let sse = Sse::connect(&gw2.url(&format!("/sse?channel=chat&token={tb}")), None).await;
+    let mut seen: Vec<Value> = Vec::new();
+    while !seen.iter().any(|e| e["data"]["sub"] == "b") {
+        seen.push(a.expect("event").await);
+    }
+    drop(sse);
+    seen.push(a.expect("event").await);
+    let from_b: Vec<&Value> = seen.iter().filter(|e| e["data"]["sub"] == "b").collect();
+    let names: Vec<&str> = from_b.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["presence.join", "presence.leave"], "{seen:?}");
+    assert_eq!(from_b[0]["data"]["conn"], from_b[1]["data"]["conn"]);
+    // History holds a's join, then b's join and leave, at contiguous positions: they resume
+    // like any other event, with the ids a was given.
+    let (status, page) = get(&history, Some(KEY)).await;
+    assert_eq!(status, 200, "{page}");
+    let stored = page["events"].as_array().expect("events");
+    let subs_and_names: Vec<(Value, Value)> = stored
+        .iter()
+        .map(|e| (e["data"]["sub"].clone(), e["event"].clone()))
+        .collect();
+    assert_eq!(
+        subs_and_names,
+        [
+            (json!("a"), json!("presence.join")),
+            (json!("b"), json!("presence.join")),
+            (json!("b"), json!("presence.leave"))
+        ]
+    );
+    let stored_ids: Vec<&str> = stored.iter().filter_map(|e| e["id"].as_str()).collect();
+    let seen_ids: Vec<&str> = seen.iter().filter_map(|e| e["id"].as_str()).collect();
+    assert!(
+        stored_ids.ends_with(&seen_ids),
+        "{stored_ids:?} {seen_ids:?}"
+    );
+    let offsets: Vec<u64> = stored_ids
+        .iter()
+        .map(|i| i.parse::<shared::Position>().expect("position").offset)
+        .collect();
+    assert_eq!(offsets, [1, 2, 3]);
+    // Channels tracked without events get none; publishers may not forge them.
+    a.assert_quiet(Duration::from_millis(300)).await;
+    let res = http()
+        .post(gw1.url("/publish"))
+        .bearer_auth(KEY)
+        .json(&json!({"channel": "chat", "event": "presence.join", "data": "x"}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(res.status().as_u16(), 400);
+}
