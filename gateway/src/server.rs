@@ -61,6 +61,7 @@ fn hub_config(settings: &Settings) -> HubConfig {
             (true, secs) if secs > 0 => Some(Duration::from_secs(secs)),
             _ => None,
         },
+        presence: settings.presence.clone(),
     }
 }
 
@@ -95,8 +96,6 @@ pub async fn run(
         metrics.clone(),
         options.hook,
     );
-    let presence = crate::presence::Presence::new(engine.clone(), &settings.presence);
-    presence.start();
     let auth = Arc::new(Authenticator::new(&settings.auth).map_err(std::io::Error::other)?);
     auth.start().await.map_err(std::io::Error::other)?;
     let state = AppState {
@@ -116,8 +115,9 @@ pub async fn run(
             settings.limits.new_connections_per_ip_per_second,
         ),
         admin_feeds: crate::admin::Feeds::new(settings.admin.max_feeds),
-        presence: presence.clone(),
     };
+    let presence = hub.presence().clone();
+    presence.start();
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,

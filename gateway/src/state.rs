@@ -36,8 +36,6 @@ pub struct AppState {
     pub trusted: Arc<TrustedProxies>,
     /// Streams per client address.
     pub ip_limits: Arc<IpLimits>,
-    /// Who is subscribed to each channel, on every instance.
-    pub presence: crate::presence::Presence,
     /// Open feeds of the status page (`/admin/feed`), bounded by `admin.max_feeds`.
     pub admin_feeds: Arc<crate::admin::Feeds>,
 }

@@ -61,6 +61,26 @@ pub struct Roster {
     pub clients: Option<Vec<Value>>,
 }
 
+/// A connection's entries in several channels, in one pointer (none when no channel is
+/// tracked), so streams that track nothing stay as small as before.
+pub struct Tracks {
+    _entries: Box<Entries>,
+}
+
+/// What [`Tracks`] points at.
+struct Entries {
+    _tracked: Vec<Tracked>,
+}
+
+impl Tracks {
+    /// The entries, if there are any.
+    pub fn new(tracked: Vec<Tracked>) -> Option<Self> {
+        (!tracked.is_empty()).then(|| Self {
+            _entries: Box::new(Entries { _tracked: tracked }),
+        })
+    }
+}
+
 /// One connection's entry in one channel; removed when dropped.
 pub struct Tracked {
     presence: Presence,

@@ -85,7 +85,7 @@ async fn answer(
 ) -> Result<Response<Body>, ApiError> {
     let channel = parse(query)?;
     authorize(state, headers, query, &channel).await?;
-    let presence = &state.presence;
+    let presence = state.hub.presence();
     let max = if stats { 0 } else { presence.max_entries() };
     let roster = presence
         .roster(&channel, max)

@@ -107,10 +107,12 @@ pub async fn open(
         queue.clone(),
     );
 
-    let conn = state.presence.connection_id();
-    let presence = (request.channels.iter())
-        .filter_map(|c| state.presence.track(c, &conn, &grant))
-        .collect();
+    let conn = state.hub.presence().connection_id();
+    let presence = crate::presence::Tracks::new(
+        (request.channels.iter())
+            .filter_map(|c| state.hub.presence().track(c, &conn, &grant))
+            .collect(),
+    );
 
     let settings = &state.settings;
     let mut prelude = Vec::new();
@@ -190,7 +192,7 @@ struct SseParts {
     /// When the token expires: the stream ends there with an `error` event.
     expires: Option<Instant>,
     guard: ConnectionGuard,
-    presence: Vec<crate::presence::Tracked>,
+    presence: Option<crate::presence::Tracks>,
 }
 
 /// The response body: drains the queue into SSE frames, with heartbeats when idle.
@@ -212,7 +214,7 @@ pub struct SseStream {
     expires: Option<Instant>,
     _guard: ConnectionGuard,
     /// The stream's presence entries, removed when it ends.
-    _presence: Vec<crate::presence::Tracked>,
+    _presence: Option<crate::presence::Tracks>,
 }
 
 impl SseStream {

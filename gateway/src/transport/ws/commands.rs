@@ -367,7 +367,11 @@ impl Connection {
         ));
         self.slots.0.push(Slot {
             id: slot,
-            _presence: self.state.presence.track(&name, &self.conn_id, &self.grant),
+            _presence: self
+                .state
+                .hub
+                .presence()
+                .track(&name, &self.conn_id, &self.grant),
             channel: name,
             req,
             membership: None,

@@ -18,7 +18,7 @@ impl Connection {
             let message = format!("the token does not allow channel {name}");
             return Err(Refused::new(ErrorCode::Forbidden, message, req).on(&name));
         }
-        let presence = self.state.presence.clone();
+        let presence = self.state.hub.presence().clone();
         let reports = self.reports.clone();
         actix_rt::spawn(async move {
             let msg = match presence.roster(&name, presence.max_entries()).await {
