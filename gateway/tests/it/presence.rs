@@ -335,4 +335,6 @@ async fn join_and_leave_events_are_published_in_order_with_positions() {
         .await
         .expect("publish");
     assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.expect("JSON body");
+    assert_eq!(body["error"], "invalid_event");
 }
