@@ -285,6 +285,42 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn memory_presence_tracks_only_matching_channels_and_announces_comings_and_goings() {
+        let engine = Engine::Memory(crate::engine::memory::MemoryEngine::new(
+            10,
+            Duration::from_secs(60),
+        ));
+        let settings = crate::config::PresenceSettings {
+            channels: vec!["chat:*".into(), "lobby".into()],
+            events: vec!["lobby".into()],
+            ..Default::default()
+        };
+        let presence = Presence::new(engine, &settings);
+        let (chat, lobby, other) = (
+            ChannelName::new("chat:1").unwrap(),
+            ChannelName::new("lobby").unwrap(),
+            ChannelName::new("other").unwrap(),
+        );
+        let conn = presence.connection_id();
+        assert_ne!(conn, presence.connection_id());
+        assert!(presence.track(&other, &conn, &Grant::Anyone).is_none());
+        assert_eq!(presence.roster(&other, 10).await.unwrap(), None);
+        let in_chat = presence.track(&chat, &conn, &Grant::Anyone);
+        let in_lobby = presence.track(&lobby, &conn, &Grant::Anyone);
+        let roster = presence.roster(&chat, 10).await.unwrap().unwrap();
+        assert_eq!(roster.count, 1);
+        assert_eq!(roster.clients.unwrap()[0]["conn"], json!(&*conn));
+        drop((in_chat, in_lobby));
+        assert_eq!(presence.roster(&chat, 10).await.unwrap().unwrap().count, 0);
+        // Only the lobby announced: its join, then its leave.
+        let mut queued = presence.inner.announced.lock().take().unwrap();
+        let names: Vec<String> = std::iter::from_fn(|| queued.try_recv().ok())
+            .map(|r| format!("{} {}", r.channel, r.name.unwrap().as_str()))
+            .collect();
+        assert_eq!(names, ["lobby presence.join", "lobby presence.leave"]);
+    }
+
     #[test]
     fn entries_are_sorted_and_junk_skipped() {
         let values = vec![
