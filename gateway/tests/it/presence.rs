@@ -21,7 +21,7 @@ fn token(sub: &str, channels: &[&str]) -> String {
 }
 
 /// `GET <url>` with an optional bearer: status and JSON body.
-async fn get(url: &str, bearer: Option<&str>) -> (u16, Value) {
+pub async fn get(url: &str, bearer: Option<&str>) -> (u16, Value) {
     let mut req = http().get(url);
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
