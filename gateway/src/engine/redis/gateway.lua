@@ -401,21 +401,25 @@ local function presence(keys, args)
 end
 
 -- FCALL gw_presence_read 2 <hash> <zset> <max>
--- drops entries past their deadline, then returns { count, value... } with every entry's value
--- when count <= max, else { count } alone.
+-- drops entries past their deadline (at most 10000 per call, so a dead instance's many entries
+-- never hold Redis long), then returns { count, value... } with every entry's value when
+-- count <= max and nothing expired is left, else { count } alone. The count is of the entries
+-- whose deadline is still ahead.
 local function presence_read(keys, args)
   local max = tonumber(args[1]) or 0
   local now = now_ms()
-  while true do
+  local clean = false
+  for _ = 1, 10 do
     local gone = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
     if #gone == 0 then
+      clean = true
       break
     end
     redis.call('HDEL', keys[1], unpack(gone))
     redis.call('ZREM', keys[2], unpack(gone))
   end
-  local count = redis.call('HLEN', keys[1])
-  if count > max then
+  local count = redis.call('ZCOUNT', keys[2], '(' .. now, '+inf')
+  if count > max or not clean then
     return { count }
   end
   local reply = redis.call('HVALS', keys[1])

@@ -91,6 +91,8 @@ fn parse_read(reply: Vec<Value>) -> Result<PresenceRead, EngineError> {
             ))),
         })
         .collect::<Result<_, _>>()?;
+    // `{ count }` alone (over the bound, or expired entries left for the next read) has no
+    // list; with a count of 0 the empty list is the truth either way.
     let listed = values.len() as u64 == count;
     Ok((count, listed.then_some(values)))
 }
