@@ -70,6 +70,8 @@ pub struct Settings {
     pub poll: PollSettings,
     /// Compressed SSE streams and WebSocket messages, off by default.
     pub compression: CompressionSettings,
+    /// Who is subscribed to each channel (`GET /presence`).
+    pub presence: PresenceSettings,
 }
 
 /// `[server]`
@@ -251,6 +253,37 @@ impl Default for HistorySettings {
             size: 1000,
             ttl_seconds: 3600,
             max_page: 100,
+        }
+    }
+}
+
+/// `[presence]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSettings {
+    /// Seconds an entry outlives its instance's last refresh (refreshed every third of it), so
+    /// a killed instance's connections vanish within this.
+    pub ttl_seconds: u64,
+    /// Most entries `/presence` lists; a channel with more answers its count only.
+    pub max_entries: usize,
+    /// Channel patterns (`*` globs) whose subscribers are tracked; none by default, as every
+    /// subscribe and unsubscribe on a tracked channel costs Redis work. In the environment, a
+    /// comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub channels: Vec<String>,
+    /// Patterns of tracked channels whose subscribers' comings and goings are published as
+    /// `presence.join` / `presence.leave` events. In the environment, a comma-separated list.
+    #[serde(deserialize_with = "string_or_list")]
+    pub events: Vec<String>,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self {
+            ttl_seconds: 30,
+            max_entries: 1000,
+            channels: Vec::new(),
+            events: Vec::new(),
         }
     }
 }
@@ -446,6 +479,9 @@ impl Settings {
             }
             redis::Client::open(url.as_str())
                 .map_err(|e| invalid("redis.url", format!("cannot be parsed: {e}")))?;
+        }
+        if self.presence.ttl_seconds == 0 {
+            return Err(invalid("presence.ttl_seconds", "must be at least 1"));
         }
         self.validate_sentinels()?;
         self.validate_cluster()?;

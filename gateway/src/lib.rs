@@ -19,6 +19,7 @@ pub mod hub;
 pub mod ip_limits;
 pub mod metrics;
 pub mod ops;
+pub mod presence;
 pub mod publish;
 pub mod response;
 pub mod rt;

@@ -61,6 +61,7 @@ fn hub_config(settings: &Settings) -> HubConfig {
             (true, secs) if secs > 0 => Some(Duration::from_secs(secs)),
             _ => None,
         },
+        presence: settings.presence.clone(),
     }
 }
 
@@ -115,6 +116,8 @@ pub async fn run(
         ),
         admin_feeds: crate::admin::Feeds::new(settings.admin.max_feeds),
     };
+    let presence = hub.presence().clone();
+    presence.start();
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -161,6 +164,7 @@ pub async fn run(
         handle.stop(true).await;
     });
     let result = server.await;
+    presence.stop(Duration::from_secs(2)).await;
     engine.stop();
     tracing::info!("stopped");
     result

@@ -71,6 +71,8 @@ codes! {
     TokenUnsupportedCrit = "token_unsupported_crit",
     /// The token does not allow the channel.
     Forbidden = "forbidden",
+    /// Presence is not tracked on the channel (`presence.channels` does not match it): 404.
+    PresenceOff = "presence_off",
     /// The instance is at its connection limit.
     ConnectionLimit = "connection_limit",
     /// The client address holds `limits.max_connections_per_ip` streams already (429).

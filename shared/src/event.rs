@@ -12,7 +12,7 @@ use crate::{ChannelName, Position};
 pub const MAX_EVENT_NAME_LEN: usize = 64;
 
 /// Event names the gateway sends itself; publishers may not use them, so clients can trust them.
-pub const RESERVED_EVENT_NAMES: &[&str] = &["gap", "binary"];
+pub const RESERVED_EVENT_NAMES: &[&str] = &["gap", "binary", "presence.join", "presence.leave"];
 
 /// SSE clients receive binary payloads base64-encoded in events of type `binary`, or
 /// `binary:<name>` when the event has a name; publishers may not use this prefix either.

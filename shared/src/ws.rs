@@ -107,6 +107,14 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
     },
+    /// Who is subscribed to a channel right now, on every instance; answered with `presence`.
+    Presence {
+        /// Channel name.
+        channel: String,
+        /// Echoed in the reply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Value>,
+    },
     /// Application-level ping; answered with `pong`.
     Ping {
         /// Echoed in the reply.
@@ -214,6 +222,20 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         req: Option<Value>,
     },
+    /// Who is subscribed to a channel (reply to `presence`), shaped like `GET /presence`.
+    Presence {
+        /// Channel name.
+        channel: String,
+        /// Connections subscribed, on every instance.
+        count: u64,
+        /// `{"sub","info","conn"}` per connection; absent when `count` is over the
+        /// gateway's `presence.max_entries` (then only the count is told).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        clients: Option<Vec<Value>>,
+        /// The request's `req`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        req: Option<Value>,
+    },
     /// Answer to `ping`.
     Pong {
         /// The request's `req`.
@@ -276,6 +298,7 @@ const TYPES: &[&str] = &[
     "unsubscribe",
     "publish",
     "history",
+    "presence",
     "ping",
     "auth",
 ];
@@ -468,6 +491,13 @@ mod tests {
         assert_eq!(
             parse_client(r#"{"type":"ping"}"#),
             Ok(ClientMessage::Ping { req: None })
+        );
+        assert_eq!(
+            parse_client(r#"{"type":"presence","channel":"a","req":3}"#),
+            Ok(ClientMessage::Presence {
+                channel: "a".into(),
+                req: Some(json!(3))
+            })
         );
     }
 

@@ -143,6 +143,11 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             let query = req.uri().query().unwrap_or("");
             transport::history::respond(state, query, req.headers()).await
         }
+        "/presence" | "/presence/stats" if get => {
+            let query = req.uri().query().unwrap_or("");
+            let stats = req.uri().path() == "/presence/stats";
+            transport::presence::respond(state, query, req.headers(), stats).await
+        }
         "/poll" if get => {
             let query = req.uri().query().unwrap_or("");
             transport::poll::respond(state, query, req.headers(), inner.peer).await
@@ -175,10 +180,9 @@ async fn route(inner: &Inner, mut req: Request<Incoming>) -> Response<Body> {
             "text/javascript; charset=utf-8",
             include_str!("../../static/client-poll.js"),
         ),
-        "/sse" | "/ws" | "/publish" | "/history" | "/poll" | "/healthz" | "/readyz"
-        | "/metrics" | "/" | "/client.js" | "/client-poll.js" | "/admin" | "/admin/feed" => {
-            method_not_allowed().into_response()
-        }
+        "/sse" | "/ws" | "/publish" | "/history" | "/presence" | "/presence/stats" | "/poll"
+        | "/healthz" | "/readyz" | "/metrics" | "/" | "/client.js" | "/client-poll.js"
+        | "/admin" | "/admin/feed" => method_not_allowed().into_response(),
         _ => not_found().into_response(),
     }
 }

@@ -82,6 +82,7 @@ mod tests {
             subscribe_timeout: Duration::from_secs(5),
             shards: 4,
             head_check: None,
+            presence: Default::default(),
         };
         let hub = Hub::new(engine, config, Metrics::new(), None);
         let mut held = Vec::new();

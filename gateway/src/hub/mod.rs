@@ -56,6 +56,8 @@ pub struct HubConfig {
     pub shards: usize,
     /// Period of the check of every watched channel's head against the store, if any.
     pub head_check: Option<Duration>,
+    /// Presence tracking (`crate::presence`), run beside the hub on the same engine.
+    pub presence: crate::config::PresenceSettings,
 }
 
 /// Why a transport could not get a subscription.
@@ -111,6 +113,8 @@ struct Inner {
     live_up: AtomicBool,
     hook: Option<Hook>,
     runtime: tokio::runtime::Handle,
+    /// Kept here rather than in `AppState`, so request futures stay small.
+    presence: crate::presence::Presence,
 }
 
 #[derive(Default)]
@@ -158,6 +162,7 @@ impl Hub {
             shards,
             hasher: Default::default(),
             history: HistoryReader::new(engine.clone(), config.page_size, metrics.clone()),
+            presence: crate::presence::Presence::new(engine.clone(), &config.presence),
             engine: engine.clone(),
             config,
             metrics,
@@ -180,6 +185,11 @@ impl Hub {
     /// The engine behind the hub.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Who is subscribed to each channel, on every instance.
+    pub fn presence(&self) -> &crate::presence::Presence {
+        &self.inner.presence
     }
 
     /// A fresh queue for a new connection.

@@ -101,8 +101,9 @@ async fn answer(
     Ok(res)
 }
 
-/// An API key must cover the channel; anyone else needs what subscribing to it needs.
-async fn authorize(
+/// An API key must cover the channel; anyone else needs what subscribing to it needs (also
+/// the rule of `GET /presence`).
+pub(crate) async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     query: &str,

@@ -5,6 +5,7 @@ pub mod history;
 pub mod page;
 pub mod params;
 pub mod poll;
+pub mod presence;
 pub mod request;
 pub mod sse;
 pub mod ws;

@@ -112,6 +112,13 @@ pub async fn open(
         queue.clone(),
     );
 
+    let conn = state.hub.presence().connection_id();
+    let presence = crate::presence::Tracks::new(
+        (request.channels.iter())
+            .filter_map(|c| state.hub.presence().track(c, &conn, &grant))
+            .collect(),
+    );
+
     let settings = &state.settings;
     let encoding = compress::choose(&settings.compression, headers);
     let mut prelude = Vec::new();
@@ -136,6 +143,7 @@ pub async fn open(
         metrics: metrics.clone(),
         expires: grant.expires().and_then(instant_of),
         guard,
+        presence,
     }))
 }
 
@@ -194,6 +202,7 @@ struct SseParts {
     /// When the token expires: the stream ends there with an `error` event.
     expires: Option<Instant>,
     guard: ConnectionGuard,
+    presence: Option<crate::presence::Tracks>,
 }
 
 /// The response body: drains the queue into SSE frames, with heartbeats when idle.
@@ -217,6 +226,8 @@ pub struct SseStream {
     metrics: Metrics,
     expires: Option<Instant>,
     _guard: ConnectionGuard,
+    /// The stream's presence entries, removed when it ends.
+    _presence: Option<crate::presence::Tracks>,
 }
 
 impl SseStream {
@@ -241,6 +252,7 @@ impl SseStream {
             metrics: p.metrics,
             expires: p.expires,
             _guard: p.guard,
+            _presence: p.presence,
         }
     }
 

@@ -25,6 +25,8 @@ mod lost_writes;
 mod matrix;
 mod operator;
 mod poll;
+mod presence;
+mod presence_cluster;
 mod pubsub_drop;
 mod race;
 mod redis_cluster;

@@ -583,6 +583,8 @@ fn command(
         Ok(ClientMessage::Auth { req, .. }) => error("unknown_type", String::new(), req),
         // No history here.
         Ok(ClientMessage::History { req, .. }) => error("unknown_type", String::new(), req),
+        // No presence here.
+        Ok(ClientMessage::Presence { req, .. }) => error("unknown_type", String::new(), req),
         // Like the gateway's default (`ws.allow_publish` off).
         Ok(ClientMessage::Publish { channel, req, .. }) => error("publish_forbidden", channel, req),
         Err((e, req)) => ServerMessage::Error {

@@ -349,7 +349,87 @@ local function fence(keys, args)
   return epoch
 end
 
+-- Presence: who is subscribed to a channel, on every instance.
+--   <prefix>{<channel>}:presence      hash: connection id -> JSON {"conn","sub","info"}
+--   <prefix>{<channel>}:presence:exp  sorted set: connection id -> deadline (Unix ms)
+-- FCALL gw_presence 2 <hash> <zset> <ttl_ms> [op conn value]...
+-- "a" adds or refreshes an entry (deadline now + ttl_ms), "r" removes it (its value is ignored);
+-- each connection at most once per call, so all adds go out as one HSET and one ZADD, all
+-- removals as one HDEL and one ZREM (per 1000 entries). Both keys then live 2 * ttl_ms, so a
+-- channel whose instances all died vanishes by itself. Returns the number of ops applied.
+local function presence(keys, args)
+  local ttl = tonumber(args[1])
+  if ttl == nil or ttl <= 0 then
+    return fail('ttl_ms must be a positive number')
+  end
+  local deadline = tonumber(now_ms()) + ttl
+  local fields, scores, gone = {}, {}, {}
+  local function flush()
+    if #fields > 0 then
+      redis.call('HSET', keys[1], unpack(fields))
+      redis.call('ZADD', keys[2], unpack(scores))
+      fields, scores = {}, {}
+    end
+    if #gone > 0 then
+      redis.call('HDEL', keys[1], unpack(gone))
+      redis.call('ZREM', keys[2], unpack(gone))
+      gone = {}
+    end
+  end
+  local applied = 0
+  for i = 2, #args - 2, 3 do
+    local conn = args[i + 1]
+    if args[i] == 'a' then
+      fields[#fields + 1] = conn
+      fields[#fields + 1] = args[i + 2]
+      scores[#scores + 1] = deadline
+      scores[#scores + 1] = conn
+    else
+      gone[#gone + 1] = conn
+    end
+    applied = applied + 1
+    if #fields >= 2000 or #gone >= 1000 then
+      flush()
+    end
+  end
+  flush()
+  if redis.call('EXISTS', keys[1]) == 1 then
+    redis.call('PEXPIRE', keys[1], ttl * 2)
+    redis.call('PEXPIRE', keys[2], ttl * 2)
+  end
+  return applied
+end
+
+-- FCALL gw_presence_read 2 <hash> <zset> <max>
+-- drops entries past their deadline (at most 10000 per call, so a dead instance's many entries
+-- never hold Redis long), then returns { count, value... } with every entry's value when
+-- count <= max and nothing expired is left, else { count } alone. The count is of the entries
+-- whose deadline is still ahead.
+local function presence_read(keys, args)
+  local max = tonumber(args[1]) or 0
+  local now = now_ms()
+  local clean = false
+  for _ = 1, 10 do
+    local gone = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
+    if #gone == 0 then
+      clean = true
+      break
+    end
+    redis.call('HDEL', keys[1], unpack(gone))
+    redis.call('ZREM', keys[2], unpack(gone))
+  end
+  local count = redis.call('ZCOUNT', keys[2], '(' .. now, '+inf')
+  if count > max or not clean then
+    return { count }
+  end
+  local reply = redis.call('HVALS', keys[1])
+  table.insert(reply, 1, count)
+  return reply
+end
+
 redis.register_function('gw_publish', publish)
 redis.register_function('gw_publish_many', publish_many)
 redis.register_function('gw_read', read)
 redis.register_function('gw_fence', fence)
+redis.register_function('gw_presence', presence)
+redis.register_function('gw_presence_read', presence_read)

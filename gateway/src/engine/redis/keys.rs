@@ -32,6 +32,16 @@ impl Keys {
         format!("{}{{{}}}:live", self.prefix, channel)
     }
 
+    /// `<prefix>{<channel>}:presence`, who is subscribed (connection id -> JSON entry).
+    pub fn presence(&self, channel: &ChannelName) -> String {
+        format!("{}{{{}}}:presence", self.prefix, channel)
+    }
+
+    /// `<prefix>{<channel>}:presence:exp`, each presence entry's deadline (Unix ms).
+    pub fn presence_expiry(&self, channel: &ChannelName) -> String {
+        format!("{}{{{}}}:presence:exp", self.prefix, channel)
+    }
+
     /// `<prefix>{ctl:<instance>}:probe`, an instance's liveness-probe channel; its suffix keeps
     /// it apart from every channel's live name.
     pub fn control(&self, instance: &str) -> String {
@@ -62,6 +72,8 @@ mod tests {
         assert_eq!(keys.stream(&ch), "gw:{chat:room-1}:stream");
         assert_eq!(keys.meta(&ch), "gw:{chat:room-1}:meta");
         assert_eq!(keys.live(&ch), "gw:{chat:room-1}:live");
+        assert_eq!(keys.presence(&ch), "gw:{chat:room-1}:presence");
+        assert_eq!(keys.presence_expiry(&ch), "gw:{chat:room-1}:presence:exp");
         assert_eq!(keys.channel_of_live(&keys.live(&ch)), Some("chat:room-1"));
         assert_eq!(keys.channel_of_live("other:{x}:live"), None);
         assert_eq!(keys.channel_of_live("gw:{x}:stream"), None);

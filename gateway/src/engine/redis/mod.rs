@@ -11,6 +11,7 @@ mod conns;
 mod dial;
 pub mod keys;
 pub mod library;
+pub mod presence;
 mod pubsub;
 mod shards;
 pub mod wire;

@@ -64,6 +64,7 @@ fn req_of(cmd: &ClientMessage) -> Option<Value> {
         | ClientMessage::Unsubscribe { req, .. }
         | ClientMessage::Publish { req, .. }
         | ClientMessage::History { req, .. }
+        | ClientMessage::Presence { req, .. }
         | ClientMessage::Ping { req }
         | ClientMessage::Auth { req, .. } => req.clone(),
     }
@@ -221,6 +222,7 @@ impl Connection {
                 limit,
                 req,
             } => Ok(self.history(&channel, since, limit, req)?),
+            ClientMessage::Presence { channel, req } => Ok(self.presence(&channel, req)?),
             ClientMessage::Unsubscribe { channel, req } => {
                 let name = channel_of(&channel, &req)?;
                 let Some(slot) = self.slots.find(&name) else {
@@ -365,6 +367,11 @@ impl Connection {
         ));
         self.slots.0.push(Slot {
             id: slot,
+            _presence: self
+                .state
+                .hub
+                .presence()
+                .track(&name, &self.conn_id, &self.grant),
             channel: name,
             req,
             membership: None,

@@ -27,6 +27,8 @@ pub(super) struct Slot {
     pub membership: Option<Membership>,
     /// The resume task, until it reports.
     pub task: Option<JoinHandle<()>>,
+    /// The connection's presence entry in the channel (from the subscribe on).
+    pub _presence: Option<crate::presence::Tracked>,
 }
 
 /// Everything the session loop and the command handlers share.
@@ -42,6 +44,8 @@ pub(super) struct Connection {
     pub reports: Arc<Inbox>,
     /// When the token is due (first `auth`, expiry warning, expiry).
     pub clock: TokenClock,
+    /// The connection's id in presence entries.
+    pub conn_id: Arc<str>,
     pub _guard: ConnectionGuard,
 }
 

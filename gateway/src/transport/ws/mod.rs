@@ -23,6 +23,7 @@ mod history;
 mod inbox;
 pub mod io;
 mod limits;
+mod presence;
 mod session;
 mod token;
 mod writer;

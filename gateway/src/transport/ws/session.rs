@@ -163,6 +163,7 @@ impl Running {
             )
         };
         let conn = Connection {
+            conn_id: state.hub.presence().connection_id(),
             state,
             grant: admitted.grant,
             queue,
