@@ -17,20 +17,30 @@ use crate::transport::ws::io::{ReadIo, WriteIo};
 /// The session of an accepted upgrade, once hyper has handed the socket over.
 pub fn run(upgrade: Upgrade) -> LocalBoxFuture<'static, ()> {
     Box::pin(async move {
-        let Upgrade {
-            on_upgrade,
-            accepted,
-        } = upgrade;
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "the WebSocket upgrade did not complete");
-                return;
-            }
-        };
-        let (read, write, pending) = split(upgraded);
-        accepted.run(read, write, pending).await;
+        // Waiting for the socket (with the admitted connection beside it) is boxed and freed
+        // once done, and the session is boxed to its own size: what an idle WebSocket holds
+        // for its life is the session, not room for this first step too.
+        if let Some(session) = Box::pin(take_socket(upgrade)).await {
+            session.await;
+        }
     })
+}
+
+/// Waits for hyper to hand the socket over; the session to run on it.
+async fn take_socket(upgrade: Upgrade) -> Option<LocalBoxFuture<'static, ()>> {
+    let Upgrade {
+        on_upgrade,
+        accepted,
+    } = upgrade;
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "the WebSocket upgrade did not complete");
+            return None;
+        }
+    };
+    let (read, write, pending) = split(upgraded);
+    Some(accepted.run(read, write, pending))
 }
 
 /// The socket's halves, and the bytes already read past the upgrade request.

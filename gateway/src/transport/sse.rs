@@ -112,12 +112,18 @@ pub async fn open(
         queue.clone(),
     );
 
-    let conn = state.hub.presence().connection_id();
-    let presence = crate::presence::Tracks::new(
-        (request.channels.iter())
-            .filter_map(|c| state.hub.presence().track(c, &conn, &grant))
-            .collect(),
-    );
+    let roster = state.hub.presence();
+    // No id, and nothing kept, unless one of the channels is tracked.
+    let presence = if request.channels.iter().any(|c| roster.tracks(c)) {
+        let conn = roster.connection_id();
+        crate::presence::Tracks::new(
+            (request.channels.iter())
+                .filter_map(|c| roster.track(c, &conn, &grant))
+                .collect(),
+        )
+    } else {
+        None
+    };
 
     let settings = &state.settings;
     let encoding = compress::choose(&settings.compression, headers);

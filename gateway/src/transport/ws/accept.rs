@@ -40,9 +40,15 @@ pub struct Accepted {
 }
 
 impl Accepted {
-    /// Runs the session on the upgraded socket (`pending`: bytes the client sent after the
-    /// upgrade request, decoded first), or closes with 4500 when the token was refused.
-    pub async fn run(self, read: ReadIo, write: WriteIo, pending: BytesMut) {
+    /// The session to run on the upgraded socket (`pending`: bytes the client sent after the
+    /// upgrade request, decoded first), or the 4500 close when the token was refused; boxed
+    /// to its own size.
+    pub fn run(
+        self,
+        read: ReadIo,
+        write: WriteIo,
+        pending: BytesMut,
+    ) -> futures_util::future::LocalBoxFuture<'static, ()> {
         let limit = self.state.settings.ws.max_message_bytes;
         let mut stream = MessageStream::with_pending(read, limit, pending);
         let mut session = Session::new(write);
@@ -52,14 +58,10 @@ impl Accepted {
             session.deflate(deflate.server_max_window_bits);
         }
         match self.admitted {
-            Ok(admitted) => {
-                Running::new(self.state, admitted)
-                    .run(session, stream)
-                    .await
-            }
-            Err(reason) => {
+            Ok(admitted) => Box::pin(Running::new(self.state, admitted).run(session, stream)),
+            Err(reason) => Box::pin(async move {
                 close_with(session, &mut stream, Disconnect::Unauthorized, Some(reason)).await
-            }
+            }),
         }
     }
 }

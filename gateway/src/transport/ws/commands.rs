@@ -365,13 +365,15 @@ impl Connection {
             want,
             self.reports.clone(),
         ));
+        let presence = self.state.hub.presence();
+        // The id exists only once a tracked channel needs it: most connections never do.
+        let tracked = presence.tracks(&name).then(|| {
+            let id = self.conn_id.get_or_insert_with(|| presence.connection_id());
+            presence.track(&name, id, &self.grant).map(Box::new)
+        });
         self.slots.0.push(Slot {
             id: slot,
-            _presence: self
-                .state
-                .hub
-                .presence()
-                .track(&name, &self.conn_id, &self.grant),
+            _presence: tracked.flatten(),
             channel: name,
             req,
             membership: None,

@@ -28,7 +28,8 @@ pub(super) struct Slot {
     /// The resume task, until it reports.
     pub task: Option<JoinHandle<()>>,
     /// The connection's presence entry in the channel (from the subscribe on).
-    pub _presence: Option<crate::presence::Tracked>,
+    /// Boxed: most slots have none, and every slot of every connection pays for the inline size.
+    pub _presence: Option<Box<crate::presence::Tracked>>,
 }
 
 /// Everything the session loop and the command handlers share.
@@ -44,8 +45,8 @@ pub(super) struct Connection {
     pub reports: Arc<Inbox>,
     /// When the token is due (first `auth`, expiry warning, expiry).
     pub clock: TokenClock,
-    /// The connection's id in presence entries.
-    pub conn_id: Arc<str>,
+    /// The connection's id in presence entries, made on its first tracked subscription.
+    pub conn_id: Option<Arc<str>>,
     pub _guard: ConnectionGuard,
 }
 

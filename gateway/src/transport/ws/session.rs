@@ -163,7 +163,7 @@ impl Running {
             )
         };
         let conn = Connection {
-            conn_id: state.hub.presence().connection_id(),
+            conn_id: None,
             state,
             grant: admitted.grant,
             queue,
