@@ -426,7 +426,7 @@ fn check_writing(data: &[u8], pieces: &[u8], reason: u8) {
             }
             Op::Binary(bytes) => {
                 expected.push(Message::Binary(Bytes::from(bytes.clone())));
-                poll_once(session.feed_binary(Bytes::from(bytes)))
+                poll_once(session.feed_frame(gateway::hub::ws_frame::encode(&bytes, true, false)))
             }
             Op::Ping(bytes) => {
                 expected.push(Message::Ping(cut(&bytes, 125)));
