@@ -227,7 +227,7 @@ pub struct SseStream {
     /// The stream's content coding (`compression.sse` and `Accept-Encoding`), and its level.
     encoding: Option<SseEncoding>,
     level: u8,
-    retry_ms: u64,
+    retry_ms: u32,
     batch: Vec<Item>,
     metrics: Metrics,
     expires: Option<Instant>,
@@ -253,7 +253,8 @@ impl SseStream {
             finished: false,
             encoding: p.encoding,
             level: p.level,
-            retry_ms: p.retry_ms,
+            // 32 bits pack with the one-byte fields: this struct sits in every idle stream.
+            retry_ms: u32::try_from(p.retry_ms).unwrap_or(u32::MAX),
             batch: Vec::new(),
             metrics: p.metrics,
             expires: p.expires,
@@ -375,7 +376,7 @@ impl SseStream {
     fn closing_frame(&self, reason: CloseReason) -> Bytes {
         let mut out = Vec::new();
         shared::sse::write_comment(&mut out, &format!("closing: {}", reason.as_str()));
-        shared::sse::write_retry(&mut out, self.retry_ms);
+        shared::sse::write_retry(&mut out, u64::from(self.retry_ms));
         reason.count(&self.metrics);
         Bytes::from(compress::own(self.encoding, &out))
     }
