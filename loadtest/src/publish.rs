@@ -277,10 +277,9 @@ async fn worker(
     let mut hist = new_histogram();
     let mut wait = new_histogram();
     let batch = target.batch();
-    // The request being assembled: (channel, seq) of its events, when each was due, and their
+    // The request being assembled: (channel, seq, when it was due) of its events, and their
     // payloads in buffers reused from request to request.
-    let mut pending: Vec<(usize, u64)> = Vec::with_capacity(batch);
-    let mut dues: Vec<Instant> = Vec::with_capacity(batch);
+    let mut pending: Vec<(usize, u64, Instant)> = Vec::with_capacity(batch);
     let mut payloads: Vec<Vec<u8>> = (0..batch)
         .map(|_| Vec::with_capacity(run.size + 64))
         .collect();
@@ -315,24 +314,11 @@ async fn worker(
             } else {
                 write_payload(payload, seq, unix_micros(), run.size);
             }
-            pending.push((c, seq));
-            dues.push(due);
+            pending.push((c, seq, due));
             // A batch goes out when full, at the time its last event is due.
             if pending.len() >= batch {
-                let sent = Sent {
-                    hist: &mut hist,
-                    wait: &mut wait,
-                };
-                send(
-                    &mut client,
-                    &mut pending,
-                    &mut dues,
-                    &payloads,
-                    book,
-                    stats,
-                    sent,
-                )
-                .await;
+                let timings = (&mut hist, &mut wait);
+                send(&mut client, &mut pending, &payloads, book, stats, timings).await;
             }
         }
         j += 1;
@@ -341,45 +327,27 @@ async fn worker(
         }
     }
     if !pending.is_empty() {
-        let sent = Sent {
-            hist: &mut hist,
-            wait: &mut wait,
-        };
-        send(
-            &mut client,
-            &mut pending,
-            &mut dues,
-            &payloads,
-            book,
-            stats,
-            sent,
-        )
-        .await;
+        let timings = (&mut hist, &mut wait);
+        send(&mut client, &mut pending, &payloads, book, stats, timings).await;
     }
     let _ = lock(&stats.latency).add(&hist);
     wait
 }
 
-/// Where a request's timings go: its latency (sent to answered, once per request) and each
-/// event's wait (due to answered).
-struct Sent<'a> {
-    hist: &'a mut Histogram<u64>,
-    wait: &'a mut Histogram<u64>,
-}
-
 /// Sends the pending events in one request and counts the outcome for each of them (a failed
-/// batch counts every event as failed: it may not have been stored).
+/// batch counts every event as failed: it may not have been stored). `timings` gets the
+/// request's latency (sent to answered, once) and each event's wait (due to answered).
 async fn send(
     client: &mut Client,
-    pending: &mut Vec<(usize, u64)>,
-    dues: &mut Vec<Instant>,
+    pending: &mut Vec<(usize, u64, Instant)>,
     payloads: &[Vec<u8>],
     book: &Book,
     stats: &PubStats,
-    sent: Sent<'_>,
+    timings: (&mut Histogram<u64>, &mut Histogram<u64>),
 ) {
+    let (hist, wait) = timings;
     let events: Vec<(usize, &[u8])> = (pending.iter().zip(payloads))
-        .map(|(&(c, _), p)| (c, &p[..]))
+        .map(|(&(c, _, _), p)| (c, &p[..]))
         .collect();
     let t0 = Instant::now();
     let result = tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(&events))
@@ -389,11 +357,9 @@ async fn send(
             Err("timeout".into())
         });
     let answered = Instant::now();
-    sent.hist
-        .saturating_record((answered.duration_since(t0).as_micros() as u64).max(1));
-    for due in dues.drain(..) {
-        sent.wait
-            .saturating_record((answered.duration_since(due).as_micros() as u64).max(1));
+    hist.saturating_record((answered.duration_since(t0).as_micros() as u64).max(1));
+    for &(_, _, due) in pending.iter() {
+        wait.saturating_record((answered.duration_since(due).as_micros() as u64).max(1));
     }
     let n = pending.len() as u64;
     match result {
@@ -402,7 +368,7 @@ async fn send(
         }
         Err(reason) => {
             stats.failed.fetch_add(n, Ordering::Relaxed);
-            lock(&book.failed).extend(pending.iter().copied());
+            lock(&book.failed).extend(pending.iter().map(|&(c, seq, _)| (c, seq)));
             *lock(&stats.failures).entry(reason).or_default() += n;
         }
     }
