@@ -72,13 +72,7 @@ pub fn parse(query: &str, max: usize) -> Result<HistoryRequest, ApiError> {
 
 /// Serves `GET /history`.
 pub async fn respond(state: &AppState, query: &str, headers: &HeaderMap) -> Response<Body> {
-    match answer(state, query, headers).await {
-        Ok(res) => res,
-        Err(e) => {
-            state.metrics.rejected.with_label_values(&[e.code()]).inc();
-            e.into_response()
-        }
-    }
+    super::answered(state, answer(state, query, headers).await)
 }
 
 async fn answer(

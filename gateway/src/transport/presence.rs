@@ -68,13 +68,7 @@ pub async fn respond(
     headers: &HeaderMap,
     stats: bool,
 ) -> Response<Body> {
-    match answer(state, query, headers, stats).await {
-        Ok(res) => res,
-        Err(e) => {
-            state.metrics.rejected.with_label_values(&[e.code()]).inc();
-            e.into_response()
-        }
-    }
+    super::answered(state, answer(state, query, headers, stats).await)
 }
 
 async fn answer(
