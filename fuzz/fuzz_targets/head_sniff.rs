@@ -7,6 +7,8 @@
 //! - the decision depends on the bytes, not on how they were split: it is made at the first read
 //!   that completes what a byte-at-a-time feed needed, and is the same, except that a `GET /sse`
 //!   head followed by more bytes in the same read goes to hyper;
+//! - a connection goes to the publish thread only if its first bytes are `POST /publish`
+//!   followed by a space or `?`;
 //! - a head is served raw only if it is complete, within the limit, a `GET /sse` with the query
 //!   it names, and breaks no head rule (one `Host`, no body).
 //!
@@ -62,6 +64,7 @@ fn kind(decided: &Option<Sniffed>) -> &'static str {
         None => "undecided",
         Some(Sniffed::Sse(_)) => "sse",
         Some(Sniffed::Http2(_)) => "h2",
+        Some(Sniffed::Publish(_)) => "publish",
         Some(Sniffed::Other(_)) => "other",
         Some(Sniffed::TimedOut) => "timed out",
         Some(Sniffed::Closed) => "closed",
@@ -87,6 +90,10 @@ fn check(data: &[u8], run: &Run, limit: usize) {
             assert!(run.fed < limit, "the limit was reached without a decision");
         }
         Some(Sniffed::Other(bytes)) => assert_eq!(bytes[..], data[..run.fed]),
+        Some(Sniffed::Publish(bytes)) => {
+            assert_eq!(bytes[..], data[..run.fed]);
+            assert!(bytes.starts_with(b"POST /publish ") || bytes.starts_with(b"POST /publish?"));
+        }
         Some(Sniffed::Http2(bytes)) => {
             assert_eq!(bytes[..], data[..run.fed]);
             assert!(bytes.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));

@@ -132,6 +132,20 @@ pub async fn run(
     if let Some(tls) = &tls {
         actix_rt::spawn(reload_on_sighup(tls.clone()));
     }
+    let mut template = Front {
+        state: state.clone(),
+        request_timeout,
+        user_timeout,
+        tls: tls.clone(),
+        http2: settings.server.http2,
+        proxy_protocol: settings.server.proxy_protocol,
+        handoff: None,
+    };
+    let publish_thread = front::publish_thread::PublishThread::start(
+        template.clone(),
+        Duration::from_secs(settings.server.shutdown_timeout_seconds),
+    )?;
+    template.handoff = Some(publish_thread.handoff());
     let server = actix_server::Server::build()
         .workers(workers)
         .max_concurrent_connections(per_worker)
@@ -140,14 +154,7 @@ pub async fn run(
         .listen("gateway", listener, move || {
             // Runs on each worker thread: fan-out wakes this worker's connections in batches.
             crate::hub::worker::Worker::install();
-            let front = Rc::new(Front {
-                state: state.clone(),
-                request_timeout,
-                user_timeout,
-                tls: tls.clone(),
-                http2: state.settings.server.http2,
-                proxy_protocol: state.settings.server.proxy_protocol,
-            });
+            let front = Rc::new(template.clone());
             fn_service(move |stream: TcpStream| {
                 front::serve(front.clone(), stream).map(Ok::<_, ()>)
             })
@@ -164,6 +171,7 @@ pub async fn run(
         handle.stop(true).await;
     });
     let result = server.await;
+    publish_thread.join().await;
     presence.stop(Duration::from_secs(2)).await;
     engine.stop();
     tracing::info!("stopped");

@@ -8,6 +8,7 @@ use std::pin::{Pin, pin};
 use std::rc::Rc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{LocalBoxFuture, OptionFuture};
 use http::StatusCode;
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::handoff::{Detach, Handed, Handoff, Socket};
 use super::head::{self, Sniffed};
 use super::idle::Tracker;
 use super::limits::{MAX_HEAD, MAX_HEADERS};
@@ -84,7 +86,7 @@ async fn peer_of(front: &Front, stream: &mut TcpStream, deadline: Instant) -> Op
 }
 
 /// The rest of the connection's life, as the first head asks (plain or TLS).
-fn route<S: RawIo + Send>(
+fn route<S: RawIo + Send + Detach>(
     front: &Rc<Front>,
     mut stream: S,
     sniffed: Sniffed,
@@ -98,6 +100,15 @@ fn route<S: RawIo + Send>(
             Protocol::Http2,
             peer,
         ),
+        Sniffed::Publish(prefix) => match &front.handoff {
+            Some(handoff) if handoff.open() => hand_off(front, handoff, stream, prefix, peer),
+            _ => http(
+                front.clone(),
+                Prefixed::new(prefix, stream),
+                Protocol::Http1,
+                peer,
+            ),
+        },
         Sniffed::Http2(prefix) | Sniffed::Other(prefix) => http(
             front.clone(),
             Prefixed::new(prefix, stream),
@@ -114,6 +125,55 @@ fn route<S: RawIo + Send>(
         }),
         Sniffed::Closed => Box::pin(std::future::ready(())),
     }
+}
+
+/// Moves a publisher's connection to the publish thread; served here if it cannot go.
+fn hand_off<S: Detach>(
+    front: &Rc<Front>,
+    handoff: &Handoff,
+    stream: S,
+    prefix: Bytes,
+    peer: IpAddr,
+) -> LocalBoxFuture<'static, ()> {
+    let socket = match stream.detach() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not take a socket off this worker");
+            return Box::pin(std::future::ready(()));
+        }
+    };
+    match handoff.send(Handed {
+        socket,
+        prefix,
+        peer,
+    }) {
+        Ok(()) => {
+            front.state.metrics.publish_thread_connections.inc();
+            Box::pin(std::future::ready(()))
+        }
+        Err(handed) => serve_handed(front.clone(), handed),
+    }
+}
+
+/// Serves a connection handed over from another thread (or given back): HTTP/1.1 from the
+/// bytes already read, on this thread's runtime.
+pub(super) fn serve_handed(front: Rc<Front>, handed: Handed) -> LocalBoxFuture<'static, ()> {
+    let Handed {
+        socket,
+        prefix,
+        peer,
+    } = handed;
+    let attached = match socket {
+        Socket::Plain(s) => TcpStream::from_std(s)
+            .map(|s| http(front, Prefixed::new(prefix, s), Protocol::Http1, peer)),
+        Socket::Tls(t) => t
+            .attach()
+            .map(|s| http(front, Prefixed::new(prefix, s), Protocol::Http1, peer)),
+    };
+    attached.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "could not register a handed-over socket");
+        Box::pin(std::future::ready(()))
+    })
 }
 
 /// The handshake and, unless ALPN chose HTTP/2, the first request's head, both within the

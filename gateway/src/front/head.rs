@@ -33,6 +33,9 @@ pub enum Sniffed {
     Sse(RequestHead),
     /// The HTTP/2 preface: these bytes were read and must be replayed to hyper's HTTP/2.
     Http2(Bytes),
+    /// A first request that starts `POST /publish`: served by hyper's HTTP/1.1 like `Other`,
+    /// on the publish thread when there is one (`front::handoff`).
+    Publish(Bytes),
     /// Anything else: these bytes were read and must be replayed to hyper's HTTP/1.1.
     Other(Bytes),
     /// The head did not arrive before the deadline (slowloris).
@@ -140,6 +143,7 @@ impl HeadSniffer {
         match decision {
             Decision::Other => Some(Sniffed::Other(self.take())),
             Decision::Http2 => Some(Sniffed::Http2(self.take())),
+            Decision::Publish => Some(Sniffed::Publish(self.take())),
             Decision::Sse(head) => {
                 self.buf = Vec::new();
                 Some(Sniffed::Sse(head))
@@ -157,12 +161,16 @@ impl HeadSniffer {
 enum Decision {
     Sse(RequestHead),
     Http2,
+    Publish,
     Other,
     NeedMore,
 }
 
 /// The request line served on the raw socket starts with this, followed by `?` or a space.
 const PREFIX: &[u8] = b"GET /sse";
+
+/// A publisher's request line starts with this, followed by `?` or a space.
+const PUBLISH: &[u8] = b"POST /publish";
 
 fn classify(buf: &[u8]) -> Decision {
     let n = buf.len().min(H2_PREFACE.len());
@@ -171,6 +179,14 @@ fn classify(buf: &[u8]) -> Decision {
             Decision::Http2
         } else {
             Decision::NeedMore
+        };
+    }
+    let n = buf.len().min(PUBLISH.len());
+    if buf[..n] == PUBLISH[..n] {
+        return match buf.get(PUBLISH.len()) {
+            None => Decision::NeedMore,
+            Some(b'?' | b' ') => Decision::Publish,
+            Some(_) => Decision::Other,
         };
     }
     let n = buf.len().min(PREFIX.len());
@@ -255,6 +271,7 @@ mod tests {
         match classify(text.as_bytes()) {
             Decision::Sse(_) => "sse",
             Decision::Http2 => "h2",
+            Decision::Publish => "publish",
             Decision::Other => "other",
             Decision::NeedMore => "more",
         }
@@ -278,7 +295,12 @@ mod tests {
     fn everything_else_goes_to_hyper_at_once() {
         assert_eq!(decide("X"), "other");
         assert_eq!(decide("P"), "more", "maybe the HTTP/2 preface");
-        assert_eq!(decide("POST /publish HTTP/1.1\r\n"), "other");
+        assert_eq!(decide("POST /publish HTTP/1.1\r\n"), "publish");
+        assert_eq!(decide("POST /publish?x=1 HTTP/1.1\r\n"), "publish");
+        assert_eq!(decide("POST /pub"), "more");
+        assert_eq!(decide("POST /publishx HTTP/1.1\r\n"), "other");
+        assert_eq!(decide("POST /history HTTP/1.1\r\n"), "other");
+        assert_eq!(decide("GET /publish HTTP/1.1\r\n"), "other");
         assert_eq!(decide("GET /ssex HTTP/1.1\r\n\r\n"), "other");
         assert_eq!(decide("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"), "other");
         assert_eq!(decide("PRX"), "other");
@@ -323,6 +345,8 @@ mod tests {
             assert_eq!(fed, head.len());
             assert!(matches!(decided, Some(Sniffed::Sse(h)) if h.query == "channel=a"));
             let (fed, decided) = sniff_in(b"POST /publish HTTP/1.1\r\n", step, MAX_HEAD);
+            assert!(matches!(decided, Some(Sniffed::Publish(b)) if b.len() == fed));
+            let (fed, decided) = sniff_in(b"POST /history HTTP/1.1\r\n", step, MAX_HEAD);
             assert!(matches!(decided, Some(Sniffed::Other(b)) if b.len() == fed));
         }
         assert!(matches!(

@@ -10,17 +10,22 @@
 //!   times out every request head, not only the first; WebSocket upgrades are handed back as the
 //!   raw socket and run the same session as ever.
 //!
+//! - A connection whose first request is `POST /publish` (HTTP/1.1, plain or TLS) moves to the
+//!   publish thread (`publish_thread`), so publishing stays quick while workers fan out.
+//!
 //! The rules a head must follow (`limits`) are checked once for both, so a request is refused
 //! or served the same way whichever path reads it.
 
 mod conn;
 pub mod cors;
+pub mod handoff;
 pub mod head;
 mod idle;
 pub mod limits;
 mod parse_errors;
 mod prefixed;
 mod proxy_header;
+pub mod publish_thread;
 pub mod pump;
 mod raw;
 mod raw_io;
@@ -49,6 +54,7 @@ pub async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, e: &ApiError, extra: 
 }
 
 /// What every connection on one worker needs.
+#[derive(Clone)]
 pub struct Front {
     /// Handlers' state.
     pub state: AppState,
@@ -62,4 +68,6 @@ pub struct Front {
     pub http2: bool,
     /// Whether trusted peers start with a PROXY protocol header (`server.proxy_protocol`).
     pub proxy_protocol: bool,
+    /// Where publishers' connections go (`publish_thread`); `None` serves them here.
+    pub handoff: Option<handoff::Handoff>,
 }

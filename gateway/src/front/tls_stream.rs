@@ -92,6 +92,35 @@ impl TlsStream {
         &self.tcp
     }
 
+    /// Takes the session off this thread's runtime, to be served on another thread's
+    /// ([`DetachedTls::attach`]); everything received and not yet read goes with it.
+    pub fn detach(self) -> io::Result<DetachedTls> {
+        let Self {
+            tcp,
+            conn,
+            incoming,
+            outgoing,
+            sent,
+            plain,
+            taken,
+            eof,
+            close_sent,
+        } = self;
+        Ok(DetachedTls {
+            tcp: tcp.into_std()?,
+            parts: Box::new(Parts {
+                conn,
+                incoming,
+                outgoing,
+                sent,
+                plain,
+                taken,
+                eof,
+                close_sent,
+            }),
+        })
+    }
+
     /// Whether decrypted bytes are waiting to be read.
     pub fn has_plaintext(&self) -> bool {
         self.taken < self.plain.len()
@@ -224,6 +253,51 @@ impl TlsStream {
             self.eof = true;
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+/// A TLS session off any runtime, on its way to another thread.
+pub struct DetachedTls {
+    tcp: std::net::TcpStream,
+    parts: Box<Parts>,
+}
+
+/// Everything of a [`TlsStream`] but its socket.
+struct Parts {
+    conn: UnbufferedServerConnection,
+    incoming: Vec<u8>,
+    outgoing: Vec<u8>,
+    sent: usize,
+    plain: Vec<u8>,
+    taken: usize,
+    eof: bool,
+    close_sent: bool,
+}
+
+impl DetachedTls {
+    /// The session again, its socket registered with the calling thread's runtime.
+    pub fn attach(self) -> io::Result<TlsStream> {
+        let Parts {
+            conn,
+            incoming,
+            outgoing,
+            sent,
+            plain,
+            taken,
+            eof,
+            close_sent,
+        } = *self.parts;
+        Ok(TlsStream {
+            tcp: TcpStream::from_std(self.tcp)?,
+            conn,
+            incoming,
+            outgoing,
+            sent,
+            plain,
+            taken,
+            eof,
+            close_sent,
+        })
     }
 }
 

@@ -47,6 +47,8 @@ pub struct Inner {
     pub gaps: IntCounter,
     /// Clients disconnected because their queue overflowed.
     pub slow_consumers: IntCounter,
+    /// Publishers' connections moved to the publish thread (`front::publish_thread`).
+    pub publish_thread_connections: IntCounter,
     /// Connections closed by the gateway, by reason.
     pub disconnects: IntCounterVec,
     /// History reads sent to the engine.
@@ -202,6 +204,11 @@ impl Metrics {
                 &r,
                 "gateway_slow_consumer_disconnects_total",
                 "Clients disconnected because their queue overflowed.",
+            ),
+            publish_thread_connections: counter(
+                &r,
+                "gateway_publish_thread_connections_total",
+                "Connections whose first request was POST /publish, moved to the publish thread.",
             ),
             disconnects: counter_vec(
                 &r,

@@ -70,6 +70,7 @@ fn every_bounded_label_set_is_present_at_zero_after_start() {
     want.push("gateway_engine_reconnects_total".to_owned());
     want.push("gateway_gaps_total".to_owned());
     want.push("gateway_slow_consumer_disconnects_total".to_owned());
+    want.push("gateway_publish_thread_connections_total".to_owned());
     for series in &want {
         assert!(
             zero(&text, series),

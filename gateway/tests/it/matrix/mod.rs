@@ -9,6 +9,7 @@
 //! - `hostile`: oversized heads and frames, head rules, trickled heads and bodies.
 //! - `token_expiry`: streams at a token's `exp`, WebSocket refresh and first-message auth.
 //! - `publishing`: API keys, cross-site publishes, the Host allowlist.
+//! - `publish_thread`: publishers' connections moved off the workers, and their drain.
 //! - `reads`: `GET /history` and the long poll `GET /poll`.
 //! - `compression`, `compression_ws`: gzip and deflate SSE streams, WebSocket permessage-deflate
 //!   (issue 15).
@@ -20,6 +21,7 @@ mod compression_ws;
 mod curl;
 mod delivery;
 mod hostile;
+mod publish_thread;
 mod publishing;
 mod reads;
 mod token_expiry;

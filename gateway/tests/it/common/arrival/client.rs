@@ -137,6 +137,25 @@ impl Client {
         Ok(res)
     }
 
+    /// `GET <path>` as the next request on this connection, which must be served as an SSE
+    /// stream (panics otherwise); the stream keeps the connection.
+    pub async fn into_sse(mut self, path: &str, headers: &[(&str, &str)]) -> Events {
+        let res = self
+            .send(Method::GET, path, headers, empty())
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = res.status().as_u16();
+        if status != 200 {
+            let body = read_text(res.into_body()).await;
+            panic!("GET {path} answered {status}: {body:?}");
+        }
+        let coding = res
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().expect("ASCII header").to_owned());
+        Events::new(res.into_body(), self, coding.as_deref())
+    }
+
     /// Sends a request and reads the whole answer: status and body text.
     pub async fn call(
         &mut self,

@@ -1,0 +1,134 @@
+//! The publish thread: one more thread, beside the workers, that serves connections whose first
+//! request is `POST /publish` (moved there by `handoff`).
+//!
+//! At full fan-out every worker has thousands of streams to write; a publish served there waits
+//! in the same run queue, once for its request and once for the Redis reply, and a publisher
+//! that sends one request at a time falls behind. This thread has its own runtime and, being a
+//! worker to the engine (`rt`), its own Redis connection, so a publish waits only for the OS to
+//! schedule a thread that is otherwise idle. It is a worker like the others in every other way:
+//! any request on a connection it serves is answered the same, streams included.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::Front;
+use super::conn::serve_handed;
+use super::handoff::{Handed, Handoff};
+
+/// The running publish thread.
+pub struct PublishThread {
+    handoff: Handoff,
+    done: oneshot::Receiver<()>,
+}
+
+impl PublishThread {
+    /// Starts the thread, which serves with `front` (its `handoff` is ignored: nothing is
+    /// handed on from here) until the instance shuts down, then lets its connections finish
+    /// for at most `drain`.
+    pub fn start(mut front: Front, drain: Duration) -> std::io::Result<Self> {
+        front.handoff = None;
+        let (handoff, handed) = Handoff::channel();
+        let (done_tx, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("gateway-publish".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let local = tokio::task::LocalSet::new();
+                        local.block_on(&rt, run(front, handed, drain));
+                    }
+                    // Without the thread, workers serve publishers themselves (the queue is
+                    // closed once `handed` is dropped).
+                    Err(e) => tracing::error!(error = %e, "cannot start the publish thread"),
+                }
+                let _ = done_tx.send(());
+            })?;
+        Ok(Self { handoff, done })
+    }
+
+    /// The workers' way to hand a connection over.
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
+    }
+
+    /// Waits until the thread has finished (after shutdown and its drain).
+    pub async fn join(self) {
+        drop(self.handoff);
+        let _ = self.done.await;
+    }
+}
+
+async fn run(front: Front, mut handed: mpsc::Receiver<Handed>, drain: Duration) {
+    crate::hub::worker::Worker::install();
+    let front = Rc::new(front);
+    let mut shutdown = front.state.hub.shutdown_signal();
+    let live = Rc::new(Live::default());
+    loop {
+        tokio::select! {
+            next = handed.recv() => match next {
+                Some(h) => serve(&front, &live, h),
+                None => break,
+            },
+            _ = shutdown.wait_for(|down| *down) => break,
+        }
+    }
+    // Connections already queued are served (and drained) like the rest.
+    handed.close();
+    while let Some(h) = handed.recv().await {
+        serve(&front, &live, h);
+    }
+    if tokio::time::timeout(drain, live.none()).await.is_err() {
+        tracing::debug!(
+            connections = live.count.get(),
+            "publish thread: drain timed out"
+        );
+    }
+}
+
+fn serve(front: &Rc<Front>, live: &Rc<Live>, handed: Handed) {
+    let conn = serve_handed(front.clone(), handed);
+    let guard = Live::enter(live);
+    tokio::task::spawn_local(async move {
+        conn.await;
+        drop(guard);
+    });
+}
+
+/// Connections being served on this thread, so the drain knows when they are all done.
+#[derive(Default)]
+struct Live {
+    count: Cell<usize>,
+    idle: Notify,
+}
+
+impl Live {
+    fn enter(this: &Rc<Self>) -> LiveGuard {
+        this.count.set(this.count.get() + 1);
+        LiveGuard(this.clone())
+    }
+
+    /// Resolves once no connection is left.
+    async fn none(&self) {
+        while self.count.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
+}
+
+struct LiveGuard(Rc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let left = self.0.count.get() - 1;
+        self.0.count.set(left);
+        if left == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
