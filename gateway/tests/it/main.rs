@@ -27,6 +27,7 @@ mod operator;
 mod poll;
 mod presence;
 mod presence_cluster;
+mod presence_leaves;
 mod pubsub_drop;
 mod race;
 mod redis_cluster;
