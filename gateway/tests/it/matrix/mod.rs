@@ -10,6 +10,7 @@
 //! - `token_expiry`: streams at a token's `exp`, WebSocket refresh and first-message auth.
 //! - `publishing`: API keys, cross-site publishes, the Host allowlist.
 //! - `reads`: `GET /history` and the long poll `GET /poll`.
+//! - `presence`: `GET /presence`, `/presence/stats` and the WebSocket `presence` command.
 //! - `compression`, `compression_ws`: gzip and deflate SSE streams, WebSocket permessage-deflate
 //!   (issue 15).
 //! - `curl`: a real HTTP/2 client (Debian's curl) over TLS and h2c.
@@ -20,6 +21,7 @@ mod compression_ws;
 mod curl;
 mod delivery;
 mod hostile;
+mod presence;
 mod publishing;
 mod reads;
 mod token_expiry;
