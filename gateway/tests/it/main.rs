@@ -28,6 +28,7 @@ mod poll;
 mod presence;
 mod presence_cluster;
 mod presence_leaves;
+mod presence_sentinel;
 mod pubsub_drop;
 mod race;
 mod redis_cluster;
