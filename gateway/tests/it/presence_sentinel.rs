@@ -100,7 +100,14 @@ async fn entries_are_back_on_the_new_primary_within_the_ttl_after_a_failover() {
             .all(|(_, at)| *at as u64 > killed_ms + 2_000),
         "deadlines {deadlines:?} not refreshed after the kill at {killed_ms}"
     );
-    // The connections themselves lived through it.
+    // The connections themselves lived through it (told of a gap, maybe: continuity across an
+    // unplanned failover cannot be proven).
     ws.send(serde_json::json!({"type": "ping"})).await;
-    ws.expect("pong").await;
+    loop {
+        match ws.recv().await {
+            WsItem::Json(v) if v["type"] == "pong" => break,
+            WsItem::Json(v) if v["type"] == "gap" => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
 }
