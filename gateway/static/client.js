@@ -7,6 +7,8 @@
 //                                                // when the gateway warns that it expires
 //   const sub = client.subscribe("news", (e) => console.log(e.id, e.data));
 //   await client.publish("news", "hello");   // only where the gateway allows client publishing
+//   const { count, clients } = await client.presence("chat:1");   // where presence is tracked
+//   client.subscribe("chat:1", onEvent, { onJoin: (who) => ..., onLeave: (who) => ... });
 //
 // What it adds over a bare WebSocket: reconnection with backoff, and resuming every channel
 // from the last id it delivered, so the app sees each event exactly once across reconnects
@@ -115,6 +117,7 @@ class Client {
   #draining = new Map(); // channel → unsubscribes not yet acknowledged on this socket
   #listeners = new Map(); // type → Set of callbacks
   #poller = null; // the long-poll loop, once fallen back
+  #polling = false; // falling back or fallen back: reads go over HTTP
   #everOpened = false; // a WebSocket opened at least once: failures are outages, not a proxy
   #wsFailures = 0; // WebSocket attempts in a row that never opened
 
@@ -148,10 +151,12 @@ class Client {
     return () => this.#listeners.get(type).delete(fn);
   }
 
-  // latest: start with the channel's last N events (when there is no `since`).
-  subscribe(channel, onEvent, { since, latest, onGap, onSubscribed, onError } = {}) {
+  // latest: start with the channel's last N events (when there is no `since`). onJoin/onLeave
+  // (entry, event): a channel's presence.join / presence.leave events go there instead of to
+  // onEvent; entry is { conn, sub, info }.
+  subscribe(channel, onEvent, { since, latest, onGap, onSubscribed, onError, onJoin, onLeave } = {}) {
     if (this.#subs.has(channel)) throw failure("already_subscribed", `already subscribed to ${channel}`, channel);
-    const sub = { channel, onEvent, onGap, onSubscribed, onError, position: since || undefined, latest, retries: 0, retry: null };
+    const sub = { channel, onEvent, onGap, onSubscribed, onError, onJoin, onLeave, position: since || undefined, latest, retries: 0, retry: null };
     if (this.#finished) {
       queueMicrotask(() => call(onError, { code: "closed", message: "the client is closed" }));
       return { channel, position: sub.position, unsubscribe() {} };
@@ -183,8 +188,15 @@ class Client {
 
   // One page of a channel's history: { events, gap?, next, head, more } (see GET /history).
   history(channel, { since, limit } = {}) {
-    if (this.#poller) return this.#fetchHistory(channel, since, limit);
+    if (this.#polling) return this.#fetchJson("history", channel, { since, limit });
     return this.#request((req) => JSON.stringify({ type: "history", channel, since, limit, req }));
+  }
+
+  // Who is subscribed to a channel right now, on every instance: { channel, count, clients? }
+  // (clients: [{ conn, sub, info }], absent past the gateway's presence.max_entries).
+  presence(channel) {
+    if (this.#polling) return this.#fetchJson("presence", channel, {});
+    return this.#request((req) => JSON.stringify({ type: "presence", channel, req }));
   }
 
   publish(channel, data, { event } = {}) {
@@ -277,6 +289,7 @@ class Client {
   // ---- long-poll fallback ----
 
   async #fallBack() {
+    this.#polling = true;
     this.#setState("connecting", { transport: "poll" });
     let poll;
     try {
@@ -314,14 +327,14 @@ class Client {
     });
   }
 
-  async #fetchHistory(channel, since, limit) {
+  // GET /<path>?channel=...&<params> beside the WebSocket URL, with the token.
+  async #fetchJson(path, channel, params) {
     const u = new URL(socketUrl(this.#url));
     u.protocol = u.protocol === "wss:" ? "https:" : "http:";
-    u.pathname = u.pathname.replace(/\/ws$/, "") + "/history";
+    u.pathname = u.pathname.replace(/\/ws$/, "") + "/" + path;
     u.search = "";
     u.searchParams.set("channel", channel);
-    if (since) u.searchParams.set("since", since);
-    if (limit) u.searchParams.set("limit", limit);
+    for (const [k, v] of Object.entries(params)) if (v) u.searchParams.set(k, v);
     const token = typeof this.#opts.token === "function" ? await this.#opts.token() : this.#opts.token;
     const res = await fetch(u, { headers: token ? { authorization: `Bearer ${token}` } : {}, cache: "no-store" });
     const body = await res.json();
@@ -401,7 +414,7 @@ class Client {
 
   #request(frameFor) {
     if (this.#finished) return Promise.reject(failure("closed", "the client is closed"));
-    if (this.#poller) return Promise.reject(failure("not_websocket", "publishing needs the WebSocket; this client fell back to long polling"));
+    if (this.#polling) return Promise.reject(failure("not_websocket", "publishing needs the WebSocket; this client fell back to long polling"));
     return new Promise((resolve, reject) => {
       const req = this.#nextReq++;
       const frame = frameFor(req); // may throw: the promise rejects
@@ -476,9 +489,10 @@ class Client {
       case "published":
         entry?.resolve?.(msg.id);
         break;
-      case "history": {
-        const { type, req, ...page } = msg;
-        entry?.resolve?.(page);
+      case "history":
+      case "presence": {
+        const { type, req, ...answer } = msg;
+        entry?.resolve?.(answer);
         break;
       }
       case "error":
@@ -507,7 +521,9 @@ class Client {
     if (!sub) return; // the app unsubscribed; the frame was already on its way
     sub.position = event.id;
     this.#positions.set(event.channel, event.id);
-    call(sub.onEvent, event);
+    const onPresence = event.event === "presence.join" ? sub.onJoin : event.event === "presence.leave" ? sub.onLeave : undefined;
+    if (onPresence) call(onPresence, event.data, event);
+    else call(sub.onEvent, event);
   }
 
   #acknowledgeUnsubscribe(entry) {

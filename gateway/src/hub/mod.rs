@@ -162,7 +162,11 @@ impl Hub {
             shards,
             hasher: Default::default(),
             history: HistoryReader::new(engine.clone(), config.page_size, metrics.clone()),
-            presence: crate::presence::Presence::new(engine.clone(), &config.presence),
+            presence: crate::presence::Presence::new(
+                engine.clone(),
+                &config.presence,
+                metrics.clone(),
+            ),
             engine: engine.clone(),
             config,
             metrics,

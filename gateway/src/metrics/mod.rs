@@ -4,6 +4,7 @@
 
 mod instance;
 pub mod labels;
+mod presence;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use prometheus::{
 use labels::{EngineErrorKind, PublishApi, ResumeOutcome, ResyncReason, SeenBy, Transport};
 
 pub use instance::{COMMIT, VERSION};
+pub use presence::PresenceMetrics;
 
 /// All metrics of one instance; cheap to clone.
 #[derive(Clone)]
@@ -72,6 +74,8 @@ pub struct Inner {
     pub ws_frames: IntCounterVec,
     /// WebSocket closes by code (`client` when the client went away first).
     pub ws_closes: IntCounterVec,
+    /// Presence entries, writes and join/leave events.
+    pub presence: PresenceMetrics,
     /// Pre-resolved series for per-write paths (a labelled lookup hashes and locks).
     pub hot: Hot,
 }
@@ -163,6 +167,7 @@ impl Metrics {
         };
         let inner = Inner {
             hot,
+            presence: PresenceMetrics::new(&r),
             connections,
             connections_total: counter_vec(
                 &r,

@@ -69,6 +69,17 @@ fn every_bounded_label_set_is_present_at_zero_after_start() {
     want.push(r#"gateway_ws_closes_total{code="client"}"#.to_owned());
     want.push("gateway_engine_reconnects_total".to_owned());
     want.push("gateway_gaps_total".to_owned());
+    for series in [
+        "gateway_presence_entries",
+        r#"gateway_presence_writes_total{outcome="ok"}"#,
+        r#"gateway_presence_writes_total{outcome="failed"}"#,
+        r#"gateway_presence_events_total{kind="join"}"#,
+        r#"gateway_presence_events_total{kind="leave"}"#,
+        "gateway_presence_events_failed_total",
+        "gateway_presence_expired_total",
+    ] {
+        want.push(series.to_owned());
+    }
     want.push("gateway_slow_consumer_disconnects_total".to_owned());
     want.push("gateway_publish_thread_connections_total".to_owned());
     for series in &want {

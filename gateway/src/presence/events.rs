@@ -1,14 +1,15 @@
-//! `presence.join` / `presence.leave` events on the channels `presence.events` names, published
-//! through the gateway's one publishing path (`publish::batch`), so they get positions, history
-//! and resume like any event. One task per instance publishes them in the order connections
-//! came and went, everything queued at once as one batch. A connection of an instance that dies
-//! without cleaning up gets no `leave` (its entry just expires).
+//! `presence.join` / `presence.leave` events on the channels `presence.events` names, with the
+//! in-memory engine: published through the gateway's one publishing path (`publish::batch`),
+//! so they get positions, history and resume like any event. One task per instance publishes
+//! them in the order connections came and went, everything queued at once as one batch. (With
+//! Redis, `gw_presence` publishes them itself, atomically with the change: see `writer`.)
 
 use bytes::Bytes;
 use shared::{ChannelName, EventName, PayloadKind};
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::{Engine, PublishRequest};
+use crate::metrics::Metrics;
 
 /// The event of a connection subscribing to a channel.
 pub const JOIN: &str = "presence.join";
@@ -33,6 +34,7 @@ pub(super) fn request(channel: &ChannelName, name: &'static str, entry: &str) ->
 pub(super) async fn run(
     engine: Engine,
     mut events: mpsc::UnboundedReceiver<PublishRequest>,
+    metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -49,13 +51,26 @@ pub(super) async fn run(
         if batch.is_empty() {
             return;
         }
+        let m = &metrics.presence;
         match crate::publish::batch::publish(&engine, &batch, None).await {
             Ok(results) => {
+                for (request, result) in batch.iter().zip(&results) {
+                    match result {
+                        Ok(_) if request.name.as_ref().is_some_and(|n| n.as_str() == JOIN) => {
+                            m.joins.inc();
+                        }
+                        Ok(_) => m.leaves.inc(),
+                        Err(_) => m.events_failed.inc(),
+                    }
+                }
                 if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                     tracing::warn!(error = %e, "a presence event was not published");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "presence events were not published"),
+            Err(e) => {
+                m.events_failed.inc_by(batch.len() as u64);
+                tracing::warn!(error = %e, "presence events were not published");
+            }
         }
     }
 }

@@ -16,13 +16,14 @@ pub(super) struct Local {
 }
 
 impl Local {
-    /// Adds or replaces one entry.
-    pub(super) fn insert(&self, channel: &ChannelName, conn: &Arc<str>, value: String) {
+    /// Adds or replaces one entry; `true` when it is new.
+    pub(super) fn insert(&self, channel: &ChannelName, conn: &Arc<str>, value: String) -> bool {
         self.channels
             .lock()
             .entry(channel.clone())
             .or_default()
-            .insert(conn.clone(), value);
+            .insert(conn.clone(), value)
+            .is_none()
     }
 
     /// Removes one entry (returned), and the channel once it has none.

@@ -2,9 +2,13 @@
 //! with its token's `sub` and `info` (`null` for anonymous connections: they count too).
 //!
 //! Every instance keeps its own entries here (`local`): with the in-memory engine that is the
-//! whole answer; with Redis (see `writer`) every change goes to the channel's presence hash in
-//! order, and every third of `presence.ttl_seconds` one batch re-adds all of the instance's
-//! entries with a fresh deadline, so those of an instance that died without cleaning up expire.
+//! whole answer, and `events` publishes its joins and leaves; with Redis (see `writer`) every
+//! change goes to the channel's presence hash in order, and every third of
+//! `presence.ttl_seconds` one batch re-adds all of the instance's entries with a fresh
+//! deadline, so those of an instance that died without cleaning up expire. There Redis itself
+//! publishes the joins and leaves, in the same atomic call as the change (`gw_presence`), so
+//! the leaves of a dead instance's entries are published exactly once, by whichever surviving
+//! instance removes them.
 //! SSE streams and WebSocket subscriptions are tracked; long polls are not (they come and go).
 
 pub mod events;
@@ -22,7 +26,8 @@ use tokio::sync::{mpsc, watch};
 use self::local::Local;
 use crate::auth::Grant;
 use crate::engine::redis::presence::PresenceOp;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, PublishRequest};
+use crate::metrics::Metrics;
 
 /// Handle to this instance's presence; clones share it.
 #[derive(Clone)]
@@ -36,6 +41,7 @@ struct Inner {
     next: AtomicU64,
     local: Local,
     engine: Engine,
+    metrics: Metrics,
     /// Changes for the Redis writer, in order (none with the in-memory engine).
     changes: Option<mpsc::UnboundedSender<(ChannelName, PresenceOp)>>,
     pending: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<(ChannelName, PresenceOp)>>>,
@@ -45,8 +51,9 @@ struct Inner {
     channels: Vec<String>,
     /// Patterns of the tracked channels that get join and leave events.
     events: Vec<String>,
-    announce: mpsc::UnboundedSender<crate::engine::PublishRequest>,
-    announced: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<crate::engine::PublishRequest>>>,
+    /// Joins and leaves for the events task (in-memory engine only: Redis publishes its own).
+    announce: Option<mpsc::UnboundedSender<PublishRequest>>,
+    announced: parking_lot::Mutex<Option<mpsc::UnboundedReceiver<PublishRequest>>>,
     stop: watch::Sender<bool>,
     /// The Redis writer and the events task, once started.
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -89,22 +96,31 @@ pub struct Tracked {
 }
 
 impl Presence {
-    /// Presence over `engine`; call [`Presence::start`] to run the Redis writer.
-    pub fn new(engine: Engine, settings: &crate::config::PresenceSettings) -> Self {
-        let (changes, pending) = match engine {
-            Engine::Redis(_) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                (Some(tx), Some(rx))
-            }
-            Engine::Memory(_) => (None, None),
+    /// Presence over `engine`; call [`Presence::start`] to run the Redis writer (or, with the
+    /// in-memory engine, the events task).
+    pub fn new(
+        engine: Engine,
+        settings: &crate::config::PresenceSettings,
+        metrics: Metrics,
+    ) -> Self {
+        fn queue<T>() -> (
+            Option<mpsc::UnboundedSender<T>>,
+            Option<mpsc::UnboundedReceiver<T>>,
+        ) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        let ((changes, pending), (announce, announced)) = match engine {
+            Engine::Redis(_) => (queue(), (None, None)),
+            Engine::Memory(_) => ((None, None), queue()),
         };
-        let (announce, announced) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
                 instance: format!("{:012x}", fastrand::u64(..) >> 16),
                 next: AtomicU64::new(1),
                 local: Local::default(),
                 engine,
+                metrics,
                 changes,
                 pending: parking_lot::Mutex::new(pending),
                 ttl: Duration::from_secs(settings.ttl_seconds),
@@ -112,20 +128,21 @@ impl Presence {
                 channels: settings.channels.clone(),
                 events: settings.events.clone(),
                 announce,
-                announced: parking_lot::Mutex::new(Some(announced)),
+                announced: parking_lot::Mutex::new(announced),
                 stop: watch::channel(false).0,
                 tasks: parking_lot::Mutex::new(Vec::new()),
             }),
         }
     }
 
-    /// Starts the Redis writer (none for the in-memory engine) and the events task.
+    /// Starts the Redis writer, or with the in-memory engine the events task.
     pub fn start(&self) {
         let mut tasks = self.inner.tasks.lock();
         if let Some(events) = self.inner.announced.lock().take() {
             tasks.push(tokio::spawn(events::run(
                 self.inner.engine.clone(),
                 events,
+                self.inner.metrics.clone(),
                 self.inner.stop.subscribe(),
             )));
         }
@@ -171,11 +188,14 @@ impl Presence {
             return None;
         }
         let value = entry(conn, grant);
-        if self.announces(channel) {
-            let join = events::request(channel, events::JOIN, &value);
-            let _ = self.inner.announce.send(join);
+        if let Some(announce) = &self.inner.announce
+            && self.announces(channel)
+        {
+            let _ = announce.send(events::request(channel, events::JOIN, &value));
         }
-        self.inner.local.insert(channel, conn, value.clone());
+        if self.inner.local.insert(channel, conn, value.clone()) {
+            self.inner.metrics.presence.entries.inc();
+        }
         if let Some(changes) = &self.inner.changes {
             let _ = changes.send((channel.clone(), PresenceOp::Add(conn.to_string(), value)));
         }
@@ -222,11 +242,13 @@ impl Presence {
     }
 
     fn untrack(&self, channel: &ChannelName, conn: &Arc<str>) {
-        if let Some(value) = self.inner.local.remove(channel, conn)
-            && self.announces(channel)
-        {
-            let leave = events::request(channel, events::LEAVE, &value);
-            let _ = self.inner.announce.send(leave);
+        if let Some(value) = self.inner.local.remove(channel, conn) {
+            self.inner.metrics.presence.entries.dec();
+            if let Some(announce) = &self.inner.announce
+                && self.announces(channel)
+            {
+                let _ = announce.send(events::request(channel, events::LEAVE, &value));
+            }
         }
         if let Some(changes) = &self.inner.changes {
             let _ = changes.send((channel.clone(), PresenceOp::Remove(conn.to_string())));
@@ -296,7 +318,8 @@ mod tests {
             events: vec!["lobby".into()],
             ..Default::default()
         };
-        let presence = Presence::new(engine, &settings);
+        let metrics = Metrics::new();
+        let presence = Presence::new(engine, &settings, metrics.clone());
         let (chat, lobby, other) = (
             ChannelName::new("chat:1").unwrap(),
             ChannelName::new("lobby").unwrap(),
@@ -311,8 +334,10 @@ mod tests {
         let roster = presence.roster(&chat, 10).await.unwrap().unwrap();
         assert_eq!(roster.count, 1);
         assert_eq!(roster.clients.unwrap()[0]["conn"], json!(&*conn));
+        assert_eq!(metrics.presence.entries.get(), 2);
         drop((in_chat, in_lobby));
         assert_eq!(presence.roster(&chat, 10).await.unwrap().unwrap().count, 0);
+        assert_eq!(metrics.presence.entries.get(), 0);
         // Only the lobby announced: its join, then its leave.
         let mut queued = presence.inner.announced.lock().take().unwrap();
         let names: Vec<String> = std::iter::from_fn(|| queued.try_recv().ok())

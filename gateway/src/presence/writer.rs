@@ -1,8 +1,11 @@
 //! The Redis writer: applies this instance's presence changes in order, batched (what arrives
 //! within [`COALESCE`] of a first change goes out together, one `gw_presence` call per channel
 //! carrying each connection's final state), and every third of the TTL re-adds all of the
-//! instance's entries with a fresh deadline. A failed write is logged; the next heartbeat
-//! repairs lost adds, and a lost removal expires with the TTL.
+//! instance's entries with a fresh deadline. Each call also removes the channel's entries past
+//! their deadline (an instance that died without cleaning up), and on channels with join and
+//! leave events publishes, in the same atomic call, a join for every entry that appeared and a
+//! leave for every one that disappeared (see `gw_presence`). A failed write is logged and
+//! counted; the next heartbeat repairs lost adds, and a lost removal expires with the TTL.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::Presence;
 use crate::engine::redis::RedisEngine;
-use crate::engine::redis::presence::PresenceOp;
+use crate::engine::redis::presence::{PresenceBatch, PresenceOp};
 
 /// Most changes gathered into one batch.
 const MAX_BATCH: usize = 10_000;
@@ -44,12 +47,12 @@ pub(super) async fn run(
                 while ops.len() < MAX_BATCH && let Ok(more) = changes.try_recv() {
                     ops.push(more);
                 }
-                apply(&engine, group(ops), ttl_ms).await;
+                apply(&engine, &presence, group(ops), ttl_ms).await;
             }
             _ = heartbeat.tick() => {
                 let all = presence.inner.local.snapshot();
                 if !all.is_empty() {
-                    apply(&engine, all, ttl_ms).await;
+                    apply(&engine, &presence, all, ttl_ms).await;
                 }
             }
             _ = stop.changed() => {
@@ -58,7 +61,7 @@ pub(super) async fn run(
                     ops.push(more);
                 }
                 if !ops.is_empty() {
-                    apply(&engine, group(ops), ttl_ms).await;
+                    apply(&engine, &presence, group(ops), ttl_ms).await;
                 }
                 return;
             }
@@ -66,9 +69,31 @@ pub(super) async fn run(
     }
 }
 
-async fn apply(engine: &RedisEngine, batches: Vec<(ChannelName, Vec<PresenceOp>)>, ttl_ms: u64) {
-    if let Err(e) = engine.presence_apply(batches, ttl_ms).await {
-        tracing::warn!(error = %e, "presence write failed; the next refresh repairs it");
+/// Writes each channel's ops (announced where `presence.events` says so) and counts the
+/// outcome.
+async fn apply(
+    engine: &RedisEngine,
+    presence: &Presence,
+    changes: Vec<(ChannelName, Vec<PresenceOp>)>,
+    ttl_ms: u64,
+) {
+    let batches = changes
+        .into_iter()
+        .map(|(channel, ops)| PresenceBatch {
+            announce: presence.announces(&channel),
+            channel,
+            ops,
+        })
+        .collect();
+    let done = engine.presence_apply(batches, ttl_ms).await;
+    let m = &presence.inner.metrics.presence;
+    m.writes_ok.inc_by(done.ok);
+    m.writes_failed.inc_by(done.failed);
+    m.joins.inc_by(done.joins);
+    m.leaves.inc_by(done.leaves);
+    m.expired.inc_by(done.expired);
+    if let Some(e) = done.error {
+        tracing::warn!(error = %e, failed = done.failed, "presence write failed; the next refresh repairs it");
     }
 }
 

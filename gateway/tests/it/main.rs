@@ -27,6 +27,8 @@ mod operator;
 mod poll;
 mod presence;
 mod presence_cluster;
+mod presence_leaves;
+mod presence_sentinel;
 mod pubsub_drop;
 mod race;
 mod redis_cluster;

@@ -352,78 +352,145 @@ end
 -- Presence: who is subscribed to a channel, on every instance.
 --   <prefix>{<channel>}:presence      hash: connection id -> JSON {"conn","sub","info"}
 --   <prefix>{<channel>}:presence:exp  sorted set: connection id -> deadline (Unix ms)
--- FCALL gw_presence 2 <hash> <zset> <ttl_ms> [op conn value]...
+-- FCALL gw_presence 4 <hash> <zset> <stream> <meta> <ttl_ms> <events> <maxlen> <history_ttl_ms> [op conn value]...
 -- "a" adds or refreshes an entry (deadline now + ttl_ms), "r" removes it (its value is ignored);
--- each connection at most once per call, so all adds go out as one HSET and one ZADD, all
--- removals as one HDEL and one ZREM (per 1000 entries). Both keys then live 2 * ttl_ms, so a
--- channel whose instances all died vanishes by itself. Returns the number of ops applied.
+-- the gateway sends each connection at most once per call. Then entries whose deadline has passed (an instance
+-- that died without cleaning up) are removed, at most PRESENCE_EXPIRE per call. Both keys then
+-- live 2 * ttl_ms, so a channel whose instances all died vanishes by itself.
+-- With <events> "1" every entry that appears (an add of an absent entry) or disappears (a
+-- removal or an expiry of a present one) is also published on the channel, in that order, as
+-- a json event presence.join / presence.leave whose data is the entry, exactly as
+-- gw_publish_many would (<maxlen> and <history_ttl_ms> may be "" for the defaults): the event
+-- and the change are one atomic step, so however many instances expire the same entries, and
+-- whichever of them crashes, each appearance and disappearance is published exactly once (and
+-- a write lost by a failover takes its event with it). A refresh of a present entry, even one
+-- past its deadline, publishes nothing. With <events> "1" each op is applied on its own; with
+-- "0" the stream and meta keys are not touched, and adds and removals go out as one HSET +
+-- ZADD, one HDEL + ZREM per 1000 entries.
+-- Returns { joins, leaves, expired }: the events published and the entries expired.
+local PRESENCE_EXPIRE = 1000
 local function presence(keys, args)
+  local hash, zset = keys[1], keys[2]
   local ttl = tonumber(args[1])
   if ttl == nil or ttl <= 0 then
     return fail('ttl_ms must be a positive number')
   end
-  local deadline = tonumber(now_ms()) + ttl
+  local announce = args[2] == '1'
+  local ch = nil
+  if announce then
+    local live = channel_keys(keys[3], keys[4])
+    if not live then
+      return fail(BAD_KEYS)
+    end
+    local maxlen = positive(args[3], DEFAULT_MAXLEN)
+    local history_ttl = positive(args[4], DEFAULT_TTL_MS)
+    if not maxlen or not history_ttl then
+      return fail('maxlen and history_ttl_ms must be positive integers')
+    end
+    ch = { stream = keys[3], meta = keys[4], live = live, maxlen = maxlen, ttl = history_ttl }
+  end
+  local now = now_ms()
+  local deadline = tonumber(now) + ttl
+  local joins, leaves = 0, 0
+  local function announced(name, value)
+    if not ch.epoch then
+      ch.epoch = head(ch.stream, ch.meta, ch.ttl)
+    end
+    append(ch.stream, ch.meta, ch.live, ch.epoch, now, ch.maxlen, value, name, 'json')
+  end
   local fields, scores, gone = {}, {}, {}
   local function flush()
     if #fields > 0 then
-      redis.call('HSET', keys[1], unpack(fields))
-      redis.call('ZADD', keys[2], unpack(scores))
+      redis.call('HSET', hash, unpack(fields))
+      redis.call('ZADD', zset, unpack(scores))
       fields, scores = {}, {}
     end
     if #gone > 0 then
-      redis.call('HDEL', keys[1], unpack(gone))
-      redis.call('ZREM', keys[2], unpack(gone))
+      redis.call('HDEL', hash, unpack(gone))
+      redis.call('ZREM', zset, unpack(gone))
       gone = {}
     end
   end
-  local applied = 0
-  for i = 2, #args - 2, 3 do
-    local conn = args[i + 1]
-    if args[i] == 'a' then
+  for i = 5, #args - 2, 3 do
+    local conn, value = args[i + 1], args[i + 2]
+    if announce then
+      -- One entry at a time, so each change is seen (and announced) exactly once.
+      if args[i] == 'a' then
+        redis.call('ZADD', zset, deadline, conn)
+        if redis.call('HSET', hash, conn, value) == 1 then
+          announced('presence.join', value)
+          joins = joins + 1
+        end
+      else
+        local old = redis.call('HGET', hash, conn)
+        if old then
+          redis.call('HDEL', hash, conn)
+          announced('presence.leave', old)
+          leaves = leaves + 1
+        end
+        redis.call('ZREM', zset, conn)
+      end
+    elseif args[i] == 'a' then
       fields[#fields + 1] = conn
-      fields[#fields + 1] = args[i + 2]
+      fields[#fields + 1] = value
       scores[#scores + 1] = deadline
       scores[#scores + 1] = conn
     else
       gone[#gone + 1] = conn
     end
-    applied = applied + 1
     if #fields >= 2000 or #gone >= 1000 then
       flush()
     end
   end
   flush()
-  if redis.call('EXISTS', keys[1]) == 1 then
-    redis.call('PEXPIRE', keys[1], ttl * 2)
-    redis.call('PEXPIRE', keys[2], ttl * 2)
+  local expired = redis.call('ZRANGEBYSCORE', zset, '-inf', now, 'LIMIT', 0, PRESENCE_EXPIRE)
+  if #expired > 0 then
+    if announce then
+      local values = redis.call('HMGET', hash, unpack(expired))
+      for k = 1, #expired do
+        if values[k] then
+          announced('presence.leave', values[k])
+          leaves = leaves + 1
+        end
+      end
+    end
+    redis.call('HDEL', hash, unpack(expired))
+    redis.call('ZREM', zset, unpack(expired))
   end
-  return applied
+  if redis.call('EXISTS', hash) == 1 then
+    redis.call('PEXPIRE', hash, ttl * 2)
+    redis.call('PEXPIRE', zset, ttl * 2)
+  end
+  if ch and ch.epoch then
+    redis.call('PEXPIRE', ch.stream, ch.ttl)
+    redis.call('PEXPIRE', ch.meta, ch.ttl)
+  end
+  return { joins, leaves, #expired }
 end
 
 -- FCALL gw_presence_read 2 <hash> <zset> <max>
--- drops entries past their deadline (at most 10000 per call, so a dead instance's many entries
--- never hold Redis long), then returns { count, value... } with every entry's value when
--- count <= max and nothing expired is left, else { count } alone. The count is of the entries
--- whose deadline is still ahead.
+-- returns { count, value... } with every live entry's value when count <= max, else { count }
+-- alone. Only entries whose deadline is still ahead count; expired ones are left for the next
+-- gw_presence call to remove (and announce), so a read writes nothing and can be retried.
 local function presence_read(keys, args)
   local max = tonumber(args[1]) or 0
-  local now = now_ms()
-  local clean = false
-  for _ = 1, 10 do
-    local gone = redis.call('ZRANGEBYSCORE', keys[2], '-inf', now, 'LIMIT', 0, 1000)
-    if #gone == 0 then
-      clean = true
-      break
-    end
-    redis.call('HDEL', keys[1], unpack(gone))
-    redis.call('ZREM', keys[2], unpack(gone))
-  end
-  local count = redis.call('ZCOUNT', keys[2], '(' .. now, '+inf')
-  if count > max or not clean then
+  local live = '(' .. now_ms()
+  local count = redis.call('ZCOUNT', keys[2], live, '+inf')
+  if count > max or count == 0 then
     return { count }
   end
-  local reply = redis.call('HVALS', keys[1])
-  table.insert(reply, 1, count)
+  local conns = redis.call('ZRANGEBYSCORE', keys[2], live, '+inf')
+  local reply = { 0 }
+  -- HMGET per 1000 fields: Lua's unpack() is limited to a few thousand values.
+  for first = 1, #conns, 1000 do
+    local values = redis.call('HMGET', keys[1], unpack(conns, first, math.min(first + 999, #conns)))
+    for k = 1, #values do
+      if values[k] then
+        reply[#reply + 1] = values[k]
+      end
+    end
+  end
+  reply[1] = #reply - 1
   return reply
 end
 

@@ -21,40 +21,93 @@ pub enum PresenceOp {
 /// A channel's presence as read: the count, and the entries (JSON) unless over the bound.
 pub type PresenceRead = (u64, Option<Vec<String>>);
 
+/// One channel's changes for [`RedisEngine::presence_apply`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresenceBatch {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Whether its entries' comings and goings are published (`presence.events`).
+    pub announce: bool,
+    /// Each connection's change, at most one per connection.
+    pub ops: Vec<PresenceOp>,
+}
+
+/// What Redis did for a batch of `gw_presence` calls, summed, so the writer can count it.
+#[derive(Debug, Default)]
+pub struct PresenceApplied {
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls that failed.
+    pub failed: u64,
+    /// `presence.join` events published.
+    pub joins: u64,
+    /// `presence.leave` events published (removals and expiries).
+    pub leaves: u64,
+    /// Entries past their deadline removed (a dead instance's).
+    pub expired: u64,
+    /// The first failure, if any.
+    pub error: Option<EngineError>,
+}
+
 /// How many channels' calls are in flight at once during one batch.
 const IN_FLIGHT: usize = 64;
 
 impl RedisEngine {
     /// Applies each channel's ops with one `gw_presence` call per channel, all in flight
-    /// together; the first failure is returned after every call has finished.
+    /// together, which also removes (and, where announced, publishes the leave of) entries
+    /// past their deadline. Never retried: a call Redis ran whose answer was lost must not run
+    /// twice (a lost answer only loses the counts; the next refresh repairs the entries).
     pub async fn presence_apply(
         &self,
-        batches: Vec<(ChannelName, Vec<PresenceOp>)>,
+        batches: Vec<PresenceBatch>,
         ttl_ms: u64,
-    ) -> Result<(), EngineError> {
-        let calls = batches.into_iter().map(|(channel, ops)| {
+    ) -> PresenceApplied {
+        let calls = batches.into_iter().map(|batch| {
+            let c = &batch.channel;
             let mut cmd = redis::cmd("FCALL");
             cmd.arg("gw_presence")
-                .arg(2)
-                .arg(self.inner.keys.presence(&channel))
-                .arg(self.inner.keys.presence_expiry(&channel))
-                .arg(ttl_ms);
-            for op in ops {
+                .arg(4)
+                .arg(self.inner.keys.presence(c))
+                .arg(self.inner.keys.presence_expiry(c))
+                .arg(self.inner.keys.stream(c))
+                .arg(self.inner.keys.meta(c))
+                .arg(ttl_ms)
+                .arg(if batch.announce { "1" } else { "0" })
+                .arg(&self.inner.maxlen)
+                .arg(&self.inner.ttl_ms);
+            for op in batch.ops {
                 match op {
                     PresenceOp::Add(conn, value) => cmd.arg("a").arg(conn).arg(value),
                     PresenceOp::Remove(conn) => cmd.arg("r").arg(conn).arg(""),
                 };
             }
-            async move { self.query::<Value>(&cmd).await.map(drop) }
+            async move { self.query::<(u64, u64, u64)>(&cmd).await }
         });
-        let results: Vec<Result<(), EngineError>> = futures_util::stream::iter(calls)
+        let results: Vec<Result<(u64, u64, u64), EngineError>> = futures_util::stream::iter(calls)
             .buffer_unordered(IN_FLIGHT)
             .collect()
             .await;
-        results.into_iter().collect()
+        let mut applied = PresenceApplied::default();
+        for result in results {
+            match result {
+                Ok((joins, leaves, expired)) => {
+                    applied.ok += 1;
+                    applied.joins += joins;
+                    applied.leaves += leaves;
+                    applied.expired += expired;
+                }
+                Err(e) => {
+                    applied.failed += 1;
+                    applied.error.get_or_insert(e);
+                }
+            }
+        }
+        applied
     }
 
-    /// Reads a channel's live entries (dropping expired ones); entries only up to `max`.
+    /// Reads a channel's live entries (those past their deadline are left out, and left for
+    /// the next `gw_presence` to remove); entries only up to `max`. Writes nothing, so it is
+    /// retried on a broken connection.
     pub async fn presence_read(
         &self,
         channel: &ChannelName,
@@ -91,8 +144,8 @@ fn parse_read(reply: Vec<Value>) -> Result<PresenceRead, EngineError> {
             ))),
         })
         .collect::<Result<_, _>>()?;
-    // `{ count }` alone (over the bound, or expired entries left for the next read) has no
-    // list; with a count of 0 the empty list is the truth either way.
+    // `{ count }` alone (over the bound) has no list; with a count of 0 the empty list is the
+    // truth either way.
     let listed = values.len() as u64 == count;
     Ok((count, listed.then_some(values)))
 }

@@ -11,6 +11,7 @@
 //! - `publishing`: API keys, cross-site publishes, the Host allowlist.
 //! - `publish_thread`: publishers' connections moved off the workers, and their drain.
 //! - `reads`: `GET /history` and the long poll `GET /poll`.
+//! - `presence`: `GET /presence`, `/presence/stats` and the WebSocket `presence` command.
 //! - `compression`, `compression_ws`: gzip and deflate SSE streams, WebSocket permessage-deflate
 //!   (issue 15).
 //! - `curl`: a real HTTP/2 client (Debian's curl) over TLS and h2c.
@@ -21,6 +22,7 @@ mod compression_ws;
 mod curl;
 mod delivery;
 mod hostile;
+mod presence;
 mod publish_thread;
 mod publishing;
 mod reads;
