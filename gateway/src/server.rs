@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
+use crate::front::publish_thread::PublishThread;
 use crate::front::{self, Front, tls::Tls};
 use crate::hub::{Hook, Hub, HubConfig};
 use crate::ip_limits::IpLimits;
@@ -90,12 +91,21 @@ pub async fn run(
     let tls = load_tls(&settings)?;
     let metrics = Metrics::new();
     let engine = build_engine(&settings, &metrics).map_err(std::io::Error::other)?;
-    let hub = Hub::new(
-        engine.clone(),
-        hub_config(&settings),
-        metrics.clone(),
-        options.hook,
-    );
+    let mut publish_thread = PublishThread::spawn(Duration::from_secs(
+        settings.server.shutdown_timeout_seconds,
+    ))?;
+    // The hub's background work, the engine's pub/sub reader included, runs on the publish
+    // thread: a publish made there reads its reply and its pub/sub message in one wake-up, and
+    // no other thread has to wake for every event before the workers do.
+    let hub = {
+        let _on = publish_thread.runtime().enter();
+        Hub::new(
+            engine.clone(),
+            hub_config(&settings),
+            metrics.clone(),
+            options.hook,
+        )
+    };
     let auth = Arc::new(Authenticator::new(&settings.auth).map_err(std::io::Error::other)?);
     auth.start().await.map_err(std::io::Error::other)?;
     let state = AppState {
@@ -141,10 +151,7 @@ pub async fn run(
         proxy_protocol: settings.server.proxy_protocol,
         handoff: None,
     };
-    let publish_thread = front::publish_thread::PublishThread::start(
-        template.clone(),
-        Duration::from_secs(settings.server.shutdown_timeout_seconds),
-    )?;
+    publish_thread.serve(template.clone());
     template.handoff = Some(publish_thread.handoff());
     let server = actix_server::Server::build()
         .workers(workers)

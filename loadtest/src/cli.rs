@@ -175,6 +175,8 @@ pub struct PubOpts {
     pub publish_conns: usize,
     /// Events per `POST /publish` (a JSON array when more than 1), for --publish http to the
     /// gateway; at most the gateway's publish.max_batch, and each body within its max_bytes.
+    /// Events are stamped when their request is sent, so delivery latency starts there; the
+    /// time an event waits for its batch to fill shows in the publish wait.
     #[arg(long, default_value_t = 1, value_name = "N", conflicts_with = "publish_url",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub publish_batch: u16,

@@ -307,16 +307,10 @@ async fn worker(
             };
             let seq = book.attempted[c].load(Ordering::Relaxed);
             book.attempted[c].store(seq + 1, Ordering::Relaxed);
-            let payload = &mut payloads[pending.len()];
-            payload.clear();
-            if run.realistic {
-                crate::payload::write_rows(payload, seq, unix_micros(), run.size);
-            } else {
-                write_payload(payload, seq, unix_micros(), run.size);
-            }
             pending.push((c, seq, due));
             // A batch goes out when full, at the time its last event is due.
             if pending.len() >= batch {
+                write_payloads(&pending, &mut payloads, run);
                 let timings = (&mut hist, &mut wait);
                 send(&mut client, &mut pending, &payloads, book, stats, timings).await;
             }
@@ -327,11 +321,28 @@ async fn worker(
         }
     }
     if !pending.is_empty() {
+        write_payloads(&pending, &mut payloads, run);
         let timings = (&mut hist, &mut wait);
         send(&mut client, &mut pending, &payloads, book, stats, timings).await;
     }
     let _ = lock(&stats.latency).add(&hist);
     wait
+}
+
+/// Writes the payloads of the events about to be sent, stamped with the time they are sent: a
+/// subscriber's latency is measured from the request that carries the event, so an event that
+/// waited for its batch to fill does not count that wait as delivery latency (the publish wait
+/// reports it).
+fn write_payloads(pending: &[(usize, u64, Instant)], payloads: &mut [Vec<u8>], run: PubRun) {
+    let now = unix_micros();
+    for (&(_, seq, _), payload) in pending.iter().zip(payloads.iter_mut()) {
+        payload.clear();
+        if run.realistic {
+            crate::payload::write_rows(payload, seq, now, run.size);
+        } else {
+            write_payload(payload, seq, now, run.size);
+        }
+    }
 }
 
 /// Sends the pending events in one request and counts the outcome for each of them (a failed

@@ -7,6 +7,10 @@
 //! worker to the engine (`rt`), its own Redis connection, so a publish waits only for the OS to
 //! schedule a thread that is otherwise idle. It is a worker like the others in every other way:
 //! any request on a connection it serves is answered the same, streams included.
+//!
+//! The hub's background work runs here too, the engine's pub/sub reader included: Redis sends
+//! an event's pub/sub message while it runs the publishing function, just before the reply, so
+//! a publish made here wakes this thread once for both, and the workers are woken from here.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -21,35 +25,73 @@ use super::handoff::{Handed, Handoff};
 /// The running publish thread.
 pub struct PublishThread {
     handoff: Handoff,
+    runtime: tokio::runtime::Handle,
+    front: Option<oneshot::Sender<Front>>,
+    stop: oneshot::Sender<()>,
     done: oneshot::Receiver<()>,
 }
 
 impl PublishThread {
-    /// Starts the thread, which serves with `front` (its `handoff` is ignored: nothing is
-    /// handed on from here) until the instance shuts down, then lets its connections finish
-    /// for at most `drain`.
-    pub fn start(mut front: Front, drain: Duration) -> std::io::Result<Self> {
-        front.handoff = None;
+    /// Starts the thread and its runtime; it serves once given its [`Front`] ([`Self::serve`]),
+    /// until the instance shuts down, then lets its connections finish for at most `drain`.
+    /// Tasks spawned on [`Self::runtime`] run until [`Self::join`].
+    pub fn spawn(drain: Duration) -> std::io::Result<Self> {
         let (handoff, handed) = Handoff::channel();
+        let (front_tx, front_rx) = oneshot::channel::<Front>();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done) = oneshot::channel();
+        let (runtime_tx, runtime_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("gateway-publish".into())
             .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
+                let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => {
-                        let local = tokio::task::LocalSet::new();
-                        local.block_on(&rt, run(front, handed, drain));
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = runtime_tx.send(Err(e));
+                        return;
                     }
-                    // Without the thread, workers serve publishers themselves (the queue is
-                    // closed once `handed` is dropped).
-                    Err(e) => tracing::error!(error = %e, "cannot start the publish thread"),
-                }
+                };
+                let _ = runtime_tx.send(Ok(rt.handle().clone()));
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    if let Ok(front) = front_rx.await {
+                        run(front, handed, drain).await;
+                    }
+                    // What else runs here (the engine's pub/sub reader) lasts until the end.
+                    let _ = stop_rx.await;
+                });
+                drop(local);
+                drop(rt);
                 let _ = done_tx.send(());
             })?;
-        Ok(Self { handoff, done })
+        let runtime = runtime_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the publish thread ended at start"))??;
+        Ok(Self {
+            handoff,
+            runtime,
+            front: Some(front_tx),
+            stop: stop_tx,
+            done,
+        })
+    }
+
+    /// The thread's runtime: the engine's pub/sub reader runs here, so that the reply to a
+    /// publish made on this thread and its pub/sub message are read in one wake-up.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// Starts serving handed-over connections with `front` (its own `handoff` is ignored:
+    /// nothing is handed on from here).
+    pub fn serve(&mut self, mut front: Front) {
+        front.handoff = None;
+        if let Some(tx) = self.front.take() {
+            let _ = tx.send(front);
+        }
     }
 
     /// The workers' way to hand a connection over.
@@ -57,9 +99,11 @@ impl PublishThread {
         self.handoff.clone()
     }
 
-    /// Waits until the thread has finished (after shutdown and its drain).
+    /// Stops the thread (after the instance's shutdown and its drain) and waits until it has.
     pub async fn join(self) {
         drop(self.handoff);
+        drop(self.front);
+        let _ = self.stop.send(());
         let _ = self.done.await;
     }
 }

@@ -97,9 +97,7 @@ async fn pump(
             Ok(n) => n,
         };
         if let Some((subscriber, shared)) = &watch_for_subscribe
-            && buf[..n]
-                .windows(9)
-                .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+            && subscribes(&buf[..n])
         {
             subscriber.store(true, Ordering::SeqCst);
             if shared.block_subscribers.load(Ordering::SeqCst) {
@@ -113,4 +111,17 @@ async fn pump(
             return;
         }
     }
+}
+
+/// Whether `bytes` hold a (S)SUBSCRIBE command: the command's name as a RESP bulk string, not
+/// the word anywhere (the gateway's function library, loaded on a command connection,
+/// mentions subscribers).
+fn subscribes(bytes: &[u8]) -> bool {
+    [&b"$9\r\nSUBSCRIBE\r\n"[..], b"$10\r\nSSUBSCRIBE\r\n"]
+        .iter()
+        .any(|name| {
+            bytes
+                .windows(name.len())
+                .any(|w| w.eq_ignore_ascii_case(name))
+        })
 }
