@@ -48,6 +48,11 @@ enum Next {
 /// A TLS connection on a TCP socket, server side.
 pub struct TlsStream {
     tcp: TcpStream,
+    s: Session,
+}
+
+/// Everything of a [`TlsStream`] but its socket (what moves with it to another thread).
+struct Session {
     conn: UnbufferedServerConnection,
     /// Received TLS bytes not yet processed (a partial record at most, between reads).
     incoming: Vec<u8>,
@@ -69,14 +74,16 @@ impl TlsStream {
         let conn = UnbufferedServerConnection::new(config).map_err(invalid)?;
         let mut stream = Self {
             tcp,
-            conn,
-            incoming: Vec::new(),
-            outgoing: Vec::new(),
-            sent: 0,
-            plain: Vec::new(),
-            taken: 0,
-            eof: false,
-            close_sent: false,
+            s: Session {
+                conn,
+                incoming: Vec::new(),
+                outgoing: Vec::new(),
+                sent: 0,
+                plain: Vec::new(),
+                taken: 0,
+                eof: false,
+                close_sent: false,
+            },
         };
         std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
         Ok(stream)
@@ -84,7 +91,7 @@ impl TlsStream {
 
     /// The protocol ALPN agreed on, if any.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        self.s.conn.alpn_protocol()
     }
 
     /// The socket under the TLS layer (for readiness).
@@ -95,35 +102,15 @@ impl TlsStream {
     /// Takes the session off this thread's runtime, to be served on another thread's
     /// ([`DetachedTls::attach`]); everything received and not yet read goes with it.
     pub fn detach(self) -> io::Result<DetachedTls> {
-        let Self {
-            tcp,
-            conn,
-            incoming,
-            outgoing,
-            sent,
-            plain,
-            taken,
-            eof,
-            close_sent,
-        } = self;
         Ok(DetachedTls {
-            tcp: tcp.into_std()?,
-            parts: Box::new(Parts {
-                conn,
-                incoming,
-                outgoing,
-                sent,
-                plain,
-                taken,
-                eof,
-                close_sent,
-            }),
+            tcp: self.tcp.into_std()?,
+            session: Box::new(self.s),
         })
     }
 
     /// Whether decrypted bytes are waiting to be read.
     pub fn has_plaintext(&self) -> bool {
-        self.taken < self.plain.len()
+        self.s.taken < self.s.plain.len()
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -135,7 +122,7 @@ impl TlsStream {
                 Next::Traffic => return Poll::Ready(Ok(())),
                 Next::Closed => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
                 Next::Handshake => {
-                    if self.eof {
+                    if self.s.eof {
                         return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
                     }
                     ready!(self.poll_receive(cx))?;
@@ -150,17 +137,17 @@ impl TlsStream {
         let mut written = 0;
         loop {
             let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+                self.s.conn.process_tls_records(&mut self.s.incoming);
             let reached = match state.map_err(invalid)? {
                 ConnectionState::ReadTraffic(mut records) => {
                     while let Some(record) = records.next_record() {
                         let record = record.map_err(invalid)?;
-                        self.plain.extend_from_slice(record.payload);
+                        self.s.plain.extend_from_slice(record.payload);
                     }
                     None
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, |buf| match encode.encode(buf) {
+                    append(&mut self.s.outgoing, |buf| match encode.encode(buf) {
                         Ok(n) => Ok(n),
                         Err(EncodeError::InsufficientSize(e)) => Err(Fill::Need(e)),
                         Err(EncodeError::AlreadyEncoded) => Err(Fill::Nothing),
@@ -176,27 +163,29 @@ impl TlsStream {
                 ConnectionState::WriteTraffic(mut traffic) => {
                     if let Some(data) = write.take() {
                         let data = &data[..data.len().min(MAX_WRITE)];
-                        append(&mut self.outgoing, |buf| match traffic.encrypt(data, buf) {
-                            Ok(n) => Ok(n),
-                            Err(EncryptError::InsufficientSize(e)) => Err(Fill::Need(e)),
-                            Err(EncryptError::EncryptExhausted) => Err(Fill::Fail),
+                        append(&mut self.s.outgoing, |buf| {
+                            match traffic.encrypt(data, buf) {
+                                Ok(n) => Ok(n),
+                                Err(EncryptError::InsufficientSize(e)) => Err(Fill::Need(e)),
+                                Err(EncryptError::EncryptExhausted) => Err(Fill::Fail),
+                            }
                         })?;
                         written = data.len();
                     }
                     Some(Next::Traffic)
                 }
                 ConnectionState::PeerClosed => {
-                    self.eof = true;
+                    self.s.eof = true;
                     None
                 }
                 ConnectionState::Closed => Some(Next::Closed),
                 // Early data is never enabled; anything new is a state this code does not know.
                 _ => return Err(invalid("unexpected TLS state")),
             };
-            self.incoming.drain(..discard);
+            self.s.incoming.drain(..discard);
             if let Some(next) = reached {
-                if self.incoming.is_empty() {
-                    self.incoming = Vec::new();
+                if self.s.incoming.is_empty() {
+                    self.s.incoming = Vec::new();
                 }
                 return Ok((next, written));
             }
@@ -208,9 +197,9 @@ impl TlsStream {
         // Whatever rustls still has to say goes first; then nothing is pending.
         self.process(None)?;
         if let Ok(ConnectionState::WriteTraffic(mut traffic)) =
-            self.conn.process_tls_records(&mut []).state
+            self.s.conn.process_tls_records(&mut []).state
         {
-            append(&mut self.outgoing, |buf| {
+            append(&mut self.s.outgoing, |buf| {
                 match traffic.queue_close_notify(buf) {
                     Ok(n) => Ok(n),
                     Err(EncryptError::InsufficientSize(e)) => Err(Fill::Need(e)),
@@ -218,39 +207,40 @@ impl TlsStream {
                 }
             })?;
         }
-        self.close_sent = true;
+        self.s.close_sent = true;
         Ok(())
     }
 
     /// Writes queued ciphertext until none is left.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.sent < self.outgoing.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.outgoing[self.sent..]))?;
+        while self.s.sent < self.s.outgoing.len() {
+            let n =
+                ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.s.outgoing[self.s.sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.sent += n;
+            self.s.sent += n;
         }
-        self.outgoing = Vec::new();
-        self.sent = 0;
+        self.s.outgoing = Vec::new();
+        self.s.sent = 0;
         Poll::Ready(Ok(()))
     }
 
     /// Reads one chunk from the socket into `incoming`; at end of stream, sets `eof`. While the
     /// socket has nothing, no receive buffer is held.
     fn poll_receive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let held = self.incoming.len();
-        self.incoming.resize(held + READ_CHUNK, 0);
-        let mut buf = ReadBuf::new(&mut self.incoming[held..]);
+        let held = self.s.incoming.len();
+        self.s.incoming.resize(held + READ_CHUNK, 0);
+        let mut buf = ReadBuf::new(&mut self.s.incoming[held..]);
         let polled = Pin::new(&mut self.tcp).poll_read(cx, &mut buf);
         let got = buf.filled().len();
-        self.incoming.truncate(held + got);
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
+        self.s.incoming.truncate(held + got);
+        if self.s.incoming.is_empty() {
+            self.s.incoming = Vec::new();
         }
         ready!(polled)?;
         if got == 0 {
-            self.eof = true;
+            self.s.eof = true;
         }
         Poll::Ready(Ok(()))
     }
@@ -259,44 +249,15 @@ impl TlsStream {
 /// A TLS session off any runtime, on its way to another thread.
 pub struct DetachedTls {
     tcp: std::net::TcpStream,
-    parts: Box<Parts>,
-}
-
-/// Everything of a [`TlsStream`] but its socket.
-struct Parts {
-    conn: UnbufferedServerConnection,
-    incoming: Vec<u8>,
-    outgoing: Vec<u8>,
-    sent: usize,
-    plain: Vec<u8>,
-    taken: usize,
-    eof: bool,
-    close_sent: bool,
+    session: Box<Session>,
 }
 
 impl DetachedTls {
     /// The session again, its socket registered with the calling thread's runtime.
     pub fn attach(self) -> io::Result<TlsStream> {
-        let Parts {
-            conn,
-            incoming,
-            outgoing,
-            sent,
-            plain,
-            taken,
-            eof,
-            close_sent,
-        } = *self.parts;
         Ok(TlsStream {
             tcp: TcpStream::from_std(self.tcp)?,
-            conn,
-            incoming,
-            outgoing,
-            sent,
-            plain,
-            taken,
-            eof,
-            close_sent,
+            s: *self.session,
         })
     }
 }
@@ -309,17 +270,17 @@ impl AsyncRead for TlsStream {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.taken < this.plain.len() {
-                let n = buf.remaining().min(this.plain.len() - this.taken);
-                buf.put_slice(&this.plain[this.taken..this.taken + n]);
-                this.taken += n;
-                if this.taken == this.plain.len() {
-                    this.plain = Vec::new();
-                    this.taken = 0;
+            if this.s.taken < this.s.plain.len() {
+                let n = buf.remaining().min(this.s.plain.len() - this.s.taken);
+                buf.put_slice(&this.s.plain[this.s.taken..this.s.taken + n]);
+                this.s.taken += n;
+                if this.s.taken == this.s.plain.len() {
+                    this.s.plain = Vec::new();
+                    this.s.taken = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.eof {
+            if this.s.eof {
                 return Poll::Ready(Ok(()));
             }
             if this.process(None)?.0 == Next::Closed {
@@ -329,10 +290,10 @@ impl AsyncRead for TlsStream {
             // the next write or flush: the read side does not wait on the socket's write side,
             // where it would take the writer's wake-up if the halves are polled apart. Unless a
             // client makes it pile up without ever reading: then reading stops until it does.
-            if this.outgoing.len() - this.sent > MAX_UNSENT_BY_READS {
+            if this.s.outgoing.len() - this.s.sent > MAX_UNSENT_BY_READS {
                 ready!(this.poll_send(cx))?;
             }
-            if this.taken < this.plain.len() || this.eof {
+            if this.s.taken < this.s.plain.len() || this.s.eof {
                 continue;
             }
             ready!(this.poll_receive(cx))?;
@@ -399,7 +360,7 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_sent {
+        if !this.s.close_sent {
             ready!(this.poll_send(cx))?;
             this.queue_close()?;
         }
@@ -482,7 +443,7 @@ mod tests {
     }
 
     fn held(s: &TlsStream) -> usize {
-        s.incoming.capacity() + s.outgoing.capacity() + s.plain.capacity()
+        s.s.incoming.capacity() + s.s.outgoing.capacity() + s.s.plain.capacity()
     }
 
     async fn echo_and_idle(version: &'static rustls::SupportedProtocolVersion) {

@@ -1,7 +1,7 @@
 //! What a subscriber receives: exact resume, gaps, the slow-consumer cut-off and the SIGTERM
 //! drain, on every arrival.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shared::Position;
 
@@ -155,26 +155,7 @@ async fn sigterm_drains_streams_on_every_arrival() {
             .await;
         let mut stream = sse(arrival, &gw, "/sse?channel=bye", &[]).await;
         stream.ready().await;
-        let terminated = tokio::task::spawn_blocking(move || {
-            let mut gw = gw;
-            let started = Instant::now();
-            let code = gw.terminate();
-            (code, started.elapsed())
-        });
-        let (_, ended) = stream.read_to_end(Duration::from_secs(8)).await;
-        let tail = stream.tail();
-        assert!(ended, "the stream did not end: {tail:?}");
-        assert!(
-            tail.contains("\n: closing: shutdown\n"),
-            "no closing comment: {tail:?}"
-        );
-        let (code, took) = terminated.await.expect("terminate");
-        eprintln!("[{arrival}] exit {code:?} after {took:?}");
-        assert_eq!(code, Some(0), "exit code");
-        assert!(
-            took < SHUTDOWN_TIMEOUT,
-            "the gateway took {took:?} to exit (shutdown timeout {SHUTDOWN_TIMEOUT:?})"
-        );
+        assert_sigterm_drains(gw, stream, SHUTDOWN_TIMEOUT).await;
     })
     .await;
 }

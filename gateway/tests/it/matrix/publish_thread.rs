@@ -2,7 +2,7 @@
 //! to the publish thread (`front::publish_thread`). Whatever comes next on it is served the
 //! same as anywhere (streams included), and it does not hold up the SIGTERM drain.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Method;
 
@@ -83,25 +83,7 @@ async fn the_publish_thread_drains_on_sigterm() {
         publish_on(&mut streaming, "streaming").await;
         let mut stream = streaming.into_sse("/sse?channel=moved", &[]).await;
         stream.ready().await;
-        let terminated = tokio::task::spawn_blocking(move || {
-            let mut gw = gw;
-            let started = Instant::now();
-            let code = gw.terminate();
-            (code, started.elapsed())
-        });
-        let (_, ended) = stream.read_to_end(Duration::from_secs(8)).await;
-        let tail = stream.tail();
-        assert!(ended, "the stream did not end: {tail:?}");
-        assert!(
-            tail.contains("\n: closing: shutdown\n"),
-            "no closing comment: {tail:?}"
-        );
-        let (code, took) = terminated.await.expect("terminate");
-        assert_eq!(code, Some(0), "exit code");
-        assert!(
-            took < SHUTDOWN_TIMEOUT,
-            "the gateway took {took:?} to exit (shutdown timeout {SHUTDOWN_TIMEOUT:?})"
-        );
+        assert_sigterm_drains(gw, stream, SHUTDOWN_TIMEOUT).await;
         drop(idle);
     })
     .await;

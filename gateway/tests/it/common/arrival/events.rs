@@ -192,3 +192,27 @@ impl Events {
         String::from_utf8_lossy(&self.tail).into_owned()
     }
 }
+
+/// Sends SIGTERM to `gw` and asserts the drain: `stream` gets the closing comment and ends, and
+/// the process exits 0 within `shutdown_timeout` (what it was started with).
+pub async fn assert_sigterm_drains(gw: Gateway, mut stream: Events, shutdown_timeout: Duration) {
+    let terminated = tokio::task::spawn_blocking(move || {
+        let mut gw = gw;
+        let started = std::time::Instant::now();
+        let code = gw.terminate();
+        (code, started.elapsed())
+    });
+    let (_, ended) = stream.read_to_end(Duration::from_secs(8)).await;
+    let tail = stream.tail();
+    assert!(ended, "the stream did not end: {tail:?}");
+    assert!(
+        tail.contains("\n: closing: shutdown\n"),
+        "no closing comment: {tail:?}"
+    );
+    let (code, took) = terminated.await.expect("terminate");
+    assert_eq!(code, Some(0), "exit code");
+    assert!(
+        took < shutdown_timeout,
+        "the gateway took {took:?} to exit (shutdown timeout {shutdown_timeout:?})"
+    );
+}
