@@ -92,6 +92,9 @@ impl Harness {
         r.set("malformed", c.malformed);
         r.set("other_events", c.other_events);
         r.set("ws_errors", c.ws_errors);
+        if self.sh.plan.compressed && self.sh.plan.transport == crate::conn::Transport::Ws {
+            r.set("ws_inflated_messages", Stats::get(&stats.inflated_messages));
+        }
         r.set(
             "events_per_read",
             c.deliveries as f64 / c.reads.max(1) as f64,

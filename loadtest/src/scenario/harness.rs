@@ -109,7 +109,13 @@ impl Harness {
             report.set("payload", "realistic");
         }
         if plan.compressed {
-            report.set("compressed", "gzip");
+            report.set(
+                "compressed",
+                match plan.transport {
+                    Transport::Sse => "gzip",
+                    Transport::Ws => "permessage-deflate",
+                },
+            );
         }
         Ok(Self {
             sh: Arc::new(Shared {

@@ -154,8 +154,8 @@ pub(super) fn sub_plan(
         any_tls |= u.is_tls();
     }
     ensure!(
-        !s.compressed || (s.transport == Transport::Sse && !s.http2),
-        "--compressed is for SSE over HTTP/1.1"
+        !s.compressed || !s.http2,
+        "--compressed is for SSE over HTTP/1.1 and WebSocket"
     );
     Ok(SubPlan {
         transport: s.transport,
