@@ -132,6 +132,15 @@ impl Harness {
                 .map(|s| s * 1e6 / deliveries as f64),
         );
         r.set("window_s", cpu.seconds);
+        let per_delivery = |v: f64| (deliveries > 0).then(|| v / deliveries as f64);
+        r.set_opt(
+            "server_cpu_us_per_delivery",
+            cpu.server_seconds.and_then(|s| per_delivery(s * 1e6)),
+        );
+        if let Some(w) = cpu.server_written {
+            r.set("server_written_bytes", w);
+            r.set_opt("server_written_bytes_per_delivery", per_delivery(w as f64));
+        }
     }
 
     pub(crate) fn close(mut self) -> Report {
