@@ -64,7 +64,7 @@ pub(super) async fn ws_deflate_session(
         cmd.push('"');
     }
     cmd.push('}');
-    if let Err(e) = stream.write_all(&ws_wire::client_text(&cmd)).await {
+    if let Err(e) = send(&mut stream, &ws_wire::client_text(&cmd)).await {
         return End::Io(e);
     }
     let mut reader = FrameReader::default();
@@ -96,12 +96,18 @@ pub(super) async fn ws_deflate_session(
             Some(None) => {}
         }
         if !replies.is_empty() {
-            if let Err(e) = stream.write_all(&replies).await {
+            if let Err(e) = send(&mut stream, &replies).await {
                 return End::Io(e);
             }
             replies.clear();
         }
     }
+}
+
+/// Writes `bytes` and flushes them (over TLS, out of rustls' buffer).
+async fn send(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Handles the bytes of one read: every message accounted, pongs queued in `replies`. `Some`

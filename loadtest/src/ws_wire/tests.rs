@@ -15,7 +15,7 @@ fn message(seq: u64) -> Message {
     crate::payload::write_rows(&mut data, seq, 1_764_650_000_000_000 + seq, 1024);
     Message::new(Event {
         channel: ChannelName::new("lt-0").unwrap(),
-        position: Position::new(Epoch(0x19ad_3f2c_1b0), seq + 1),
+        position: Position::new(Epoch(0x019a_d3f2_c1b0), seq + 1),
         name: None,
         kind: PayloadKind::Json,
         data: Bytes::from(data),
