@@ -128,6 +128,12 @@ pub struct SubOpts {
     /// declined (gateway with `compression.ws` on).
     #[arg(long)]
     pub compressed: bool,
+    /// With --compressed WebSocket: inflate each distinct compressed message once per thread
+    /// and check every delivery's compressed bytes against it (exact: inflating is
+    /// deterministic), so the generator costs about what plain parsing costs and a saturate run
+    /// measures the server rather than the generator's inflating.
+    #[arg(long)]
+    pub inflate_once: bool,
 }
 
 /// How events are published.

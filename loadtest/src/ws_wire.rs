@@ -28,11 +28,25 @@ const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xa;
 
+/// Distinct messages remembered per thread with [`FrameReader::new`]`(true)`: enough for
+/// subscribers some way behind one another (a few hundred KiB per thread).
+const MEMO: usize = 128;
+
+/// One thread's inflating state.
+struct ThreadInflater {
+    /// No window survives a message (no context takeover), so connections need not keep one.
+    d: Decompress,
+    out: Vec<u8>,
+    /// Recent (compressed, inflated) messages, newest last, for inflate-once readers.
+    memo: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
 thread_local! {
-    /// The thread's inflater and its output: no window survives a message (no context
-    /// takeover), so connections need not keep one each.
-    static INFLATER: RefCell<(Decompress, Vec<u8>)> =
-        RefCell::new((Decompress::new(false), Vec::with_capacity(64 * 1024)));
+    static INFLATER: RefCell<ThreadInflater> = RefCell::new(ThreadInflater {
+        d: Decompress::new(false),
+        out: Vec::with_capacity(64 * 1024),
+        memo: Vec::new(),
+    });
 }
 
 /// The values of header `name` in a raw response head.
@@ -141,11 +155,22 @@ pub struct FrameReader {
     partial: Vec<u8>,
     /// A fragmented message so far: (opcode, compressed, payload).
     message: Option<(u8, bool, Vec<u8>)>,
-    /// Compressed messages inflated (the report's proof that compression was in use).
+    /// Compressed messages received (the report's proof that compression was in use).
     pub inflated: u64,
+    /// Inflate each distinct compressed message once per thread (`--inflate-once`).
+    once: bool,
 }
 
 impl FrameReader {
+    /// A reader; `once`: remember the last few inflated messages of the thread and hand their
+    /// text out again when a message's compressed bytes are the same (they inflate the same).
+    pub fn new(once: bool) -> Self {
+        Self {
+            once,
+            ..Self::default()
+        }
+    }
+
     /// Feeds the bytes of one read, handing every complete message or control frame to `on`.
     pub fn feed(&mut self, input: &[u8], on: &mut impl FnMut(WsItem<'_>)) -> Result<(), String> {
         if self.partial.is_empty() {
@@ -233,9 +258,23 @@ impl FrameReader {
         }
         self.inflated += 1;
         INFLATER.with(|cell| {
-            let (d, out) = &mut *cell.borrow_mut();
-            inflate(d, payload, out)?;
-            on(WsItem::Text(out));
+            let t = &mut *cell.borrow_mut();
+            if self.once {
+                let same =
+                    |(z, _): &&(Vec<u8>, Vec<u8>)| z.len() == payload.len() && z[..] == *payload;
+                if let Some((_, text)) = t.memo.iter().rev().find(same) {
+                    on(WsItem::Text(text));
+                    return Ok(());
+                }
+                inflate(&mut t.d, payload, &mut t.out)?;
+                if t.memo.len() == MEMO {
+                    t.memo.remove(0); // 128 moves of two Vec headers, once per distinct message
+                }
+                t.memo.push((payload.to_vec(), t.out.clone()));
+            } else {
+                inflate(&mut t.d, payload, &mut t.out)?;
+            }
+            on(WsItem::Text(&t.out));
             Ok(())
         })
     }

@@ -102,6 +102,8 @@ pub struct SubPlan {
     /// Ask for compression and inflate: gzip for SSE over HTTP/1.1, `permessage-deflate` for
     /// WebSocket.
     pub compressed: bool,
+    /// With `compressed` WebSocket: inflate each distinct message once per thread.
+    pub inflate_once: bool,
 }
 
 /// State shared by all subscriber tasks.

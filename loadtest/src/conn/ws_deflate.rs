@@ -67,7 +67,7 @@ pub(super) async fn ws_deflate_session(
     if let Err(e) = send(&mut stream, &ws_wire::client_text(&cmd)).await {
         return End::Io(e);
     }
-    let mut reader = FrameReader::default();
+    let mut reader = FrameReader::new(sh.plan.inflate_once);
     let mut replies = Vec::new();
     let mut pending = (!rest.is_empty()).then_some(rest);
     loop {

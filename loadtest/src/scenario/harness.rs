@@ -84,6 +84,7 @@ impl Harness {
                 http2: false,
                 streams_per_conn: 1,
                 compressed: false,
+                inflate_once: false,
             },
         };
         for pid in &common.server_pids {
@@ -107,6 +108,9 @@ impl Harness {
         report.set("size", p.size as u64);
         if p.realistic {
             report.set("payload", "realistic");
+        }
+        if plan.inflate_once {
+            report.set("inflate_once", true);
         }
         if plan.compressed {
             report.set(

@@ -25,7 +25,10 @@ fn message(seq: u64) -> Message {
 
 /// Everything `wire` yields when fed in pieces of `step` bytes.
 fn read_all(wire: &[u8], step: usize) -> (Vec<String>, u64) {
-    let mut r = FrameReader::default();
+    read_all_with(FrameReader::default(), wire, step)
+}
+
+fn read_all_with(mut r: FrameReader, wire: &[u8], step: usize) -> (Vec<String>, u64) {
     let mut got = Vec::new();
     for piece in wire.chunks(step) {
         r.feed(piece, &mut |item| {
@@ -68,6 +71,32 @@ fn gateway_frames_inflate_to_its_messages_in_any_split() {
         assert_eq!(got, want, "in pieces of {step}");
         assert_eq!(inflated, 20);
     }
+}
+
+#[test]
+fn inflate_once_hands_out_the_same_text_for_the_same_bytes_only() {
+    // Every event twice, as two subscribers on one thread get it, and more distinct events
+    // than the memo holds.
+    let mut wire = Vec::new();
+    let mut want = Vec::new();
+    for m in (0..20).map(message) {
+        let frame = m.ws_deflated_frame(6).unwrap();
+        for _ in 0..2 {
+            wire.extend_from_slice(&frame);
+            want.push(m.ws_text().to_string());
+        }
+    }
+    for step in [7, wire.len()] {
+        let (got, inflated) = read_all_with(FrameReader::new(true), &wire, step);
+        assert_eq!(got, want, "in pieces of {step}");
+        assert_eq!(inflated, 40, "every compressed message counted");
+    }
+    assert!(
+        FrameReader::new(true)
+            .feed(&[0xc1, 2, 0xff, 0xff], &mut |_| {})
+            .is_err(),
+        "bad data is still refused"
+    );
 }
 
 #[test]
