@@ -12,9 +12,15 @@
 #          cluster-publish cluster-fanout cluster-channels cluster-storm cluster-failover
 #          (issue 11: each against one redis-server AND a 3-primary + 3-replica Redis Cluster
 #          started here; not in the default list)
+#          compression (issue 15: compression off, SSE gzip and WebSocket permessage-deflate,
+#          each event compressed once and shared; not in the default list)
 #
 # Environment: OUT (results directory, default target/bench/<date>), STEP (seconds per saturate
-# step, default 10). Needs the release binaries (built here) and, for the Nchan figures, what
+# step, default 10), LOCK (a file each loadtest run holds with flock(1), for a shared box); for
+# `compression`: CONNS (subscribers, default 10000), SAT_CONNS (subscribers of its saturate runs,
+# default "10000 2000"), SAT_START and SAT_MAX (their first and highest rate, default 10 and
+# 2000 events/s), LEVEL (deflate level, default 6), COUNT (events of its fixed-rate runs,
+# default 300), HOLD (seconds of its idle runs, default 10). Needs the release binaries (built here) and, for the Nchan figures, what
 # loadtest/peers/nchan.sh installs. Load goes to 127.0.0.1 only; every loadtest run is bounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -126,8 +132,9 @@ run() {
   local figure=$1 label=$2; shift 2
   log "$figure / $label: loadtest $*"
   echo "$(date -u +%FT%TZ) $figure/$label: $(uptime)" >>"$OUT/load.txt"
-  local line
-  line=$("$LT" "$@" --quiet 2> >(tee -a "$OUT/$figure.md" >&2)) || true
+  local line lock=()
+  [ -z "${LOCK:-}" ] || lock=(flock "$LOCK")
+  line=$("${lock[@]}" "$LT" "$@" --quiet 2> >(tee -a "$OUT/$figure.md" >&2)) || true
   echo "${line%\}},\"label\":\"$label\",\"command\":\"loadtest $*\"}" >>"$OUT/$figure.jsonl"
 }
 
@@ -432,6 +439,61 @@ fig_cluster_failover() {
       --duration "$dur" --kill-after 5 --kill-node "${CLUSTER_PRIMARIES[0]}" --publish-conns 64 \
       --url "$GW_URL" --server-pid "$GW_PID" "${CLUSTER_NODES_ARGS[@]}"
     stop_all
+  done
+}
+
+# --- Compression (issue 15)
+
+# Every row of the compression table, for SSE and WebSocket, compression off (the default
+# config) against shared per-event compression (compression.sse / compression.ws at LEVEL; the
+# generator asks for it with --compressed and inflates every message before checking it):
+#   idle:     memory per idle connection (CONNS held HOLD s);
+#   fanout:   CONNS subscribers of one channel, 10 events/s of ~1 KiB realistic JSON
+#             (--realistic) for COUNT events: bytes the gateway wrote per delivered event
+#             (server_written_bytes_per_delivery, wchar of /proc/PID/io over the window) and its
+#             CPU per delivered event (server_cpu_us_per_delivery), loadtest's own beside it;
+#   saturate: the highest sustained rate (max_ok_rate), with each step's server and generator
+#             CPU per delivery, at each of SAT_CONNS subscribers. Inflating costs the generator
+#             ~10 us more per delivery than plain parsing (more than the gateway's cost), so
+#             compressed WebSocket runs use --inflate-once (each distinct message inflated once
+#             per thread, every delivery's bytes compared with it); SSE has no such mode yet, so
+#             its compressed saturate is bounded by the generator on a 2-core box.
+# A fresh gateway (and Redis) per run; events go straight into Redis (--publish redis).
+fig_compression() {
+  local conns=${CONNS:-10000} level=${LEVEL:-6} count=${COUNT:-300} hold=${HOLD:-10}
+  local sat_start=${SAT_START:-10} sat_max=${SAT_MAX:-2000}
+  local sat_conns=(${SAT_CONNS:-10000 2000}) t mode label env args n
+  for t in sse ws; do
+    for mode in off on; do
+      env=(); args=()
+      if [ "$mode" = on ]; then
+        env=(GATEWAY__COMPRESSION__SSE=true GATEWAY__COMPRESSION__WS=true
+             GATEWAY__COMPRESSION__LEVEL="$level")
+        args=(--compressed)
+        label="$t-$([ "$t" = sse ] && echo gzip || echo permessage-deflate)-l$level"
+      else
+        label="$t-off"
+      fi
+      start_redis; start_gateway "${env[@]}"
+      run compression "$label-idle" idle --conns "$conns" --hold "$hold" --transport "$t" \
+        --url "$GW_URL" --server-pid "$GW_PID" "${args[@]}"
+      stop_all
+      start_redis; start_gateway "${env[@]}"
+      run compression "$label-fanout" fanout --conns "$conns" --rate 10 --count "$count" --size 1024 \
+        --realistic --threads 2 --transport "$t" --url "$GW_URL" --server-pid "$GW_PID" "${args[@]}" \
+        --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/"
+      stop_all
+      local once=()
+      [ "$mode$t" = onws ] && once=(--inflate-once)
+      for n in "${sat_conns[@]}"; do
+        start_redis; start_gateway "${env[@]}"
+        run compression "$label-saturate-$n" saturate --conns "$n" --start-rate "$sat_start" \
+          --step-seconds "$STEP" --max-rate "$sat_max" --size 1024 --realistic --threads 2 \
+          --transport "$t" --url "$GW_URL" --server-pid "$GW_PID" "${args[@]}" "${once[@]}" \
+          --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/"
+        stop_all
+      done
+    done
   done
 }
 

@@ -122,10 +122,18 @@ pub struct SubOpts {
     /// i / N, from source address (i / N) mod (number of --source-ips).
     #[arg(long, default_value_t = 1, requires = "http2", value_name = "N")]
     pub streams_per_conn: usize,
-    /// SSE over HTTP/1.1: ask for a gzip stream (`Accept-Encoding: gzip`) and inflate it as it
-    /// arrives (gateway with `compression.sse` on).
+    /// Ask for compression and inflate what arrives: SSE over HTTP/1.1 asks for a gzip stream
+    /// (`Accept-Encoding: gzip`; gateway with `compression.sse` on), WebSocket offers
+    /// `permessage-deflate` without context takeover and fails the connection if it is
+    /// declined (gateway with `compression.ws` on).
     #[arg(long)]
     pub compressed: bool,
+    /// With --compressed WebSocket: inflate each distinct compressed message once per thread
+    /// and check every delivery's compressed bytes against it (exact: inflating is
+    /// deterministic), so the generator costs about what plain parsing costs and a saturate run
+    /// measures the server rather than the generator's inflating.
+    #[arg(long)]
+    pub inflate_once: bool,
 }
 
 /// How events are published.

@@ -27,6 +27,7 @@ mod scenario;
 mod sse;
 mod stats;
 mod target;
+mod ws_wire;
 
 use std::process::ExitCode;
 use std::time::Duration;

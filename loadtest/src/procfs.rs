@@ -1,5 +1,5 @@
-//! Process measurements from /proc: resident memory and CPU time, for the server(s) under test
-//! and for the load generator itself.
+//! Process measurements from /proc: resident memory, CPU time and bytes written, for the
+//! server(s) under test and for the load generator itself.
 
 use std::time::Instant;
 
@@ -37,6 +37,26 @@ fn parse_cpu(stat: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// Bytes a process has handed to `write`-like calls (`wchar` of /proc/PID/io: sockets, pipes
+/// and files alike, whether or not they reached a disk), for bytes on the wire.
+pub fn written_bytes(pid: &str) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    parse_wchar(&io)
+}
+
+fn parse_wchar(io: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Summed bytes written by several processes (None if any cannot be read).
+pub fn written_sum(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|p| written_bytes(&p.to_string())).sum()
+}
+
 /// Summed RSS of several processes (None if any cannot be read).
 pub fn rss_sum(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|p| rss_kib(&p.to_string())).sum()
@@ -47,10 +67,12 @@ pub fn cpu_sum(pids: &[u32]) -> Option<f64> {
     pids.iter().map(|p| cpu_seconds(&p.to_string())).sum()
 }
 
-/// CPU use of the server(s) and of this process over a measurement window.
+/// CPU use of the server(s) and of this process over a measurement window, and the bytes the
+/// server(s) wrote meanwhile.
 pub struct CpuWindow {
     start: Instant,
     server: Option<f64>,
+    written: Option<u64>,
     own: Option<f64>,
     pids: Vec<u32>,
 }
@@ -66,6 +88,10 @@ pub struct CpuUse {
     pub own_cores: Option<f64>,
     /// CPU seconds used by the load generator.
     pub own_seconds: Option<f64>,
+    /// CPU seconds used by the server(s).
+    pub server_seconds: Option<f64>,
+    /// Bytes the server(s) wrote (`wchar`), None without `--server-pid` or /proc/PID/io.
+    pub server_written: Option<u64>,
 }
 
 impl CpuWindow {
@@ -74,6 +100,11 @@ impl CpuWindow {
         Self {
             start: Instant::now(),
             server: if pids.is_empty() { None } else { cpu_sum(pids) },
+            written: if pids.is_empty() {
+                None
+            } else {
+                written_sum(pids)
+            },
             own: cpu_seconds("self"),
             pids: pids.to_vec(),
         }
@@ -84,11 +115,16 @@ impl CpuWindow {
         let seconds = self.start.elapsed().as_secs_f64().max(1e-9);
         let server = self.server.and_then(|s0| Some(cpu_sum(&self.pids)? - s0));
         let own = self.own.and_then(|o0| Some(cpu_seconds("self")? - o0));
+        let written = self
+            .written
+            .and_then(|w0| Some(written_sum(&self.pids)?.saturating_sub(w0)));
         CpuUse {
             seconds,
             server_cores: server.map(|s| s / seconds),
             own_cores: own.map(|o| o / seconds),
             own_seconds: own,
+            server_seconds: server,
+            server_written: written,
         }
     }
 }
@@ -105,11 +141,15 @@ mod tests {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
         assert_eq!(parse_cpu(stat), Some(3.0));
         assert_eq!(parse_cpu("4242 (x) S 1"), None);
+        let io = "rchar: 10\nwchar: 2933172360\nsyscr: 1\n";
+        assert_eq!(parse_wchar(io), Some(2_933_172_360));
+        assert_eq!(parse_wchar("rchar: 1\n"), None);
     }
 
     #[test]
     fn own_process_is_readable() {
         assert!(rss_kib("self").unwrap_or(0) > 0);
         assert!(cpu_seconds("self").is_some());
+        assert!(written_bytes("self").is_some());
     }
 }

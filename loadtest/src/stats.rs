@@ -145,6 +145,8 @@ pub struct Stats {
     pub reconnect_failures: AtomicU64,
     /// Establishments after a storm's reconnect.
     pub resumed: AtomicU64,
+    /// WebSocket messages that came compressed (`permessage-deflate`) and were inflated.
+    pub inflated_messages: AtomicU64,
     /// Subscribers that had every event after a storm's reconnect.
     pub storm_complete: AtomicU64,
     /// Why connections failed (`status_503`, `connect`, `timeout`, ...).
@@ -179,6 +181,7 @@ impl Stats {
             reconnects: AtomicU64::new(0),
             reconnect_failures: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
+            inflated_messages: AtomicU64::new(0),
             storm_complete: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             storm_latency: Mutex::new(new_histogram()),

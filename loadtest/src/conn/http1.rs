@@ -192,6 +192,15 @@ pub(super) fn process_sse(
 pub(super) async fn read_head(
     stream: &mut Stream,
 ) -> Result<(crate::http::ResponseHead, Vec<u8>), End> {
+    read_head_raw(stream)
+        .await
+        .map(|(head, _, rest)| (head, rest))
+}
+
+/// Like [`read_head`], also handing back the head's bytes (for the headers it does not parse).
+pub(super) async fn read_head_raw(
+    stream: &mut Stream,
+) -> Result<(crate::http::ResponseHead, Vec<u8>, Vec<u8>), End> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         buf.reserve(1024);
@@ -202,7 +211,7 @@ pub(super) async fn read_head(
         match parse_head(&buf) {
             Ok(Some(head)) => {
                 let rest = buf.split_off(head.len);
-                return Ok((head, rest));
+                return Ok((head, buf, rest));
             }
             Ok(None) => {}
             Err(e) => return Err(End::Protocol(e.to_string())),

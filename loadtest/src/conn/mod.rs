@@ -1,6 +1,7 @@
 //! Subscriber connections: raw TCP from a chosen loopback source address (TLS on top for
 //! `https://` targets), SSE over HTTP/1.1 spoken by hand (request, response head, chunked or
-//! identity body, [`crate::sse::SseParser`]), WebSocket through tokio-tungstenite, and SSE over
+//! identity body, [`crate::sse::SseParser`]), WebSocket through tokio-tungstenite (by hand with
+//! `permessage-deflate`: [`crate::ws_wire`]), and SSE over
 //! HTTP/2 by hand too ([`crate::h2`]): one task per connection carries the streams of several
 //! subscribers and feeds each DATA payload straight to that stream's [`crate::sse::SseParser`].
 //! Every event is accounted on arrival ([`acct::Acct`]) and flushed into the shared [`Stats`]
@@ -17,6 +18,7 @@ mod sub;
 #[cfg(test)]
 mod tests;
 mod ws;
+mod ws_deflate;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +39,7 @@ use h2_group::h2_group;
 use http1::sse_session;
 use sub::{LiveGuard, Sub};
 use ws::ws_session;
+use ws_deflate::ws_deflate_session;
 
 /// Time allowed for connecting, and for the response head / WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,8 +99,11 @@ pub struct SubPlan {
     pub http2: bool,
     /// With `http2`: subscribers per connection (subscriber i uses connection i / N).
     pub streams_per_conn: usize,
-    /// SSE over HTTP/1.1: ask for gzip and inflate.
+    /// Ask for compression and inflate: gzip for SSE over HTTP/1.1, `permessage-deflate` for
+    /// WebSocket.
     pub compressed: bool,
+    /// With `compressed` WebSocket: inflate each distinct message once per thread.
+    pub inflate_once: bool,
 }
 
 /// State shared by all subscriber tasks.
@@ -218,6 +224,9 @@ async fn session(sh: &Shared, sub: &mut Sub, url: &Url, storm: bool) -> End {
     };
     match sh.plan.transport {
         Transport::Sse => sse_session(sh, sub, url, stream, storm, &mut live).await,
+        Transport::Ws if sh.plan.compressed => {
+            ws_deflate_session(sh, sub, url, stream, storm, &mut live).await
+        }
         Transport::Ws => ws_session(sh, sub, url, stream, storm, &mut live).await,
     }
 }

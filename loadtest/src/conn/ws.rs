@@ -1,4 +1,4 @@
-//! WebSocket subscribers through tokio-tungstenite.
+//! WebSocket subscribers through tokio-tungstenite (`--compressed` ones: [`super::ws_deflate`]).
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
@@ -11,6 +11,7 @@ use crate::net::Stream;
 use crate::payload::{WsMsg, parse_ws};
 use crate::target::Url;
 
+/// One WebSocket session: handshake, subscribe (resuming with `since`), then account events.
 pub(super) async fn ws_session(
     sh: &Shared,
     sub: &mut Sub,
@@ -92,7 +93,19 @@ pub(super) fn handle_ws(
         }
         Some(Ok(_)) => return None,
     };
-    let msg = parse_ws(text.as_bytes());
+    handle_text(sh, sub, text.as_bytes(), now, storm, live)
+}
+
+/// Accounts one WebSocket text message (however it arrived); `Some` ends the session.
+pub(super) fn handle_text(
+    sh: &Shared,
+    sub: &mut Sub,
+    text: &[u8],
+    now: u64,
+    storm: bool,
+    live: &mut LiveGuard<'_>,
+) -> Option<End> {
+    let msg = parse_ws(text);
     // Resume from the last event, or from the start position when none came yet.
     if let WsMsg::Event { id: Some(id), .. } | WsMsg::Subscribed { position: Some(id) } = msg {
         sub.ws_last_id.clear();

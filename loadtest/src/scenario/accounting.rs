@@ -92,6 +92,9 @@ impl Harness {
         r.set("malformed", c.malformed);
         r.set("other_events", c.other_events);
         r.set("ws_errors", c.ws_errors);
+        if self.sh.plan.compressed && self.sh.plan.transport == crate::conn::Transport::Ws {
+            r.set("ws_inflated_messages", Stats::get(&stats.inflated_messages));
+        }
         r.set(
             "events_per_read",
             c.deliveries as f64 / c.reads.max(1) as f64,
@@ -129,6 +132,15 @@ impl Harness {
                 .map(|s| s * 1e6 / deliveries as f64),
         );
         r.set("window_s", cpu.seconds);
+        let per_delivery = |v: f64| (deliveries > 0).then(|| v / deliveries as f64);
+        r.set_opt(
+            "server_cpu_us_per_delivery",
+            cpu.server_seconds.and_then(|s| per_delivery(s * 1e6)),
+        );
+        if let Some(w) = cpu.server_written {
+            r.set("server_written_bytes", w);
+            r.set_opt("server_written_bytes_per_delivery", per_delivery(w as f64));
+        }
     }
 
     pub(crate) fn close(mut self) -> Report {

@@ -84,6 +84,7 @@ impl Harness {
                 http2: false,
                 streams_per_conn: 1,
                 compressed: false,
+                inflate_once: false,
             },
         };
         for pid in &common.server_pids {
@@ -108,8 +109,17 @@ impl Harness {
         if p.realistic {
             report.set("payload", "realistic");
         }
+        if plan.inflate_once {
+            report.set("inflate_once", true);
+        }
         if plan.compressed {
-            report.set("compressed", "gzip");
+            report.set(
+                "compressed",
+                match plan.transport {
+                    Transport::Sse => "gzip",
+                    Transport::Ws => "permessage-deflate",
+                },
+            );
         }
         Ok(Self {
             sh: Arc::new(Shared {

@@ -183,6 +183,23 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
             "loadtest_cpu_cores".into(),
             cpu_use.own_cores.map_or(Value::Null, |v| json!(round3(v))),
         );
+        // Per delivery: what the server and the generator each paid, and what went out.
+        let per = |v: Option<f64>| match v {
+            Some(v) if d.deliveries > 0 => json!(round3(v / d.deliveries as f64)),
+            _ => Value::Null,
+        };
+        row.insert(
+            "server_cpu_us_per_delivery".into(),
+            per(cpu_use.server_seconds.map(|s| s * 1e6)),
+        );
+        row.insert(
+            "loadtest_cpu_us_per_delivery".into(),
+            per(cpu_use.own_seconds.map(|s| s * 1e6)),
+        );
+        row.insert(
+            "server_written_bytes_per_delivery".into(),
+            per(cpu_use.server_written.map(|w| w as f64)),
+        );
         if let (Some(n), Some(b)) = (&mut nodes, redis_before) {
             let after = n.sample().await?;
             let d = n.deltas(&b, &after, cpu_use.seconds);

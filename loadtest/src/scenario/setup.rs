@@ -154,8 +154,12 @@ pub(super) fn sub_plan(
         any_tls |= u.is_tls();
     }
     ensure!(
-        !s.compressed || (s.transport == Transport::Sse && !s.http2),
-        "--compressed is for SSE over HTTP/1.1"
+        !s.compressed || !s.http2,
+        "--compressed is for SSE over HTTP/1.1 and WebSocket"
+    );
+    ensure!(
+        !s.inflate_once || (s.compressed && s.transport == Transport::Ws),
+        "--inflate-once is for --compressed WebSocket subscribers"
     );
     Ok(SubPlan {
         transport: s.transport,
@@ -172,5 +176,6 @@ pub(super) fn sub_plan(
         http2: s.http2,
         streams_per_conn: s.streams_per_conn,
         compressed: s.compressed,
+        inflate_once: s.inflate_once,
     })
 }
