@@ -42,14 +42,7 @@ pub(super) async fn ws_session(
         Ok(Err(e)) => return End::Protocol(e.to_string()),
         Ok(Ok((ws, _))) => ws,
     };
-    let channel = &sh.book.names[sub.acct.channel];
-    let mut cmd = format!(r#"{{"type":"subscribe","channel":"{channel}""#);
-    if !sub.ws_last_id.is_empty() {
-        cmd.push_str(r#","since":""#);
-        cmd.push_str(&String::from_utf8_lossy(&sub.ws_last_id));
-        cmd.push('"');
-    }
-    cmd.push('}');
+    let cmd = subscribe_command(sh, sub);
     if let Err(e) = ws.send(tungstenite::Message::text(cmd)).await {
         return End::Protocol(e.to_string());
     }
@@ -121,4 +114,17 @@ pub(super) fn handle_text(
         Some(Err(code)) if !sub.up => Some(End::WsError(code)),
         _ => None,
     }
+}
+
+/// The `subscribe` command of a subscriber, resuming from its last id when it has one.
+pub(super) fn subscribe_command(sh: &Shared, sub: &Sub) -> String {
+    let channel = &sh.book.names[sub.acct.channel];
+    let mut cmd = format!(r#"{{"type":"subscribe","channel":"{channel}""#);
+    if !sub.ws_last_id.is_empty() {
+        cmd.push_str(r#","since":""#);
+        cmd.push_str(&String::from_utf8_lossy(&sub.ws_last_id));
+        cmd.push('"');
+    }
+    cmd.push('}');
+    cmd
 }

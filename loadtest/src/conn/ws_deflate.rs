@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_acc
 use super::acct::End;
 use super::http1::{read_head_raw, read_shared};
 use super::sub::{LiveGuard, Sub};
-use super::ws::handle_text;
+use super::ws::{handle_text, subscribe_command};
 use super::{CONNECT_TIMEOUT, Shared, unix_micros};
 use crate::net::Stream;
 use crate::target::Url;
@@ -56,14 +56,7 @@ pub(super) async fn ws_deflate_session(
     {
         return End::Protocol(e);
     }
-    let channel = &sh.book.names[sub.acct.channel];
-    let mut cmd = format!(r#"{{"type":"subscribe","channel":"{channel}""#);
-    if !sub.ws_last_id.is_empty() {
-        cmd.push_str(r#","since":""#);
-        cmd.push_str(&String::from_utf8_lossy(&sub.ws_last_id));
-        cmd.push('"');
-    }
-    cmd.push('}');
+    let cmd = subscribe_command(sh, sub);
     if let Err(e) = send(&mut stream, &ws_wire::client_text(&cmd)).await {
         return End::Io(e);
     }
