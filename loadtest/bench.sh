@@ -228,10 +228,13 @@ fig_latency_nchan() {
 
 fig_channels() {
   per_transport channels gateway channels --conns 10000 --channels 1000 --rate 2000 --duration 30
-  # The same events as batches of 20 per POST /publish (one Redis call per batch).
+  # The same events as batches of 20 per POST /publish (one Redis call per batch), from one
+  # publisher connection: 100 batches/s, one every 10 ms. With the default 32 connections each
+  # fills its batch from its own 31 channels, and all 32 fill at the same moment of every
+  # round: 640 events land at once every 320 ms, which no backend batching a steady stream does.
   start_redis; start_gateway
   run channels "gateway-sse-batch20" channels --conns 10000 --channels 1000 --rate 2000 --duration 30 \
-    --url "$GW_URL" --server-pid "$GW_PID" --publish-batch 20
+    --url "$GW_URL" --server-pid "$GW_PID" --publish-batch 20 --publish-conns 1
   stop_all
   # The gateway's delivery cost alone: events written straight into Redis, as backends do.
   start_redis; start_gateway
