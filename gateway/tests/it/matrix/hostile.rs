@@ -291,25 +291,32 @@ async fn trickle(io: &mut BoxIo, head: &[u8], limit: Duration) -> Trickled {
 /// `server.request_timeout_seconds` bounds every HTTP/1.1 request head, not only a connection's
 /// first: a head trickled one byte per 300 ms (as the first request, or on a keep-alive
 /// connection after one served request, plain or TLS) ends in 408 or a closed connection within
-/// a few seconds.
+/// a few seconds; also once a publisher's connection has moved to the publish thread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_trickled_head_is_timed_out_on_every_http1_arrival() {
     each(&Arrival::HTTP1, |arrival| async move {
         let gw = arrival
             .gateway(&[("GATEWAY__SERVER__REQUEST_TIMEOUT_SECONDS", "1")])
             .await;
-        let mut io = connect(arrival, &gw).await;
-        if arrival.later() {
-            serve_one(&mut io).await;
+        // A publisher's first line arrives at once (its connection moves to the publish
+        // thread, `front::publish_thread`), the rest of its head trickles.
+        for (at_once, trickled) in [
+            (
+                &b""[..],
+                &b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: "[..],
+            ),
+            (b"POST /publish HTTP/1.1\r\n", b"Host: x\r\nX-Padding: "),
+        ] {
+            let mut io = connect(arrival, &gw).await;
+            if arrival.later() {
+                serve_one(&mut io).await;
+            }
+            write_flush(&mut io, at_once).await;
+            let outcome = trickle(&mut io, trickled, Duration::from_secs(8)).await;
+            let at_once = String::from_utf8_lossy(at_once);
+            eprintln!("[{arrival}] trickled head after {at_once:?}: {outcome:?}");
+            assert_timed_out(&outcome, "HTTP/1.1 408");
         }
-        let outcome = trickle(
-            &mut io,
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ",
-            Duration::from_secs(8),
-        )
-        .await;
-        eprintln!("[{arrival}] trickled head: {outcome:?}");
-        assert_timed_out(&outcome, "HTTP/1.1 408");
     })
     .await;
 }
