@@ -153,6 +153,7 @@ pub async fn run(
     };
     publish_thread.serve(template.clone());
     template.handoff = Some(publish_thread.handoff());
+    let pace = settings.server.delivery_pace;
     let server = actix_server::Server::build()
         .workers(workers)
         .max_concurrent_connections(per_worker)
@@ -160,7 +161,7 @@ pub async fn run(
         .disable_signals()
         .listen("gateway", listener, move || {
             // Runs on each worker thread: fan-out wakes this worker's connections in batches.
-            crate::hub::worker::Worker::install();
+            crate::hub::worker::Worker::install(pace);
             let front = Rc::new(template.clone());
             fn_service(move |stream: TcpStream| {
                 front::serve(front.clone(), stream).map(Ok::<_, ()>)

@@ -109,7 +109,7 @@ impl PublishThread {
 }
 
 async fn run(front: Front, mut handed: mpsc::Receiver<Handed>, drain: Duration) {
-    crate::hub::worker::Worker::install();
+    crate::hub::worker::Worker::install(front.state.settings.server.delivery_pace);
     let front = Rc::new(front);
     let mut shutdown = front.state.hub.shutdown_signal();
     let live = Rc::new(Live::default());

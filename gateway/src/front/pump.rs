@@ -4,7 +4,9 @@
 //! SSE frame is shared by every subscriber of its channel). While a write is blocked the body is
 //! not polled, so the connection's queue fills up and the hub closes it as a slow consumer;
 //! the kernel's `TCP_USER_TIMEOUT` ends a peer that stops acknowledging altogether. A client
-//! that closes its side ends the stream at once.
+//! that closes its side ends the stream at once. While the pump is parked with everything
+//! written, fan-out writes events to a plain socket itself (`hub::direct`): the pump arms the
+//! body's queue when it parks and disarms it whenever it wakes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,6 +18,8 @@ use bytes::{Buf, Bytes};
 use futures_util::Stream;
 
 use super::raw_io::RawIo;
+use crate::hub::direct::Parking;
+use crate::hub::queue::Arm;
 
 /// Chunks gathered into one write at most.
 const MAX_CHUNKS: usize = 64;
@@ -25,23 +29,27 @@ const MAX_CHUNKS: usize = 64;
 pub fn pump<S, B>(stream: S, first: Bytes, body: B) -> Pump<S, B>
 where
     S: RawIo,
-    B: Stream<Item = Result<Bytes, Infallible>> + Unpin,
+    B: Stream<Item = Result<Bytes, Infallible>> + Parking + Unpin,
 {
     Pump {
-        stream,
         body,
+        stream,
         out: vec![first],
         state: State::Streaming,
+        armed: false,
     }
 }
 
 /// The future returned by [`pump`].
 pub struct Pump<S, B> {
-    stream: S,
+    /// Dropped first: its queue lets go of the socket before the socket closes.
     body: B,
+    stream: S,
     /// Chunks not yet (fully) written, oldest first.
     out: Vec<Bytes>,
     state: State,
+    /// The body's queue is armed: fan-out writes to the socket until the pump wakes.
+    armed: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -95,12 +103,17 @@ fn advance(out: &mut Vec<Bytes>, mut n: usize) {
 impl<S, B> Future for Pump<S, B>
 where
     S: RawIo,
-    B: Stream<Item = Result<Bytes, Infallible>> + Unpin,
+    B: Stream<Item = Result<Bytes, Infallible>> + Parking + Unpin,
 {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if this.armed {
+            // Whatever woke us may write (a heartbeat, the close): fan-out queues from now on.
+            this.armed = false;
+            this.body.disarm();
+        }
         loop {
             if this.stream.poll_client_gone(cx) {
                 return Poll::Ready(());
@@ -127,7 +140,15 @@ where
                 }
             }
             if this.out.is_empty() && this.state == State::Streaming {
-                return Poll::Pending;
+                match this.body.arm() {
+                    Arm::Armed => {
+                        this.armed = true;
+                        return Poll::Pending;
+                    }
+                    Arm::Off => return Poll::Pending,
+                    // Items arrived since the body was polled: write them first.
+                    Arm::Busy => {}
+                }
             }
         }
     }

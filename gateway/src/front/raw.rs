@@ -37,7 +37,7 @@ async fn start<S: RawIo>(
     head: RequestHead,
     mut stream: S,
     peer: IpAddr,
-) -> Option<Pump<S, SseStream>> {
+) -> Option<Pump<S::Streamed, SseStream>> {
     let cors = cors::lines(&state.settings.cors.allow_origins, &head.headers);
     let started = std::time::Instant::now();
     let host = browser::host_of(&head.headers, None);
@@ -72,5 +72,9 @@ async fn start<S: RawIo>(
     }
     response.push_str(&cors);
     response.push_str("\r\n");
+    let (stream, socket) = stream.into_streamed();
+    if let Some(socket) = socket {
+        body.write_through(socket);
+    }
     Some(pump(stream, Bytes::from(response), body))
 }

@@ -3,13 +3,17 @@
 //! idle WebSocket holds only its session); on TLS, the TLS stream (ours, whose buffers are
 //! freed while idle).
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 use futures_util::future::LocalBoxFuture;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::Prefixed;
 use super::parse_errors::JsonParseErrors;
+use super::raw_io::{RawIo, SharedTcp};
 use super::tls_stream::TlsStream;
 use crate::transport::ws::Upgrade;
 use crate::transport::ws::io::{ReadIo, WriteIo};
@@ -39,20 +43,22 @@ async fn take_socket(upgrade: Upgrade) -> Option<LocalBoxFuture<'static, ()>> {
             return None;
         }
     };
-    let (read, write, pending) = split(upgraded);
-    Some(accepted.run(read, write, pending))
+    let (read, write, pending, socket) = split(upgraded);
+    Some(accepted.run(read, write, pending, socket))
 }
 
-/// The socket's halves, and the bytes already read past the upgrade request.
-fn split(upgraded: Upgraded) -> (ReadIo, WriteIo, BytesMut) {
+/// The socket's halves, the bytes already read past the upgrade request, and the plain socket
+/// fan-out may write to directly (`hub::direct`).
+fn split(upgraded: Upgraded) -> (ReadIo, WriteIo, BytesMut, Option<Arc<TcpStream>>) {
     match upgraded.downcast::<TokioIo<JsonParseErrors<Prefixed>>>() {
         Ok(parts) => {
             let (replay, stream) = parts.io.into_inner().into_inner().into_parts();
             // What hyper had read past the head, then what it never read.
             let mut pending = BytesMut::from(parts.read_buf);
             pending.extend_from_slice(&replay);
-            let (read, write) = stream.into_split();
-            (Box::new(read), Box::new(write), pending)
+            let (read, socket) = stream.into_streamed();
+            let write = SharedTcp::clone(&read);
+            (Box::new(read), Box::new(write), pending, socket)
         }
         Err(upgraded) => match upgraded.downcast::<TokioIo<JsonParseErrors<Prefixed<TlsStream>>>>()
         {
@@ -61,11 +67,11 @@ fn split(upgraded: Upgraded) -> (ReadIo, WriteIo, BytesMut) {
                 let mut pending = BytesMut::from(parts.read_buf);
                 pending.extend_from_slice(&replay);
                 let (read, write) = tokio::io::split(stream);
-                (Box::new(read), Box::new(write), pending)
+                (Box::new(read), Box::new(write), pending, None)
             }
             Err(upgraded) => {
                 let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                (Box::new(read), Box::new(write), BytesMut::new())
+                (Box::new(read), Box::new(write), BytesMut::new(), None)
             }
         },
     }

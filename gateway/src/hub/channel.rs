@@ -394,7 +394,7 @@ mod tests {
                 Item::Gap {
                     first_available, ..
                 } => -(first_available.offset as i64),
-                Item::Subscribed { .. } => 0,
+                Item::Subscribed { .. } | Item::Tail(_) => 0,
             })
             .collect()
     }

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use shared::Position;
 
 use super::channel::{Sub, SubId};
+use super::direct::Round;
 use super::message::{Delivery, Message};
 use super::queue::{CloseReason, Item, PushError};
 use super::worker::Worker;
@@ -72,14 +73,23 @@ impl Drop for Followups {
 }
 
 /// The subscribers of one channel owned by one worker (or by none: tests, delivered inline).
+///
+/// Two locks: fan-out (under the channel lock) only ever takes `inbox`'s, for a moment, while
+/// a delivery round holds `inner`'s for as long as it writes (it may write to sockets itself,
+/// `hub::direct`), so publishing never waits for a round. Lock order: `inner`, then `inbox`.
 pub struct Group {
     owner: Option<Arc<Worker>>,
     inner: Mutex<Inner>,
+    inbox: Mutex<Inbox>,
     metrics: Metrics,
 }
 
 struct Inner {
     subs: IndexMap<SubId, Sub>,
+}
+
+/// What fan-out handed over and no round has taken yet.
+struct Inbox {
     pending: Vec<Pending>,
     scheduled: bool,
 }
@@ -91,6 +101,8 @@ impl Group {
             owner,
             inner: Mutex::new(Inner {
                 subs: IndexMap::new(),
+            }),
+            inbox: Mutex::new(Inbox {
                 pending: Vec::new(),
                 scheduled: false,
             }),
@@ -110,30 +122,42 @@ impl Group {
     /// Queues `item` for every subscriber, in order; called under the channel lock. A group
     /// without a worker delivers at once.
     pub fn enqueue(self: &Arc<Self>, item: Pending, out: &mut Followups) {
-        let mut inner = self.inner.lock();
-        inner.pending.push(item);
+        let mut inbox = self.inbox.lock();
+        inbox.pending.push(item);
         match &self.owner {
-            None => inner.deliver(&self.metrics, &mut out.wakers),
-            Some(worker) if !inner.scheduled => {
-                inner.scheduled = true;
+            None => {
+                drop(inbox);
+                self.deliver(&mut out.wakers);
+            }
+            Some(worker) if !inbox.scheduled => {
+                inbox.scheduled = true;
                 out.jobs.push((worker.clone(), self.clone()));
             }
             Some(_) => {}
         }
     }
 
-    /// Delivers everything pending; the worker's job, and a resume's first step.
+    /// Delivers everything pending; the worker's job.
     pub fn deliver(&self, wakers: &mut Vec<Waker>) {
         let mut inner = self.inner.lock();
-        inner.scheduled = false;
-        inner.deliver(&self.metrics, wakers);
+        let pending = self.take_pending();
+        inner.deliver(pending, &self.metrics, wakers);
     }
 
-    /// Delivers what is pending, then adds a subscriber; called under the channel lock.
+    /// Delivers what is pending, then adds a subscriber; called under the channel lock, so
+    /// nothing new is pending meanwhile, and a round already under way finishes first (it
+    /// holds `inner`): the existing subscribers have everything up to the channel's last event.
     pub fn add(&self, id: SubId, sub: Sub, wakers: &mut Vec<Waker>) {
         let mut inner = self.inner.lock();
-        inner.deliver(&self.metrics, wakers);
+        let pending = self.take_pending();
+        inner.deliver(pending, &self.metrics, wakers);
         inner.subs.insert(id, sub);
+    }
+
+    fn take_pending(&self) -> Vec<Pending> {
+        let mut inbox = self.inbox.lock();
+        inbox.scheduled = false;
+        std::mem::take(&mut inbox.pending)
     }
 
     /// Removes a subscriber; `true` if it was here.
@@ -155,14 +179,13 @@ impl Group {
 }
 
 impl Inner {
-    fn deliver(&mut self, metrics: &Metrics, wakers: &mut Vec<Waker>) {
-        if self.pending.is_empty() {
+    fn deliver(&mut self, pending: Vec<Pending>, metrics: &Metrics, wakers: &mut Vec<Waker>) {
+        if pending.is_empty() {
             return;
         }
         // One handle per event for this group (see `Delivery`).
-        let local: Vec<Local> = self
-            .pending
-            .drain(..)
+        let local: Vec<Local> = pending
+            .into_iter()
             .map(|p| match p {
                 Pending::Event(m) => Local::Event(m.position().offset, Arc::new(Delivery(m))),
                 Pending::Gap(position) => Local::Gap(position),
@@ -170,35 +193,64 @@ impl Inner {
             .collect();
         let mut dead = Vec::new();
         let (mut slow, mut gaps) = (0u64, 0u64);
+        // Events fan-out wrote to sockets itself (`hub::direct`), counted here, not by the
+        // transports: (SSE, WebSocket), and the oldest one's publication time.
+        let (mut sse, mut ws, mut oldest_ms) = (0u64, 0u64, None::<u64>);
+        // A round without gaps may be written straight to armed subscribers' sockets.
+        let events: Vec<Arc<Delivery>> = local
+            .iter()
+            .map_while(|l| match l {
+                Local::Event(_, delivery) => Some(delivery.clone()),
+                Local::Gap(_) => None,
+            })
+            .collect();
+        let direct = events.len() == local.len();
+        let first_offset = events.first().map_or(0, |d| d.position().offset);
+        let mut round = Round::new(&events);
         for (id, sub) in self.subs.iter_mut() {
             let slot = sub.slot;
-            let mut skip_until = sub.skip_until;
-            let items = local.iter().filter_map(|l| match l {
-                Local::Event(offset, delivery) => (*offset > skip_until).then(|| Item::Event {
-                    slot,
-                    message: delivery.clone(),
-                    live: true,
-                }),
-                Local::Gap(first_available) => {
-                    // Offsets of a new history mean nothing next to the old ones.
-                    skip_until = 0;
-                    gaps += 1;
-                    Some(Item::Gap {
+            let written = (direct && sub.skip_until < first_offset)
+                .then(|| sub.queue.write_round(&mut round, slot))
+                .flatten();
+            let pushed = written.unwrap_or_else(|| {
+                let mut skip_until = sub.skip_until;
+                let items = local.iter().filter_map(|l| match l {
+                    Local::Event(offset, delivery) => (*offset > skip_until).then(|| Item::Event {
                         slot,
-                        first_available: *first_available,
-                    })
-                }
+                        message: delivery.clone(),
+                        live: true,
+                    }),
+                    Local::Gap(first_available) => {
+                        // Offsets of a new history mean nothing next to the old ones.
+                        skip_until = 0;
+                        gaps += 1;
+                        Some(Item::Gap {
+                            slot,
+                            first_available: *first_available,
+                        })
+                    }
+                });
+                let pushed = sub.queue.push_batch(items);
+                sub.skip_until = skip_until;
+                pushed
             });
-            match sub.queue.push_batch(items) {
-                Ok(Some(waker)) => wakers.push(waker),
-                Ok(None) => {}
+            match pushed {
+                Ok(pushed) => {
+                    if let Some(waker) = pushed.waker {
+                        wakers.push(waker);
+                    }
+                    if pushed.written > 0 {
+                        *(if pushed.ws { &mut ws } else { &mut sse }) += u64::from(pushed.written);
+                        // Every subscriber of the group is given the same events.
+                        oldest_ms = oldest_ms.or(pushed.oldest_written_ms);
+                    }
+                }
                 Err(PushError::Overflowed) => {
                     slow += 1;
                     dead.push(*id);
                 }
                 Err(PushError::Closed) => dead.push(*id),
             }
-            sub.skip_until = skip_until;
         }
         for id in &dead {
             self.subs.swap_remove(id);
@@ -216,6 +268,25 @@ impl Inner {
         if gaps > 0 {
             metrics.gaps.inc_by(gaps);
         }
+        count_written(metrics, sse, ws, oldest_ms);
+    }
+}
+
+/// Counts events fan-out wrote itself, as the transports count what they write: deliveries,
+/// and one latency sample per batch (here: per group and delivery round).
+fn count_written(metrics: &Metrics, sse: u64, ws: u64, oldest_ms: Option<u64>) {
+    if sse > 0 {
+        metrics.hot.delivered_sse.inc_by(sse);
+    }
+    if ws > 0 {
+        metrics.hot.delivered_ws.inc_by(ws);
+        metrics.hot.ws_frames_out.inc_by(ws);
+    }
+    if let Some(ms) = oldest_ms {
+        let now = crate::engine::memory::unix_millis();
+        metrics
+            .delivery_latency
+            .observe(now.saturating_sub(ms) as f64 / 1000.0);
     }
 }
 

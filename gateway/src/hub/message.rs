@@ -86,51 +86,48 @@ impl Message {
 
     /// The whole WebSocket frame of the event (header included: server frames are unmasked,
     /// so every subscriber can be sent the same bytes).
-    pub fn ws_frame(&self) -> Bytes {
-        self.ws
-            .get_or_init(|| {
-                let e = &self.event;
-                if self.is_binary() {
-                    let id = e.position.to_string();
-                    // Channel names, ids and event names are at most 128, 37 and 64 bytes, so
-                    // the one-byte length prefixes always fit.
-                    let payload = shared::ws::encode_binary_event(
-                        e.channel.as_str(),
-                        &id,
-                        e.name.as_ref().map(|n| n.as_str()),
-                        &e.data,
-                    )
-                    .unwrap_or_default();
-                    ws_frame::encode(&payload, true, false)
-                } else {
-                    ws_frame::encode(encode_ws_text(e).as_bytes(), false, false)
-                }
-            })
-            .clone()
+    pub fn ws_frame(&self) -> &Bytes {
+        self.ws.get_or_init(|| {
+            let e = &self.event;
+            if self.is_binary() {
+                let id = e.position.to_string();
+                // Channel names, ids and event names are at most 128, 37 and 64 bytes, so
+                // the one-byte length prefixes always fit.
+                let payload = shared::ws::encode_binary_event(
+                    e.channel.as_str(),
+                    &id,
+                    e.name.as_ref().map(|n| n.as_str()),
+                    &e.data,
+                )
+                .unwrap_or_default();
+                ws_frame::encode(&payload, true, false)
+            } else {
+                ws_frame::encode(encode_ws_text(e).as_bytes(), false, false)
+            }
+        })
     }
 
     /// The length of the WebSocket message before any compression.
     pub fn ws_payload_len(&self) -> usize {
-        ws_frame::payload(&self.ws_frame()).len()
+        ws_frame::payload(self.ws_frame()).len()
     }
 
     /// The WebSocket text message `{"type":"event",...}` (text and JSON payloads).
     pub fn ws_text(&self) -> ByteString {
-        ByteString::try_from(ws_frame::payload(&self.ws_frame())).unwrap_or_default()
+        ByteString::try_from(ws_frame::payload(self.ws_frame())).unwrap_or_default()
     }
 
     /// The WebSocket binary message (binary payloads); see `shared::ws` for the layout.
     pub fn ws_binary(&self) -> Bytes {
-        ws_frame::payload(&self.ws_frame())
+        ws_frame::payload(self.ws_frame())
     }
 
     /// [`Message::sse_frame`] as a self-contained deflate piece for gzip and deflate streams
     /// (`compression::deflate`), compressed at `level` once for every subscriber.
-    pub fn sse_frame_deflated(&self, level: u32) -> Bytes {
+    pub fn sse_frame_deflated(&self, level: u32) -> &Bytes {
         self.deflated
             .sse_frame
             .get_or_init(|| Bytes::from(deflate::piece(self.sse_frame(), level)))
-            .clone()
     }
 
     /// [`Message::sse_body`] as a deflate piece, for multi-channel streams.
@@ -145,22 +142,21 @@ impl Message {
     /// `permessage-deflate` without context takeover: sync-flushed, `00 00 ff ff` stripped.
     /// `None` when compressing does not make it smaller: it is sent uncompressed.
     pub fn ws_deflated(&self, level: u32) -> Option<Bytes> {
-        self.ws_deflated_frame(level).map(|f| ws_frame::payload(&f))
+        self.ws_deflated_frame(level).map(ws_frame::payload)
     }
 
     /// [`Message::ws_deflated`] as a whole frame with RSV1 set, shared like
     /// [`Message::ws_frame`].
-    pub fn ws_deflated_frame(&self, level: u32) -> Option<Bytes> {
+    pub fn ws_deflated_frame(&self, level: u32) -> Option<&Bytes> {
         self.deflated
             .ws
             .get_or_init(|| {
-                let frame = self.ws_frame();
-                let plain = ws_frame::payload(&frame);
+                let plain = ws_frame::payload(self.ws_frame());
                 let mut out = deflate::compressed(&plain, level)?;
                 out.truncate(out.len().checked_sub(deflate::SYNC_TAIL.len())?);
                 (out.len() < plain.len()).then(|| ws_frame::encode(&out, self.is_binary(), true))
             })
-            .clone()
+            .as_ref()
     }
 
     fn sse_encoded(&self) -> &SseFrame {
@@ -303,7 +299,7 @@ mod tests {
             br#"{"price":42,"symbol":"ACME","note":"ACME ACME ACME ACME"}"#,
         );
         let piece = m.sse_frame_deflated(6);
-        assert_eq!(inflate(&piece), &m.sse_frame()[..]);
+        assert_eq!(inflate(piece), &m.sse_frame()[..]);
         assert_eq!(m.sse_frame_deflated(6).as_ptr(), piece.as_ptr(), "shared");
         assert_eq!(inflate(&m.sse_body_deflated(6)), &m.sse_body()[..]);
         let ws = m.ws_deflated(6).unwrap();

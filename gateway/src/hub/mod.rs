@@ -7,6 +7,7 @@
 //! whose drop detaches them.
 
 mod channel;
+pub mod direct;
 mod group;
 pub mod history;
 mod join;

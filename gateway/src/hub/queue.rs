@@ -10,10 +10,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use shared::{Disconnect, Position};
 use tokio::sync::Notify;
 
+use super::direct::{Direct, MAX_FRAMES, Round};
 use super::message::Delivery;
 use super::worker::Worker;
 use crate::metrics::Metrics;
@@ -47,6 +49,9 @@ pub enum Item {
         /// Whether the requested position was resumed without loss.
         recovered: bool,
     },
+    /// The unwritten end of a frame that fan-out began writing to the socket itself (see
+    /// `hub::direct`): written as it is, before anything else.
+    Tail(Bytes),
 }
 
 /// Why the gateway ended a connection; transports translate it to close codes or comments.
@@ -103,6 +108,31 @@ pub enum PushError {
     Overflowed,
 }
 
+/// What a push did (see [`Queue::push_batch`]).
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// The reader, if it was waiting and now has items: wake it once the caller's locks are
+    /// released.
+    pub waker: Option<Waker>,
+    /// Events written to the socket directly (not queued).
+    pub written: u32,
+    /// When the oldest live event written directly was published (Unix ms).
+    pub oldest_written_ms: Option<u64>,
+    /// Whether those went to a WebSocket (else an SSE stream).
+    pub ws: bool,
+}
+
+/// What [`Queue::arm`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arm {
+    /// Fan-out writes to the socket until the reader disarms the queue.
+    Armed,
+    /// Items (or the close) arrived meanwhile: drain them first.
+    Busy,
+    /// This queue has no socket to write to (TLS, HTTP/2, several channels per frame).
+    Off,
+}
+
 /// What a drain produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drained {
@@ -125,6 +155,37 @@ struct State {
     items: VecDeque<Item>,
     closed: Option<CloseReason>,
     reader: Option<Waker>,
+    /// The connection's socket, when fan-out may write to it (see `hub::direct`).
+    direct: Option<Direct>,
+    /// The reader is parked with nothing to write: fan-out writes through `direct`.
+    armed: bool,
+}
+
+impl State {
+    /// Appends `item` unless the queue is full (`false`). Fan-out writes nothing itself past a
+    /// queued item: the reader writes them in order.
+    fn put(&mut self, item: Item, capacity: usize) -> bool {
+        if self.items.len() >= capacity {
+            return false;
+        }
+        self.armed = false;
+        self.items.push_back(item);
+        true
+    }
+
+    /// Closes as a slow consumer, dropping what was queued; returns the reader to wake.
+    fn overflow(&mut self) -> Option<Waker> {
+        self.closed = Some(CloseReason::SlowConsumer);
+        self.items = VecDeque::new();
+        self.disconnect_socket();
+        self.reader.take()
+    }
+
+    /// Forgets the socket: nothing is written directly once the queue is closed.
+    fn disconnect_socket(&mut self) {
+        self.armed = false;
+        self.direct = None;
+    }
 }
 
 impl Queue {
@@ -135,6 +196,8 @@ impl Queue {
                 items: VecDeque::new(),
                 closed: None,
                 reader: None,
+                direct: None,
+                armed: false,
             }),
             room: Notify::new(),
             capacity,
@@ -158,21 +221,17 @@ impl Queue {
     }
 
     /// Appends several items under one lock without waiting, and hands back the reader's waker
-    /// (if it was waiting) for the caller to wake after its own locks are released. A queue that
-    /// overflows is closed as a slow consumer, as with [`Queue::push`].
-    pub fn push_batch(
-        &self,
-        items: impl Iterator<Item = Item>,
-    ) -> Result<Option<Waker>, PushError> {
+    /// (if it was waiting and got items) for the caller to wake after its own locks are
+    /// released. A queue that overflows is closed as a slow consumer, as with [`Queue::push`].
+    pub fn push_batch(&self, items: impl Iterator<Item = Item>) -> Result<Pushed, PushError> {
         let mut state = self.state.lock();
         if state.closed.is_some() {
             return Err(PushError::Closed);
         }
+        let before = state.items.len();
         for item in items {
-            if state.items.len() >= self.capacity {
-                state.closed = Some(CloseReason::SlowConsumer);
-                state.items = VecDeque::new();
-                let reader = state.reader.take();
+            if !state.put(item, self.capacity) {
+                let reader = state.overflow();
                 drop(state);
                 self.room.notify_waiters();
                 if let Some(w) = reader {
@@ -180,9 +239,70 @@ impl Queue {
                 }
                 return Err(PushError::Overflowed);
             }
-            state.items.push_back(item);
         }
-        Ok(state.reader.take())
+        let mut pushed = Pushed::default();
+        if state.items.len() > before {
+            pushed.waker = state.reader.take();
+        }
+        Ok(pushed)
+    }
+
+    /// While the queue is armed (see `hub::direct`), writes a delivery round's events for
+    /// channel `slot` to the socket in one vectored write, and queues what the socket did not
+    /// take: the rest of a frame first, then the events after it. `None` when not armed: the
+    /// caller queues the events.
+    pub fn write_round(
+        &self,
+        round: &mut Round<'_>,
+        slot: u32,
+    ) -> Option<Result<Pushed, PushError>> {
+        let mut state = self.state.lock();
+        if !state.armed || state.closed.is_some() || !state.items.is_empty() {
+            return None;
+        }
+        let direct = state.direct.as_ref()?;
+        let form = direct.form();
+        let events = round.events();
+        let sent = events.len().min(MAX_FRAMES);
+        let joined = round.joined(form);
+        let took = direct.write(joined);
+        let mut pushed = Pushed {
+            ws: form.is_ws(),
+            ..Pushed::default()
+        };
+        let mut queue_from = 0;
+        if took > 0 {
+            pushed.written = sent as u32;
+            queue_from = sent;
+            if took < joined.len() {
+                // The rest of the round's bytes, the rest of a frame first.
+                state.armed = false;
+                state.items.push_back(Item::Tail(joined.slice(took..)));
+            }
+        }
+        for delivery in &events[queue_from..] {
+            let item = Item::Event {
+                slot,
+                message: delivery.clone(),
+                live: true,
+            };
+            if !state.put(item, self.capacity) {
+                let reader = state.overflow();
+                drop(state);
+                self.room.notify_waiters();
+                if let Some(w) = reader {
+                    w.wake();
+                }
+                return Some(Err(PushError::Overflowed));
+            }
+        }
+        if pushed.written > 0 {
+            pushed.oldest_written_ms = round.events().first().map(|d| d.event.published_ms);
+        }
+        if !state.items.is_empty() {
+            pushed.waker = state.reader.take();
+        }
+        Some(Ok(pushed))
     }
 
     /// Appends without waiting; a full queue is closed as a slow consumer.
@@ -191,10 +311,10 @@ impl Queue {
         if state.closed.is_some() {
             return Err(PushError::Closed);
         }
+        // Not a live delivery: the reader writes it, in order.
+        state.armed = false;
         if state.items.len() >= self.capacity {
-            state.closed = Some(CloseReason::SlowConsumer);
-            state.items = VecDeque::new();
-            let reader = state.reader.take();
+            let reader = state.overflow();
             drop(state);
             self.room.notify_waiters();
             if let Some(w) = reader {
@@ -225,6 +345,7 @@ impl Queue {
                 }
                 if state.items.len() < self.capacity {
                     if let Some(item) = item.take() {
+                        state.armed = false;
                         state.items.push_back(item);
                     }
                     let reader = state.reader.take();
@@ -266,12 +387,46 @@ impl Queue {
         if state.closed.is_none() {
             state.closed = Some(reason);
         }
+        state.disconnect_socket();
         let reader = state.reader.take();
         drop(state);
         self.room.notify_waiters();
         if let Some(w) = reader {
             w.wake();
         }
+    }
+
+    /// Lets fan-out write to `direct` while the reader is parked (see `hub::direct`); called
+    /// once, before the reader first arms the queue.
+    pub fn set_direct(&self, direct: Direct) {
+        let mut state = self.state.lock();
+        if state.closed.is_none() {
+            state.direct = Some(direct);
+        }
+    }
+
+    /// Whether fan-out may write to this queue's socket (see [`Queue::set_direct`]).
+    pub fn has_direct(&self) -> bool {
+        self.state.lock().direct.is_some()
+    }
+
+    /// The reader has written everything and is about to park: from now on fan-out writes
+    /// events to the socket itself — unless items arrived since the reader last drained.
+    pub fn arm(&self) -> Arm {
+        let mut state = self.state.lock();
+        if state.direct.is_none() || state.closed.is_some() {
+            Arm::Off
+        } else if !state.items.is_empty() {
+            Arm::Busy
+        } else {
+            state.armed = true;
+            Arm::Armed
+        }
+    }
+
+    /// The reader is about to write something itself: fan-out queues again.
+    pub fn disarm(&self) {
+        self.state.lock().armed = false;
     }
 
     /// Waits for items (moved into `out`) or the close.

@@ -142,7 +142,8 @@ async fn answer(
                 );
                 messages.push(page::gap(m.channel(), first_available));
             }
-            Item::Subscribed { .. } => {}
+            // A long poll's queue is never armed (`hub::direct`): no tails.
+            Item::Subscribed { .. } | Item::Tail(_) => {}
         }
     }
     state

@@ -26,11 +26,13 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use shared::{Cursor, Position};
 use shared::{Disconnect, ErrorCode};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::compression::SseEncoding;
 use crate::error::ApiError;
-use crate::hub::queue::{CloseReason, Drained, Item, Queue};
+use crate::hub::direct::{Direct, Form, Parking};
+use crate::hub::queue::{Arm, CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, Start};
 use crate::metrics::Metrics;
 use crate::response::Body;
@@ -288,13 +290,11 @@ impl SseStream {
             match item {
                 Item::Event { slot, message, .. } => {
                     self.positions[slot as usize] = message.position();
-                    let level = u32::from(self.level);
                     if !multi {
-                        return Some(match self.encoding {
-                            None => message.sse_frame().clone(),
-                            Some(_) => message.sse_frame_deflated(level),
-                        });
+                        // As fan-out writes it itself (`hub::direct`).
+                        return Some(self.form().frame(&message).clone());
                     }
+                    let level = u32::from(self.level);
                     let mut id = Vec::with_capacity(8 + 16 * self.positions.len());
                     id.extend_from_slice(b"id: ");
                     Cursor::write_to(&self.positions, &mut id);
@@ -338,6 +338,8 @@ impl SseStream {
                     return Some(Bytes::from(compress::own(self.encoding, &out)));
                 }
                 Item::Subscribed { .. } => {}
+                // The rest of a frame fan-out began writing itself (`hub::direct`).
+                Item::Tail(rest) => return Some(rest),
             }
         }
         None
@@ -379,6 +381,19 @@ impl SseStream {
         shared::sse::write_retry(&mut out, u64::from(self.retry_ms));
         reason.count(&self.metrics);
         Bytes::from(compress::own(self.encoding, &out))
+    }
+
+    /// Which of an event's shared frames a single-channel stream writes.
+    fn form(&self) -> Form {
+        Form::sse(self.encoding.map(|_| u32::from(self.level)))
+    }
+
+    /// Lets fan-out write events straight to `socket` while the stream is idle (`hub::direct`):
+    /// a stream of one channel only, as a stream of several writes its own cursor with each.
+    pub fn write_through(&self, socket: Arc<TcpStream>) {
+        if self.positions.len() == 1 {
+            self.queue.set_direct(Direct::new(socket, self.form()));
+        }
     }
 
     /// The response headers: [`STREAM_HEADERS`], and with `compression.sse` on the content
@@ -437,6 +452,16 @@ impl Stream for SseStream {
             this.idle_timer.as_mut().reset(earliest(due, this.expires));
         }
         Poll::Pending
+    }
+}
+
+impl Parking for SseStream {
+    fn arm(&mut self) -> Arm {
+        self.queue.arm()
+    }
+
+    fn disarm(&mut self) {
+        self.queue.disarm();
     }
 }
 

@@ -54,13 +54,13 @@ fn gateway_frames_inflate_to_its_messages_in_any_split() {
     for (i, m) in events.iter().enumerate() {
         let frame = m.ws_deflated_frame(6).expect("realistic JSON compresses");
         assert!(frame.len() * 2 < m.ws_frame().len(), "compressed well");
-        wire.extend_from_slice(&frame);
+        wire.extend_from_slice(frame);
         want.push(m.ws_text().to_string());
         if i % 7 == 3 {
             // A server ping and a plain message in between.
             wire.extend_from_slice(&[0x89, 2, b'h', b'i']);
             want.push("Ping([104, 105])".into());
-            wire.extend_from_slice(&m.ws_frame());
+            wire.extend_from_slice(m.ws_frame());
             want.push(m.ws_text().to_string());
         }
     }
@@ -82,7 +82,7 @@ fn inflate_once_hands_out_the_same_text_for_the_same_bytes_only() {
     for m in (0..20).map(message) {
         let frame = m.ws_deflated_frame(6).unwrap();
         for _ in 0..2 {
-            wire.extend_from_slice(&frame);
+            wire.extend_from_slice(frame);
             want.push(m.ws_text().to_string());
         }
     }

@@ -3,6 +3,7 @@
 //! close of a request whose token was refused).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use http::header::{
@@ -13,6 +14,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use shared::{Disconnect, ErrorCode};
+use tokio::net::TcpStream;
 
 use super::io::{MessageStream, ReadIo, Session, WriteIo};
 use super::session::{Running, close_with};
@@ -42,12 +44,14 @@ pub struct Accepted {
 impl Accepted {
     /// The session to run on the upgraded socket (`pending`: bytes the client sent after the
     /// upgrade request, decoded first), or the 4500 close when the token was refused; boxed
-    /// to its own size.
+    /// to its own size. `socket`: the plain socket under both halves, for fan-out to write
+    /// events to directly while the session is idle (`hub::direct`).
     pub fn run(
         self,
         read: ReadIo,
         write: WriteIo,
         pending: BytesMut,
+        socket: Option<Arc<TcpStream>>,
     ) -> futures_util::future::LocalBoxFuture<'static, ()> {
         let limit = self.state.settings.ws.max_message_bytes;
         let mut stream = MessageStream::with_pending(read, limit, pending);
@@ -58,7 +62,13 @@ impl Accepted {
             session.deflate(deflate.server_max_window_bits);
         }
         match self.admitted {
-            Ok(admitted) => Box::pin(Running::new(self.state, admitted).run(session, stream)),
+            Ok(admitted) => {
+                let running = Running::new(self.state, admitted);
+                if let Some(socket) = socket {
+                    running.write_through(socket, &session);
+                }
+                Box::pin(running.run(session, stream))
+            }
             Err(reason) => Box::pin(async move {
                 close_with(session, &mut stream, Disconnect::Unauthorized, Some(reason)).await
             }),

@@ -7,15 +7,17 @@ use std::time::Duration;
 
 use actix_http::ws::{CloseCode, CloseReason as WsClose, ProtocolError};
 use shared::Disconnect;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::End;
 use super::connection::{Connection, Slots};
-use super::inbox::Inbox;
+use super::inbox::{Inbox, Report};
 use super::io::{MessageStream, Session};
 use super::limits::Budget;
 use super::token::{Due, TokenClock};
-use crate::hub::queue::{CloseReason, Drained};
+use crate::hub::direct::Direct;
+use crate::hub::queue::{Arm, CloseReason, Drained};
 use crate::session::Admitted;
 use crate::state::AppState;
 use shared::ws::ServerMessage;
@@ -37,53 +39,65 @@ impl Running {
         ping.tick().await;
         let timeout = Duration::from_secs(settings.ws.timeout_seconds);
         let mut batch = Vec::new();
+        // With a plain socket, fan-out writes events itself while the session is parked
+        // (`hub::direct`): armed before each wait, disarmed on whatever wakes it.
+        let direct = queue.has_direct();
         let end: End = loop {
-            tokio::select! {
+            let armed = direct && session.is_idle() && queue.arm() == Arm::Armed;
+            let woke = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|down| *down) => break Some(Disconnect::Shutdown),
-                drained = queue.drain(&mut batch) => match drained {
-                    Drained::Items => {
-                        // Boxed too: it holds a write timeout, which would otherwise sit in every
-                        // idle connection's task.
-                        if let Err(end) = Box::pin(conn.write_batch(&mut session, &mut batch, timeout)).await {
-                            break end;
-                        }
-                    }
-                    Drained::Closed(reason) => {
-                        reason.count(&conn.state.metrics);
-                        break reason.disconnect();
-                    }
-                },
-                report = inbox.recv() => {
-                    // Boxed: rare branches must not grow every connection's task.
-                    if let Err(end) = Box::pin(conn.on_report(report, &mut session, timeout)).await {
+                _ = shutdown.wait_for(|down| *down) => Woke::Shutdown,
+                drained = queue.drain(&mut batch) => Woke::Drained(drained),
+                report = inbox.recv() => Woke::Report(report),
+                msg = stream.recv() => Woke::Client(msg),
+                due = conn.clock.fire() => Woke::Due(due),
+                _ = ping.tick() => Woke::Ping,
+            };
+            if armed {
+                queue.disarm();
+            }
+            match woke {
+                Woke::Shutdown => break Some(Disconnect::Shutdown),
+                Woke::Drained(Drained::Items) => {
+                    // Boxed too: it holds a write timeout, which would otherwise sit in every
+                    // idle connection's task.
+                    if let Err(end) =
+                        Box::pin(conn.write_batch(&mut session, &mut batch, timeout)).await
+                    {
                         break end;
                     }
                 }
-                msg = stream.recv() => match msg {
-                    None => break None,
-                    Some(Err(e)) => {
-                        crate::telemetry::malformed("websocket", &e);
-                        break Some(protocol_error_close(&e));
+                Woke::Drained(Drained::Closed(reason)) => {
+                    reason.count(&conn.state.metrics);
+                    break reason.disconnect();
+                }
+                Woke::Report(report) => {
+                    // Boxed: rare branches must not grow every connection's task.
+                    if let Err(end) = Box::pin(conn.on_report(report, &mut session, timeout)).await
+                    {
+                        break end;
                     }
-                    Some(Ok(msg)) => {
-                        conn.last_seen = Instant::now();
-                        if let Err(end) = Box::pin(conn.on_client(msg, &mut session, timeout)).await {
-                            break end;
-                        }
+                }
+                Woke::Client(None) => break None,
+                Woke::Client(Some(Err(e))) => {
+                    crate::telemetry::malformed("websocket", &e);
+                    break Some(protocol_error_close(&e));
+                }
+                Woke::Client(Some(Ok(msg))) => {
+                    conn.last_seen = Instant::now();
+                    if let Err(end) = Box::pin(conn.on_client(msg, &mut session, timeout)).await {
+                        break end;
                     }
-                },
-                due = conn.clock.fire() => match due {
-                    Due::NoToken => break Some(Disconnect::Unauthorized),
-                    Due::Expired => break Some(Disconnect::TokenExpired),
-                    Due::Warn { exp } => {
-                        let msg = ServerMessage::TokenExpiring { exp };
-                        if let Err(end) = Box::pin(conn.reply(&mut session, &msg, timeout)).await {
-                            break end;
-                        }
+                }
+                Woke::Due(Due::NoToken) => break Some(Disconnect::Unauthorized),
+                Woke::Due(Due::Expired) => break Some(Disconnect::TokenExpired),
+                Woke::Due(Due::Warn { exp }) => {
+                    let msg = ServerMessage::TokenExpiring { exp };
+                    if let Err(end) = Box::pin(conn.reply(&mut session, &msg, timeout)).await {
+                        break end;
                     }
-                },
-                _ = ping.tick() => {
+                }
+                Woke::Ping => {
                     if conn.last_seen.elapsed() > timeout {
                         break Some(Disconnect::HeartbeatTimeout);
                     }
@@ -117,6 +131,16 @@ impl Running {
     }
 }
 
+/// What woke the session loop.
+enum Woke {
+    Shutdown,
+    Drained(Drained),
+    Report(Report),
+    Client(Option<Result<super::io::Message, ProtocolError>>),
+    Due(Due),
+    Ping,
+}
+
 /// Sends a close frame with `disconnect`'s code and reason (or `reason`, when there is more to
 /// say), then lets the client finish (see [`MessageStream::linger`]); all within one second, as
 /// a client that takes nothing more must not hold the connection.
@@ -147,6 +171,13 @@ fn protocol_error_close(e: &ProtocolError) -> Disconnect {
 }
 
 impl Running {
+    /// Lets fan-out write events straight to `socket` while the session is idle
+    /// (`hub::direct`), in the form `session` negotiated.
+    pub(super) fn write_through(&self, socket: Arc<TcpStream>, session: &Session) {
+        let form = self.conn.form(session);
+        self.conn.queue.set_direct(Direct::new(socket, form));
+    }
+
     /// The state of an admitted connection.
     pub(super) fn new(state: AppState, admitted: Admitted) -> Self {
         let reports = Arc::new(Inbox::default());

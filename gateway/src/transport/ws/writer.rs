@@ -12,6 +12,7 @@ use shared::ws::ServerMessage;
 use super::End;
 use super::connection::Connection;
 use super::io::{Closed, Session};
+use crate::hub::direct::Form;
 use crate::hub::queue::Item;
 
 impl Connection {
@@ -93,16 +94,8 @@ impl Connection {
                         continue; // unsubscribed meanwhile
                     }
                     // The whole frame, encoded (and compressed) once per event and shared by
-                    // every subscriber.
-                    let frame = match session.compress_up_to() {
-                        Some(max) if message.ws_payload_len() <= max => {
-                            let level = self.state.settings.compression.level;
-                            message
-                                .ws_deflated_frame(level)
-                                .unwrap_or_else(|| message.ws_frame())
-                        }
-                        _ => message.ws_frame(),
-                    };
+                    // every subscriber, as fan-out writes it itself (`hub::direct`).
+                    let frame = self.form(session).frame(&message).clone();
                     self.feed(session, Frame::Whole(frame), timeout).await?;
                     delivered += 1;
                     if live && oldest_live_ms.is_none() {
@@ -122,6 +115,8 @@ impl Connection {
                     };
                     self.feed(session, text_frame(&msg), timeout).await?;
                 }
+                // The rest of a frame fan-out began writing itself (`hub::direct`).
+                Item::Tail(rest) => self.feed(session, Frame::Whole(rest), timeout).await?,
                 Item::Subscribed {
                     slot,
                     position,
@@ -153,6 +148,16 @@ impl Connection {
                 .observe(now.saturating_sub(ms) as f64 / 1000.0);
         }
         Ok(())
+    }
+}
+
+impl Connection {
+    /// Which of an event's shared frames this connection takes.
+    pub(super) fn form(&self, session: &Session) -> Form {
+        Form::ws(
+            session.compress_up_to(),
+            self.state.settings.compression.level,
+        )
     }
 }
 

@@ -88,6 +88,12 @@ impl Session {
             .await
     }
 
+    /// Whether everything fed has been written (nothing is half-way out), so that someone
+    /// else may write whole frames to the socket (`hub::direct`).
+    pub fn is_idle(&self) -> bool {
+        self.out.is_empty() && !self.stalled
+    }
+
     /// Writes whatever was fed, so a batch of frames becomes one write.
     pub async fn flush(&mut self) -> Result<(), Closed> {
         self.write_out().await.map_err(|_| Closed)

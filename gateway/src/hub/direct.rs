@@ -1,0 +1,328 @@
+//! Writing from fan-out itself. While a connection's task is parked with nothing left to write,
+//! its queue is *armed*: the worker delivering an event writes the event's shared frame straight
+//! to the connection's socket (one non-blocking `send`), instead of queueing a reference, waking
+//! the task and letting the task write the same bytes a moment later. Per delivery that saves a
+//! queue push, a wake-up, a task poll and a drain, and touches no reference count.
+//!
+//! The rules that keep the byte stream whole and in order (enforced by `queue::Queue`):
+//! - only a plain socket can be written this way (TLS needs the connection's own state), and only
+//!   a connection whose frames are shared as they are (single-channel SSE, WebSocket);
+//! - the task arms the queue, under the queue's lock, only when the queue is empty and the task
+//!   has written everything it had; it disarms before it writes anything itself (a heartbeat,
+//!   a reply), and any other push (a gap, history, a subscribe acknowledgement) disarms it too;
+//! - a write the socket does not take whole disarms the queue: the unwritten end of the round's
+//!   bytes is queued first ([`Item::Tail`](super::queue::Item::Tail)), then everything after it,
+//!   and the task, woken, writes them in order, like any queued item;
+//! - the queue keeps the socket alive (it holds a reference) until it is closed, so a write
+//!   never reaches a descriptor the connection no longer owns.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+
+use super::message::{Delivery, Message};
+use super::queue::Arm;
+
+/// Which of an event's shared frames a connection is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// The SSE frame with its `id:` line (a single-channel stream).
+    Sse,
+    /// The SSE frame as a deflate piece compressed at this level (gzip or deflate streams).
+    SseDeflated(u32),
+    /// The WebSocket frame.
+    Ws,
+    /// The WebSocket frame compressed at `level` (`permessage-deflate`) when the message is at
+    /// most `max` bytes; larger ones, and those compression does not shrink, go uncompressed.
+    WsDeflated {
+        /// Compression level.
+        level: u32,
+        /// The longest message sent compressed (the client's window).
+        max: u32,
+    },
+}
+
+impl Form {
+    /// The form of a single-channel SSE stream, compressed at `level` or not.
+    pub fn sse(deflate_level: Option<u32>) -> Self {
+        deflate_level.map_or(Self::Sse, Self::SseDeflated)
+    }
+
+    /// The form of a WebSocket that may compress messages up to `compress_up_to` bytes.
+    pub fn ws(compress_up_to: Option<usize>, level: u32) -> Self {
+        match compress_up_to {
+            Some(max) => Self::WsDeflated {
+                level,
+                max: u32::try_from(max).unwrap_or(u32::MAX),
+            },
+            None => Self::Ws,
+        }
+    }
+
+    /// The bytes a connection of this form is written for `message`: shared by every such
+    /// subscriber, encoded (and compressed) once per event.
+    pub fn frame(self, message: &Message) -> &Bytes {
+        match self {
+            Self::Sse => message.sse_frame(),
+            Self::SseDeflated(level) => message.sse_frame_deflated(level),
+            Self::Ws => message.ws_frame(),
+            Self::WsDeflated { level, max } if message.ws_payload_len() <= max as usize => message
+                .ws_deflated_frame(level)
+                .unwrap_or_else(|| message.ws_frame()),
+            Self::WsDeflated { .. } => message.ws_frame(),
+        }
+    }
+
+    /// Whether this is a WebSocket's form (for the delivery metrics).
+    pub fn is_ws(self) -> bool {
+        matches!(self, Self::Ws | Self::WsDeflated { .. })
+    }
+}
+
+/// A connection's plain socket and the form of its frames.
+pub struct Direct {
+    socket: Arc<TcpStream>,
+    form: Form,
+}
+
+impl Direct {
+    /// Direct writes of `form` frames to `socket`.
+    pub fn new(socket: Arc<TcpStream>, form: Form) -> Self {
+        Self { socket, form }
+    }
+
+    /// The form of this connection's frames.
+    pub fn form(&self) -> Form {
+        self.form
+    }
+
+    /// Writes `bytes` without waiting; how many the socket took (0 when it is full, or failed:
+    /// the task finds out when it writes itself).
+    pub fn write(&self, bytes: &[u8]) -> usize {
+        self.socket.try_write(bytes).unwrap_or(0)
+    }
+}
+
+/// Events of one round written in one write at most; a round with more queues the rest.
+pub const MAX_FRAMES: usize = 64;
+
+/// One delivery round's events, in order, with each form's frames joined into one buffer once
+/// per round and written whole to every armed subscriber of the group: one contiguous copy
+/// into each socket, however many events the round carries.
+pub struct Round<'a> {
+    events: &'a [Arc<Delivery>],
+    joined: Vec<(Form, Bytes)>,
+}
+
+impl<'a> Round<'a> {
+    /// A round of `events` (no gaps among them).
+    pub fn new(events: &'a [Arc<Delivery>]) -> Self {
+        Self {
+            events,
+            joined: Vec::new(),
+        }
+    }
+
+    /// The round's events.
+    pub fn events(&self) -> &'a [Arc<Delivery>] {
+        self.events
+    }
+
+    /// The frames of the first [`MAX_FRAMES`] events in `form`, joined (shared, not copied,
+    /// when there is one event).
+    pub fn joined(&mut self, form: Form) -> &Bytes {
+        let i = match self.joined.iter().position(|(f, _)| *f == form) {
+            Some(i) => i,
+            None => {
+                let events = &self.events[..self.events.len().min(MAX_FRAMES)];
+                let bytes = match events {
+                    [one] => form.frame(one).clone(),
+                    many => {
+                        let len = many.iter().map(|d| form.frame(d).len()).sum();
+                        let mut out = Vec::with_capacity(len);
+                        many.iter()
+                            .for_each(|d| out.extend_from_slice(form.frame(d)));
+                        Bytes::from(out)
+                    }
+                };
+                self.joined.push((form, bytes));
+                self.joined.len() - 1
+            }
+        };
+        &self.joined[i].1
+    }
+}
+
+/// A writer of a connection's queue (the raw SSE pump) that lets fan-out write for it while
+/// it is parked.
+pub trait Parking {
+    /// About to park with nothing left to write: see [`Queue::arm`](super::queue::Queue::arm).
+    fn arm(&mut self) -> Arm;
+    /// Woken, and about to write itself.
+    fn disarm(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use shared::{ChannelName, Epoch, Event, PayloadKind, Position};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::hub::message::Delivery;
+    use crate::hub::queue::{Arm, CloseReason, Drained, Item, Pushed, Queue};
+
+    fn event(offset: u64, size: usize) -> Arc<Delivery> {
+        let data = format!("{offset}:{}", "x".repeat(size));
+        Arc::new(Delivery(Arc::new(Message::new(Event {
+            channel: ChannelName::new("c").unwrap(),
+            position: Position::new(Epoch(1), offset),
+            name: None,
+            kind: PayloadKind::Text,
+            data: Bytes::from(data),
+            published_ms: 0,
+        }))))
+    }
+
+    /// Offers a round of `events` to an armed queue.
+    fn offer(queue: &Queue, events: &[Arc<Delivery>]) -> Option<Pushed> {
+        queue
+            .write_round(&mut Round::new(events), 0)
+            .map(|r| r.unwrap())
+    }
+
+    async fn write_all(socket: &TcpStream, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            socket.writable().await.unwrap();
+            match socket.try_write(bytes) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// A connected pair on loopback: (the server's socket, the client's).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (server, client) = tokio::join!(listener.accept(), client);
+        (server.unwrap().0, client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_fills_up_gets_every_byte_once_in_order() {
+        let (server, mut client) = pair().await;
+        // A small send buffer, so the socket stops taking whole frames early.
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let socket = Arc::new(server);
+        let queue = Queue::new(1024);
+        queue.set_direct(Direct::new(socket.clone(), Form::Sse));
+        assert_eq!(queue.arm(), Arm::Armed);
+        let mut expected = Vec::new();
+
+        // Small events go out whole, a round at a time, in one write each.
+        let small: Vec<_> = (1..=3).map(|o| event(o, 100)).collect();
+        small
+            .iter()
+            .for_each(|e| expected.extend_from_slice(e.sse_frame()));
+        let pushed = offer(&queue, &small).unwrap();
+        assert_eq!((pushed.written, pushed.waker.is_some()), (3, false));
+        assert_eq!(queue.room(), 1024, "written, not queued");
+
+        // A round of 256 KiB events the socket cannot take whole: it takes the start of the
+        // round's bytes, and the rest is queued as one tail.
+        let large: Vec<_> = (4..=8).map(|o| event(o, 256 * 1024)).collect();
+        large
+            .iter()
+            .for_each(|e| expected.extend_from_slice(e.sse_frame()));
+        let pushed = offer(&queue, &large).unwrap();
+        assert_eq!(pushed.written, 5);
+        assert_eq!(queue.arm(), Arm::Busy, "queued items come first");
+
+        // The connection's task: drains and writes what was queued, while the client reads.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match client.read(&mut buf).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let mut batch = Vec::new();
+        assert_eq!(queue.drain(&mut batch).await, Drained::Items);
+        assert!(matches!(batch[0], Item::Tail(_)), "the rest of the round");
+        assert_eq!(batch.len(), 1);
+        // Later rounds queue behind it, each event on its own.
+        let later = [event(9, 100), event(10, 100)];
+        later
+            .iter()
+            .for_each(|e| expected.extend_from_slice(e.sse_frame()));
+        assert!(offer(&queue, &later).is_none());
+        queue
+            .push_batch(later.iter().map(|d| Item::Event {
+                slot: 0,
+                message: d.clone(),
+                live: true,
+            }))
+            .unwrap();
+        queue.drain(&mut batch).await;
+        assert_eq!(batch.len(), 3);
+        for item in batch {
+            let bytes = match item {
+                Item::Tail(rest) => rest,
+                Item::Event { message, .. } => message.sse_frame().clone(),
+                _ => unreachable!(),
+            };
+            write_all(&socket, &bytes).await;
+        }
+        // Armed again: fan-out writes the next round itself, after what the task wrote (or
+        // queues it while the socket is still full, for the task to write).
+        assert_eq!(queue.arm(), Arm::Armed);
+        let last = [event(11, 100)];
+        expected.extend_from_slice(last[0].sse_frame());
+        if offer(&queue, &last).unwrap().written == 0 {
+            let mut batch = Vec::new();
+            queue.drain(&mut batch).await;
+            write_all(&socket, last[0].sse_frame()).await;
+        }
+        queue.close(CloseReason::Gone);
+        assert_eq!(
+            Arc::strong_count(&socket),
+            1,
+            "the closed queue let go of the socket"
+        );
+        drop(socket);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes differ");
+    }
+
+    #[tokio::test]
+    async fn any_other_push_disarms_and_a_closed_queue_writes_nothing() {
+        let (server, _client) = pair().await;
+        let queue = Queue::new(8);
+        queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
+        assert_eq!(queue.arm(), Arm::Armed);
+        queue
+            .push(Item::Gap {
+                slot: 0,
+                first_available: Position::new(Epoch(1), 5),
+            })
+            .unwrap();
+        // Disarmed: the next event is queued behind the gap, not written ahead of it.
+        assert!(offer(&queue, &[event(6, 10)]).is_none());
+        assert_eq!(queue.arm(), Arm::Busy);
+        queue.close(CloseReason::Gone);
+        assert_eq!(queue.arm(), Arm::Off);
+        assert!(offer(&queue, &[event(7, 10)]).is_none());
+    }
+}
