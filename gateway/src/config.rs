@@ -133,7 +133,7 @@ impl Default for ServerSettings {
             workers: 0,
             shutdown_timeout_seconds: 10,
             max_connections: 20_000,
-            delivery_pace: 1.0,
+            delivery_pace: 0.5,
             tcp_user_timeout_seconds: 60,
             request_timeout_seconds: 5,
             backlog: 4096,
@@ -696,6 +696,8 @@ mod tests {
             ("GATEWAY__HISTORY__TTLSECONDS", "5", "ttlseconds"),
             ("GATEWAY__LIMITS__QUEUE_SIZE", "-3", "limits.queue_size"),
             ("GATEWAY__REDIS__KEY_PREFIX", "a{b", "redis.key_prefix"),
+            ("GATEWAY__SERVER__DELIVERY_PACE", "5", "server.delivery_pace"),
+            ("GATEWAY__SERVER__DELIVERY_PACE", "-1", "server.delivery_pace"),
         ];
         for (key, value, expect) in cases {
             let err = Settings::load_with_env(None, env(&[(key, value)])).unwrap_err();

@@ -325,4 +325,35 @@ mod tests {
         assert_eq!(queue.arm(), Arm::Off);
         assert!(offer(&queue, &[event(7, 10)]).is_none());
     }
+
+    #[tokio::test]
+    async fn a_slow_consumer_still_gets_the_rest_of_a_half_written_frame() {
+        let (server, _client) = pair().await;
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let queue = Queue::new(2);
+        queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
+        assert_eq!(queue.arm(), Arm::Armed);
+        let pushed = offer(&queue, &[event(1, 256 * 1024)]).unwrap();
+        assert_eq!(pushed.written, 1, "written in part");
+        // Two more events fill the queue; the third overflows it.
+        let more = |o| {
+            queue.push_batch(std::iter::once(Item::Event {
+                slot: 0,
+                message: event(o, 10),
+                live: true,
+            }))
+        };
+        more(2).unwrap();
+        assert!(more(3).is_err());
+        // What is left to write: the tail, then the close (no half event before it).
+        let mut batch = Vec::new();
+        assert_eq!(queue.drain(&mut batch).await, Drained::Items);
+        assert!(matches!(batch.as_slice(), [Item::Tail(_)]));
+        assert_eq!(
+            queue.drain(&mut batch).await,
+            Drained::Closed(CloseReason::SlowConsumer)
+        );
+    }
 }

@@ -173,10 +173,17 @@ impl State {
         true
     }
 
-    /// Closes as a slow consumer, dropping what was queued; returns the reader to wake.
+    /// Closes as a slow consumer, dropping what was queued — but the rest of a frame already
+    /// half-written (a tail is always first: it is queued only into an empty queue), so the
+    /// client's stream ends on a whole frame before the close; returns the reader to wake.
     fn overflow(&mut self) -> Option<Waker> {
         self.closed = Some(CloseReason::SlowConsumer);
+        let tail = match self.items.pop_front() {
+            Some(tail @ Item::Tail(_)) => Some(tail),
+            _ => None,
+        };
         self.items = VecDeque::new();
+        self.items.extend(tail);
         self.disconnect_socket();
         self.reader.take()
     }

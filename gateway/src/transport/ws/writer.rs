@@ -44,6 +44,7 @@ impl Connection {
             match frame {
                 Frame::Text(text) => session.feed_text(text).await,
                 Frame::Whole(bytes) => session.feed_frame(bytes).await,
+                Frame::Tail(bytes) => session.feed_tail(bytes).await,
             }
         };
         self.timed(write, timeout).await?;
@@ -116,7 +117,7 @@ impl Connection {
                     self.feed(session, text_frame(&msg), timeout).await?;
                 }
                 // The rest of a frame fan-out began writing itself (`hub::direct`).
-                Item::Tail(rest) => self.feed(session, Frame::Whole(rest), timeout).await?,
+                Item::Tail(rest) => self.feed(session, Frame::Tail(rest), timeout).await?,
                 Item::Subscribed {
                     slot,
                     position,
@@ -161,10 +162,12 @@ impl Connection {
     }
 }
 
-/// A frame to send: a reply's text, or an event's whole frame (header included), shared.
+/// A frame to send: a reply's text, an event's whole frame (header included), shared, or the
+/// rest of frames fan-out began writing itself.
 pub(super) enum Frame {
     Text(ByteString),
     Whole(Bytes),
+    Tail(Bytes),
 }
 
 pub(super) fn text_frame(msg: &ServerMessage) -> Frame {

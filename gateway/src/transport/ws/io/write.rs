@@ -46,6 +46,9 @@ pub struct Session {
     stalled: bool,
     /// With `permessage-deflate`: the client's window for our messages, in bits; 0 without.
     deflate_bits: u8,
+    /// The first queued frame was begun by fan-out (`hub::direct`): like one partly written
+    /// here, it goes out whole even when the connection closes after a stalled write.
+    begun: bool,
 }
 
 impl Session {
@@ -58,6 +61,7 @@ impl Session {
             queued: 0,
             stalled: false,
             deflate_bits: 0,
+            begun: false,
         }
     }
 
@@ -80,6 +84,13 @@ impl Session {
             self.write_out().await.map_err(|_| Closed)?;
         }
         Ok(())
+    }
+
+    /// Queues the rest of bytes fan-out began writing to the socket itself (`hub::direct`);
+    /// only into an empty session, as fan-out writes only while the session is idle.
+    pub async fn feed_tail(&mut self, rest: Bytes) -> Result<(), Closed> {
+        self.begun = self.out.is_empty();
+        self.feed_frame(rest).await
     }
 
     /// Queues a text frame (a reply), like [`Session::feed_frame`].
@@ -170,6 +181,7 @@ impl Session {
             n -= left;
             self.queued = self.queued.saturating_sub(len32(first));
             self.written = 0;
+            self.begun = false;
             self.out.pop_front();
         }
     }
@@ -180,7 +192,7 @@ impl Session {
         if !self.stalled {
             return;
         }
-        let keep = usize::from(self.written > 0).min(self.out.len());
+        let keep = usize::from(self.written > 0 || self.begun).min(self.out.len());
         for frame in self.out.drain(keep..) {
             self.queued = self.queued.saturating_sub(len32(&frame));
         }
@@ -322,6 +334,26 @@ mod tests {
                 (OpCode::Text, b"second".to_vec()),
                 (OpCode::Close, vec![]),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_after_a_stalled_write_finishes_a_frame_fan_out_began() {
+        let (_reader, mut writer, mut client) = raw().await;
+        // Fan-out wrote the first 3 bytes of a frame itself (`hub::direct`); the session is
+        // given the rest, then more frames, and closes after a stalled write that sent none.
+        let begun = encode_frame(b"begun", false, false);
+        writer.io.write_all(&begun[..3]).await.unwrap();
+        writer.feed_tail(begun.slice(3..)).await.unwrap();
+        writer.push(encode_frame(b"later", false, false));
+        writer.stalled = true;
+        writer.discard_unsent();
+        assert_eq!(writer.out.len(), 1, "the rest of the begun frame stays");
+        writer.close(None).await.unwrap();
+        let frames = server_frames(&mut client).await;
+        assert_eq!(
+            frames,
+            [(OpCode::Text, b"begun".to_vec()), (OpCode::Close, vec![]),]
         );
     }
 
