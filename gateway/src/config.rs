@@ -696,8 +696,16 @@ mod tests {
             ("GATEWAY__HISTORY__TTLSECONDS", "5", "ttlseconds"),
             ("GATEWAY__LIMITS__QUEUE_SIZE", "-3", "limits.queue_size"),
             ("GATEWAY__REDIS__KEY_PREFIX", "a{b", "redis.key_prefix"),
-            ("GATEWAY__SERVER__DELIVERY_PACE", "5", "server.delivery_pace"),
-            ("GATEWAY__SERVER__DELIVERY_PACE", "-1", "server.delivery_pace"),
+            (
+                "GATEWAY__SERVER__DELIVERY_PACE",
+                "5",
+                "server.delivery_pace",
+            ),
+            (
+                "GATEWAY__SERVER__DELIVERY_PACE",
+                "-1",
+                "server.delivery_pace",
+            ),
         ];
         for (key, value, expect) in cases {
             let err = Settings::load_with_env(None, env(&[(key, value)])).unwrap_err();
