@@ -283,10 +283,7 @@ fn count_written(metrics: &Metrics, sse: u64, ws: u64, oldest_ms: Option<u64>) {
         metrics.hot.ws_frames_out.inc_by(ws);
     }
     if let Some(ms) = oldest_ms {
-        let now = crate::engine::memory::unix_millis();
-        metrics
-            .delivery_latency
-            .observe(now.saturating_sub(ms) as f64 / 1000.0);
+        metrics.observe_delivery(ms);
     }
 }
 

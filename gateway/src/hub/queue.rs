@@ -227,6 +227,18 @@ impl Queue {
         self.owner.as_ref()
     }
 
+    /// Closes the queue as a slow consumer (see `State::overflow`), then, with the lock
+    /// released, wakes everyone waiting on it.
+    fn overflowed(&self, mut state: parking_lot::MutexGuard<'_, State>) -> PushError {
+        let reader = state.overflow();
+        drop(state);
+        self.room.notify_waiters();
+        if let Some(w) = reader {
+            w.wake();
+        }
+        PushError::Overflowed
+    }
+
     /// Appends several items under one lock without waiting, and hands back the reader's waker
     /// (if it was waiting and got items) for the caller to wake after its own locks are
     /// released. A queue that overflows is closed as a slow consumer, as with [`Queue::push`].
@@ -238,13 +250,7 @@ impl Queue {
         let before = state.items.len();
         for item in items {
             if !state.put(item, self.capacity) {
-                let reader = state.overflow();
-                drop(state);
-                self.room.notify_waiters();
-                if let Some(w) = reader {
-                    w.wake();
-                }
-                return Err(PushError::Overflowed);
+                return Err(self.overflowed(state));
             }
         }
         let mut pushed = Pushed::default();
@@ -294,13 +300,7 @@ impl Queue {
                 live: true,
             };
             if !state.put(item, self.capacity) {
-                let reader = state.overflow();
-                drop(state);
-                self.room.notify_waiters();
-                if let Some(w) = reader {
-                    w.wake();
-                }
-                return Some(Err(PushError::Overflowed));
+                return Some(Err(self.overflowed(state)));
             }
         }
         if pushed.written > 0 {
@@ -321,13 +321,7 @@ impl Queue {
         // Not a live delivery: the reader writes it, in order.
         state.armed = false;
         if state.items.len() >= self.capacity {
-            let reader = state.overflow();
-            drop(state);
-            self.room.notify_waiters();
-            if let Some(w) = reader {
-                w.wake();
-            }
-            return Err(PushError::Overflowed);
+            return Err(self.overflowed(state));
         }
         state.items.push_back(item);
         let reader = state.reader.take();

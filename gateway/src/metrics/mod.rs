@@ -92,6 +92,16 @@ pub struct Hot {
     pub ws_frames_out: IntCounter,
 }
 
+impl Metrics {
+    /// Samples the delivery latency of a batch written now whose oldest live event was
+    /// published at `published_ms` (Unix ms); every transport and fan-out's own writes use it.
+    pub fn observe_delivery(&self, published_ms: u64) {
+        let now = crate::engine::memory::unix_millis();
+        self.delivery_latency
+            .observe(now.saturating_sub(published_ms) as f64 / 1000.0);
+    }
+}
+
 impl std::ops::Deref for Metrics {
     type Target = Inner;
     fn deref(&self) -> &Inner {

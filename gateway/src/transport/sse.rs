@@ -350,10 +350,7 @@ impl SseStream {
             self.metrics.hot.delivered_sse.inc_by(events);
         }
         if let Some(ms) = oldest_live_ms {
-            let now = crate::engine::memory::unix_millis();
-            self.metrics
-                .delivery_latency
-                .observe(now.saturating_sub(ms) as f64 / 1000.0);
+            self.metrics.observe_delivery(ms);
         }
     }
 

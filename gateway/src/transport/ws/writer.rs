@@ -143,10 +143,7 @@ impl Connection {
             metrics.hot.delivered_ws.inc_by(delivered);
         }
         if let Some(ms) = oldest_live_ms {
-            let now = crate::engine::memory::unix_millis();
-            metrics
-                .delivery_latency
-                .observe(now.saturating_sub(ms) as f64 / 1000.0);
+            metrics.observe_delivery(ms);
         }
         Ok(())
     }
