@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use shared::{Disconnect, Position};
 use tokio::sync::Notify;
 
-use super::direct::{Direct, MAX_FRAMES, Round};
+use super::direct::Direct;
 use super::message::Delivery;
 use super::worker::Worker;
 use crate::metrics::Metrics;
@@ -260,58 +260,6 @@ impl Queue {
         Ok(pushed)
     }
 
-    /// While the queue is armed (see `hub::direct`), writes a delivery round's events for
-    /// channel `slot` to the socket in one vectored write, and queues what the socket did not
-    /// take: the rest of a frame first, then the events after it. `None` when not armed: the
-    /// caller queues the events.
-    pub fn write_round(
-        &self,
-        round: &mut Round<'_>,
-        slot: u32,
-    ) -> Option<Result<Pushed, PushError>> {
-        let mut state = self.state.lock();
-        if !state.armed || state.closed.is_some() || !state.items.is_empty() {
-            return None;
-        }
-        let direct = state.direct.as_ref()?;
-        let form = direct.form();
-        let events = round.events();
-        let sent = events.len().min(MAX_FRAMES);
-        let joined = round.joined(form);
-        let took = direct.write(joined);
-        let mut pushed = Pushed {
-            ws: form.is_ws(),
-            ..Pushed::default()
-        };
-        let mut queue_from = 0;
-        if took > 0 {
-            pushed.written = sent as u32;
-            queue_from = sent;
-            if took < joined.len() {
-                // The rest of the round's bytes, the rest of a frame first.
-                state.armed = false;
-                state.items.push_back(Item::Tail(joined.slice(took..)));
-            }
-        }
-        for delivery in &events[queue_from..] {
-            let item = Item::Event {
-                slot,
-                message: delivery.clone(),
-                live: true,
-            };
-            if !state.put(item, self.capacity) {
-                return Some(Err(self.overflowed(state)));
-            }
-        }
-        if pushed.written > 0 {
-            pushed.oldest_written_ms = round.events().first().map(|d| d.event.published_ms);
-        }
-        if !state.items.is_empty() {
-            pushed.waker = state.reader.take();
-        }
-        Some(Ok(pushed))
-    }
-
     /// Appends without waiting; a full queue is closed as a slow consumer.
     pub fn push(&self, item: Item) -> Result<(), PushError> {
         let mut state = self.state.lock();
@@ -397,39 +345,6 @@ impl Queue {
         }
     }
 
-    /// Lets fan-out write to `direct` while the reader is parked (see `hub::direct`); called
-    /// once, before the reader first arms the queue.
-    pub fn set_direct(&self, direct: Direct) {
-        let mut state = self.state.lock();
-        if state.closed.is_none() {
-            state.direct = Some(direct);
-        }
-    }
-
-    /// Whether fan-out may write to this queue's socket (see [`Queue::set_direct`]).
-    pub fn has_direct(&self) -> bool {
-        self.state.lock().direct.is_some()
-    }
-
-    /// The reader has written everything and is about to park: from now on fan-out writes
-    /// events to the socket itself — unless items arrived since the reader last drained.
-    pub fn arm(&self) -> Arm {
-        let mut state = self.state.lock();
-        if state.direct.is_none() || state.closed.is_some() {
-            Arm::Off
-        } else if !state.items.is_empty() {
-            Arm::Busy
-        } else {
-            state.armed = true;
-            Arm::Armed
-        }
-    }
-
-    /// The reader is about to write something itself: fan-out queues again.
-    pub fn disarm(&self) {
-        self.state.lock().armed = false;
-    }
-
     /// Waits for items (moved into `out`) or the close.
     pub async fn drain(&self, out: &mut Vec<Item>) -> Drained {
         std::future::poll_fn(|cx| self.poll_drain(cx, out)).await
@@ -456,65 +371,6 @@ impl Queue {
     }
 }
 
+mod armed;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use shared::Epoch;
-
-    fn gap(n: u64) -> Item {
-        Item::Gap {
-            slot: 0,
-            first_available: Position::new(Epoch(1), n),
-        }
-    }
-
-    fn drain(q: &Queue) -> (Vec<Item>, Poll<Drained>) {
-        let mut out = Vec::new();
-        let waker = futures_util::task::noop_waker();
-        let poll = q.poll_drain(&mut Context::from_waker(&waker), &mut out);
-        (out, poll)
-    }
-
-    #[test]
-    fn overflow_closes_as_slow_consumer_and_frees_memory() {
-        let q = Queue::new(2);
-        assert_eq!(q.push(gap(1)), Ok(()));
-        assert_eq!(q.push(gap(2)), Ok(()));
-        assert_eq!(q.push(gap(3)), Err(PushError::Overflowed));
-        assert_eq!(q.push(gap(4)), Err(PushError::Closed));
-        let (items, poll) = drain(&q);
-        assert!(items.is_empty());
-        assert_eq!(
-            poll,
-            Poll::Ready(Drained::Closed(CloseReason::SlowConsumer))
-        );
-    }
-
-    #[test]
-    fn close_keeps_queued_items_readable() {
-        let q = Queue::new(4);
-        q.push(gap(1)).unwrap();
-        q.close(CloseReason::Shutdown);
-        q.close(CloseReason::Unavailable);
-        let (items, poll) = drain(&q);
-        assert_eq!((items.len(), poll), (1, Poll::Ready(Drained::Items)));
-        let (_, poll) = drain(&q);
-        assert_eq!(poll, Poll::Ready(Drained::Closed(CloseReason::Shutdown)));
-    }
-
-    #[tokio::test]
-    async fn push_wait_waits_for_room_instead_of_overflowing() {
-        let q = Queue::new(1);
-        q.push(gap(1)).unwrap();
-        let q2 = q.clone();
-        let waiter = tokio::spawn(async move { q2.push_wait(gap(2)).await });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        let (items, _) = drain(&q);
-        assert_eq!(items.len(), 1);
-        assert_eq!(waiter.await.unwrap(), Ok(()));
-        assert_eq!(q.room(), 0);
-        q.close(CloseReason::Shutdown);
-        assert_eq!(q.push_wait(gap(3)).await, Err(PushError::Closed));
-    }
-}
+mod tests;

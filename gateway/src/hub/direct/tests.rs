@@ -1,0 +1,192 @@
+//! Direct writes on real loopback sockets: order, tails, disarming, slow consumers.
+use std::sync::Arc;
+
+use bytes::Bytes;
+use shared::{ChannelName, Epoch, Event, PayloadKind, Position};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::hub::message::Delivery;
+use crate::hub::queue::{Arm, CloseReason, Drained, Item, Pushed, Queue};
+
+fn event(offset: u64, size: usize) -> Arc<Delivery> {
+    let data = format!("{offset}:{}", "x".repeat(size));
+    Arc::new(Delivery(Arc::new(Message::new(Event {
+        channel: ChannelName::new("c").unwrap(),
+        position: Position::new(Epoch(1), offset),
+        name: None,
+        kind: PayloadKind::Text,
+        data: Bytes::from(data),
+        published_ms: 0,
+    }))))
+}
+
+/// Offers a round of `events` to an armed queue.
+fn offer(queue: &Queue, events: &[Arc<Delivery>]) -> Option<Pushed> {
+    queue
+        .write_round(&mut Round::new(events), 0)
+        .map(|r| r.unwrap())
+}
+
+async fn write_all(socket: &TcpStream, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        socket.writable().await.unwrap();
+        match socket.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// A connected pair on loopback: (the server's socket, the client's).
+async fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap());
+    let (server, client) = tokio::join!(listener.accept(), client);
+    (server.unwrap().0, client.unwrap())
+}
+
+#[tokio::test]
+async fn a_socket_that_fills_up_gets_every_byte_once_in_order() {
+    let (server, mut client) = pair().await;
+    // A small send buffer, so the socket stops taking whole frames early.
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let socket = Arc::new(server);
+    let queue = Queue::new(1024);
+    queue.set_direct(Direct::new(socket.clone(), Form::Sse));
+    assert_eq!(queue.arm(), Arm::Armed);
+    let mut expected = Vec::new();
+
+    // Small events go out whole, a round at a time, in one write each.
+    let small: Vec<_> = (1..=3).map(|o| event(o, 100)).collect();
+    small
+        .iter()
+        .for_each(|e| expected.extend_from_slice(e.sse_frame()));
+    let pushed = offer(&queue, &small).unwrap();
+    assert_eq!((pushed.written, pushed.waker.is_some()), (3, false));
+    assert_eq!(queue.room(), 1024, "written, not queued");
+
+    // A round of 256 KiB events the socket cannot take whole: it takes the start of the
+    // round's bytes, and the rest is queued as one tail.
+    let large: Vec<_> = (4..=8).map(|o| event(o, 256 * 1024)).collect();
+    large
+        .iter()
+        .for_each(|e| expected.extend_from_slice(e.sse_frame()));
+    let pushed = offer(&queue, &large).unwrap();
+    assert_eq!(pushed.written, 5);
+    assert_eq!(queue.arm(), Arm::Busy, "queued items come first");
+
+    // The connection's task: drains and writes what was queued, while the client reads.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match client.read(&mut buf).await.unwrap() {
+                0 => return got,
+                n => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let mut batch = Vec::new();
+    assert_eq!(queue.drain(&mut batch).await, Drained::Items);
+    assert!(matches!(batch[0], Item::Tail(_)), "the rest of the round");
+    assert_eq!(batch.len(), 1);
+    // Later rounds queue behind it, each event on its own.
+    let later = [event(9, 100), event(10, 100)];
+    later
+        .iter()
+        .for_each(|e| expected.extend_from_slice(e.sse_frame()));
+    assert!(offer(&queue, &later).is_none());
+    queue
+        .push_batch(later.iter().map(|d| Item::Event {
+            slot: 0,
+            message: d.clone(),
+            live: true,
+        }))
+        .unwrap();
+    queue.drain(&mut batch).await;
+    assert_eq!(batch.len(), 3);
+    for item in batch {
+        let bytes = match item {
+            Item::Tail(rest) => rest,
+            Item::Event { message, .. } => message.sse_frame().clone(),
+            _ => unreachable!(),
+        };
+        write_all(&socket, &bytes).await;
+    }
+    // Armed again: fan-out writes the next round itself, after what the task wrote (or
+    // queues it while the socket is still full, for the task to write).
+    assert_eq!(queue.arm(), Arm::Armed);
+    let last = [event(11, 100)];
+    expected.extend_from_slice(last[0].sse_frame());
+    if offer(&queue, &last).unwrap().written == 0 {
+        let mut batch = Vec::new();
+        queue.drain(&mut batch).await;
+        write_all(&socket, last[0].sse_frame()).await;
+    }
+    queue.close(CloseReason::Gone);
+    assert_eq!(
+        Arc::strong_count(&socket),
+        1,
+        "the closed queue let go of the socket"
+    );
+    drop(socket);
+    let got = reader.await.unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "bytes differ");
+}
+
+#[tokio::test]
+async fn any_other_push_disarms_and_a_closed_queue_writes_nothing() {
+    let (server, _client) = pair().await;
+    let queue = Queue::new(8);
+    queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
+    assert_eq!(queue.arm(), Arm::Armed);
+    queue
+        .push(Item::Gap {
+            slot: 0,
+            first_available: Position::new(Epoch(1), 5),
+        })
+        .unwrap();
+    // Disarmed: the next event is queued behind the gap, not written ahead of it.
+    assert!(offer(&queue, &[event(6, 10)]).is_none());
+    assert_eq!(queue.arm(), Arm::Busy);
+    queue.close(CloseReason::Gone);
+    assert_eq!(queue.arm(), Arm::Off);
+    assert!(offer(&queue, &[event(7, 10)]).is_none());
+}
+
+#[tokio::test]
+async fn a_slow_consumer_still_gets_the_rest_of_a_half_written_frame() {
+    let (server, _client) = pair().await;
+    socket2::SockRef::from(&server)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    let queue = Queue::new(2);
+    queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
+    assert_eq!(queue.arm(), Arm::Armed);
+    let pushed = offer(&queue, &[event(1, 256 * 1024)]).unwrap();
+    assert_eq!(pushed.written, 1, "written in part");
+    // Two more events fill the queue; the third overflows it.
+    let more = |o| {
+        queue.push_batch(std::iter::once(Item::Event {
+            slot: 0,
+            message: event(o, 10),
+            live: true,
+        }))
+    };
+    more(2).unwrap();
+    assert!(more(3).is_err());
+    // What is left to write: the tail, then the close (no half event before it).
+    let mut batch = Vec::new();
+    assert_eq!(queue.drain(&mut batch).await, Drained::Items);
+    assert!(matches!(batch.as_slice(), [Item::Tail(_)]));
+    assert_eq!(
+        queue.drain(&mut batch).await,
+        Drained::Closed(CloseReason::SlowConsumer)
+    );
+}
