@@ -194,8 +194,8 @@ impl Inner {
         let mut dead = Vec::new();
         let (mut slow, mut gaps) = (0u64, 0u64);
         // Events fan-out wrote to sockets itself (`hub::direct`), counted here, not by the
-        // transports: (SSE, WebSocket), and the oldest one's publication time.
-        let (mut sse, mut ws, mut oldest_ms) = (0u64, 0u64, None::<u64>);
+        // transports: (SSE, WebSocket).
+        let (mut sse, mut ws) = (0u64, 0u64);
         // A round without gaps may be written straight to armed subscribers' sockets.
         let events: Vec<Arc<Delivery>> = local
             .iter()
@@ -241,8 +241,6 @@ impl Inner {
                     }
                     if pushed.written > 0 {
                         *(if pushed.ws { &mut ws } else { &mut sse }) += u64::from(pushed.written);
-                        // Every subscriber of the group is given the same events.
-                        oldest_ms = oldest_ms.or(pushed.oldest_written_ms);
                     }
                 }
                 Err(PushError::Overflowed) => {
@@ -268,6 +266,10 @@ impl Inner {
         if gaps > 0 {
             metrics.gaps.inc_by(gaps);
         }
+        // Direct writes are whole rounds of live events: the round's first is the oldest.
+        let oldest_ms = (sse + ws > 0)
+            .then(|| events.first().map(|d| d.event.published_ms))
+            .flatten();
         count_written(metrics, sse, ws, oldest_ms);
     }
 }

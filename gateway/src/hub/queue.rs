@@ -116,8 +116,6 @@ pub struct Pushed {
     pub waker: Option<Waker>,
     /// Events written to the socket directly (not queued).
     pub written: u32,
-    /// When the oldest live event written directly was published (Unix ms).
-    pub oldest_written_ms: Option<u64>,
     /// Whether those went to a WebSocket (else an SSE stream).
     pub ws: bool,
 }
@@ -127,7 +125,7 @@ pub struct Pushed {
 pub enum Arm {
     /// Fan-out writes to the socket until the reader disarms the queue.
     Armed,
-    /// Items (or the close) arrived meanwhile: drain them first.
+    /// Items arrived since the reader last drained: drain them first.
     Busy,
     /// This queue has no socket to write to (TLS, HTTP/2, several channels per frame).
     Off,
@@ -266,12 +264,9 @@ impl Queue {
         if state.closed.is_some() {
             return Err(PushError::Closed);
         }
-        // Not a live delivery: the reader writes it, in order.
-        state.armed = false;
-        if state.items.len() >= self.capacity {
+        if !state.put(item, self.capacity) {
             return Err(self.overflowed(state));
         }
-        state.items.push_back(item);
         let reader = state.reader.take();
         drop(state);
         if let Some(w) = reader {
@@ -294,8 +289,7 @@ impl Queue {
                 }
                 if state.items.len() < self.capacity {
                     if let Some(item) = item.take() {
-                        state.armed = false;
-                        state.items.push_back(item);
+                        state.put(item, self.capacity);
                     }
                     let reader = state.reader.take();
                     drop(state);

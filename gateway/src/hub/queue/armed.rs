@@ -80,9 +80,6 @@ impl Queue {
                 return Some(Err(self.overflowed(state)));
             }
         }
-        if pushed.written > 0 {
-            pushed.oldest_written_ms = round.events().first().map(|d| d.event.published_ms);
-        }
         if !state.items.is_empty() {
             pushed.waker = state.reader.take();
         }
