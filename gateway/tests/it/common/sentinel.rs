@@ -110,6 +110,31 @@ impl Node {
             .is_some_and(|r| matches!(r, redis::Role::Primary { .. }))
     }
 
+    /// As a primary, how far it has written (its replication offset).
+    pub fn written_offset(&self) -> Option<u64> {
+        match self.query::<redis::Role>(&redis::cmd("ROLE"))? {
+            redis::Role::Primary {
+                replication_offset, ..
+            } => Some(replication_offset),
+            _ => None,
+        }
+    }
+
+    /// As a primary, whether every replica has acknowledged everything up to `offset` (see
+    /// [`Node::written_offset`]): a failover then loses none of it, the in-sync failover
+    /// `redis.durable` promises.
+    pub fn replicas_reached(&self, offset: u64) -> bool {
+        match self.query::<redis::Role>(&redis::cmd("ROLE")) {
+            Some(redis::Role::Primary { replicas, .. }) => {
+                !replicas.is_empty()
+                    && replicas
+                        .iter()
+                        .all(|r| u64::try_from(r.replication_offset).is_ok_and(|o| o >= offset))
+            }
+            _ => false,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
