@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::message::{Delivery, Message};
 use super::queue::Arm;
@@ -113,6 +114,7 @@ pub const MAX_FRAMES: usize = 64;
 pub struct Round<'a> {
     events: &'a [Arc<Delivery>],
     joined: Vec<(Form, Bytes)>,
+    at: Instant,
 }
 
 impl<'a> Round<'a> {
@@ -121,7 +123,14 @@ impl<'a> Round<'a> {
         Self {
             events,
             joined: Vec::new(),
+            at: Instant::now(),
         }
+    }
+
+    /// When the round began: what a connection fan-out wrote to records as its last write
+    /// (read once per round, not per connection).
+    pub fn at(&self) -> Instant {
+        self.at
     }
 
     /// The round's events.
@@ -159,7 +168,8 @@ impl<'a> Round<'a> {
 pub trait Parking {
     /// About to park with nothing left to write: see [`Queue::arm`](super::queue::Queue::arm).
     fn arm(&mut self) -> Arm;
-    /// Woken, and about to write itself.
+    /// Woken, and about to write itself (having learnt when fan-out last wrote for it, if it
+    /// did: a stream that fan-out keeps busy needs no heartbeat).
     fn disarm(&mut self);
 }
 

@@ -157,6 +157,8 @@ struct State {
     direct: Option<Direct>,
     /// The reader is parked with nothing to write: fan-out writes through `direct`.
     armed: bool,
+    /// When fan-out last wrote to the socket, until the reader disarms and learns it.
+    wrote_at: Option<tokio::time::Instant>,
 }
 
 impl State {
@@ -203,6 +205,7 @@ impl Queue {
                 reader: None,
                 direct: None,
                 armed: false,
+                wrote_at: None,
             }),
             room: Notify::new(),
             capacity,

@@ -458,7 +458,10 @@ impl Parking for SseStream {
     }
 
     fn disarm(&mut self) {
-        self.queue.disarm();
+        // Fan-out's writes count as the stream's own: a busy stream gets no heartbeat.
+        if let Some(at) = self.queue.disarm() {
+            self.last_write = self.last_write.max(at);
+        }
     }
 }
 

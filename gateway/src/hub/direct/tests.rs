@@ -141,6 +141,27 @@ async fn a_socket_that_fills_up_gets_every_byte_once_in_order() {
 }
 
 #[tokio::test]
+async fn disarming_tells_when_fan_out_last_wrote() {
+    let (server, _client) = pair().await;
+    let queue = Queue::new(8);
+    queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
+    assert_eq!(queue.arm(), Arm::Armed);
+    assert_eq!(queue.disarm(), None, "nothing written while armed");
+    assert_eq!(queue.arm(), Arm::Armed);
+    let events = [event(1, 10)];
+    let mut round = Round::new(&events);
+    let at = round.at();
+    let pushed = queue.write_round(&mut round, 0).unwrap().unwrap();
+    assert_eq!(pushed.written, 1);
+    assert_eq!(
+        queue.disarm(),
+        Some(at),
+        "the round's time, for the heartbeat"
+    );
+    assert_eq!(queue.disarm(), None, "told once");
+}
+
+#[tokio::test]
 async fn any_other_push_disarms_and_a_closed_queue_writes_nothing() {
     let (server, _client) = pair().await;
     let queue = Queue::new(8);

@@ -1,5 +1,7 @@
 //! Arming, and fan-out's own writes to an armed queue's socket (see `hub::direct`).
 
+use tokio::time::Instant;
+
 use super::{Arm, Item, PushError, Pushed, Queue};
 use crate::hub::direct::{Direct, MAX_FRAMES, Round};
 
@@ -32,9 +34,12 @@ impl Queue {
         }
     }
 
-    /// The reader is about to write something itself: fan-out queues again.
-    pub fn disarm(&self) {
-        self.state.lock().armed = false;
+    /// The reader is about to write something itself: fan-out queues again. Returns when
+    /// fan-out last wrote to the socket since the previous disarm, if it did.
+    pub fn disarm(&self) -> Option<Instant> {
+        let mut state = self.state.lock();
+        state.armed = false;
+        state.wrote_at.take()
     }
 
     /// While the queue is armed (see `hub::direct`), writes a delivery round's events for
@@ -54,6 +59,7 @@ impl Queue {
         let form = direct.form();
         let events = round.events();
         let sent = events.len().min(MAX_FRAMES);
+        let at = round.at();
         let joined = round.joined(form);
         let took = direct.write(joined);
         let mut pushed = Pushed {
@@ -62,6 +68,7 @@ impl Queue {
         };
         let mut queue_from = 0;
         if took > 0 {
+            state.wrote_at = Some(at);
             pushed.written = sent as u32;
             queue_from = sent;
             if took < joined.len() {
