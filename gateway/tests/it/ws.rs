@@ -196,6 +196,21 @@ async fn command_floods_are_rate_limited_then_closed() {
     };
     assert!(limited >= 5, "only {limited} commands were rate limited");
     assert_eq!(code, Some(close::POLICY));
+    assert_disconnects_counted(&gw.url(""), "policy").await;
+}
+
+/// Every close the gateway decides is in `gateway_disconnects_total` by reason, once.
+async fn assert_disconnects_counted(base: &str, reason: &str) {
+    let name = format!(r#"gateway_disconnects_total{{reason="{reason}"}}"#);
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = metrics_text(base).await;
+        if metric(&text, &name) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metric(&text, &name), 1.0, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,6 +223,7 @@ async fn oversized_messages_close_with_1009() {
     ws.send(json!({"type": "ping", "req": "x".repeat(2000)}))
         .await;
     assert_eq!(ws.closed().await, Some(close::TOO_BIG));
+    assert_disconnects_counted(&gw.url(""), "too_big").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,6 +267,7 @@ async fn slow_consumers_are_closed_with_4000_and_counted() {
         publish(&gw.url(""), "firehose", &payload).await;
     }
     assert_eq!(ws.closed().await, Some(close::SLOW_CONSUMER));
+    assert_disconnects_counted(&gw.url(""), "slow_consumer").await;
     let metrics = metrics_text(&gw.url("")).await;
     assert!(
         metric(&metrics, "gateway_slow_consumer_disconnects_total") >= 1.0,

@@ -42,6 +42,8 @@ impl Running {
         // With a plain socket, fan-out writes events itself while the session is parked
         // (`hub::direct`): armed before each wait, disarmed on whatever wakes it.
         let direct = queue.has_direct();
+        // A close the queue carried was counted where it was decided (see `CloseReason::count`).
+        let mut counted = false;
         let end: End = loop {
             let armed = direct && session.is_idle() && queue.arm() == Arm::Armed;
             let woke = tokio::select! {
@@ -69,6 +71,7 @@ impl Running {
                 }
                 Woke::Drained(Drained::Closed(reason)) => {
                     reason.count(&conn.state.metrics);
+                    counted = true;
                     break reason.disconnect();
                 }
                 Woke::Report(report) => {
@@ -117,6 +120,13 @@ impl Running {
         let metrics = &conn.state.metrics;
         match end {
             Some(disconnect) => {
+                // `Normal` answers the client's own close: not the gateway's doing.
+                if !counted && disconnect != Disconnect::Normal {
+                    metrics
+                        .disconnects
+                        .with_label_values(&[disconnect.label()])
+                        .inc();
+                }
                 metrics
                     .ws_closes
                     .with_label_values(&[&disconnect.code().to_string()])
