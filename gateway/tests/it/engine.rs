@@ -581,10 +581,19 @@ async fn redis_external_fcall_publish_is_the_documented_api() {
         Position::new(first.epoch, 4)
     );
 
-    let err = fcall(&mut conn, &s.prefix, ch.as_str(), &["x", "gap"])
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("reserved"), "{err}");
+    // The names HTTP publishing refuses (shared::event), refused here too.
+    for name in [
+        "gap",
+        "binary",
+        "binary:x",
+        "presence.join",
+        "presence.leave",
+    ] {
+        let err = fcall(&mut conn, &s.prefix, ch.as_str(), &["x", name])
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{name}: {err}");
+    }
     let err = fcall(&mut conn, &s.prefix, ch.as_str(), &["x", "", "xml"])
         .await
         .unwrap_err();

@@ -39,6 +39,11 @@
 local DEFAULT_MAXLEN = __MAXLEN__
 local DEFAULT_TTL_MS = __TTL_MS__
 local DURABLE = __DURABLE__
+-- Event names only the gateway sends (shared::RESERVED_EVENT_NAMES), and the prefix of the
+-- names SSE gives binary payloads (shared::BINARY_EVENT_PREFIX).
+local RESERVED = __RESERVED__
+local BINARY_PREFIX = '__BINARY_PREFIX__'
+
 local CLUSTER = __CLUSTER__
 
 local function fail(message)
@@ -171,8 +176,8 @@ local function checked_kind(name, kind)
   if #name > 64 or string.find(name, '[^%w_%.:%-]') then
     return nil, 'event name must be up to 64 of A-Z a-z 0-9 _ - . :'
   end
-  if name == 'gap' or name == 'binary' or string.sub(name, 1, 7) == 'binary:' then
-    return nil, 'event names "gap", "binary" and "binary:..." are reserved'
+  if RESERVED[name] or string.sub(name, 1, #BINARY_PREFIX) == BINARY_PREFIX then
+    return nil, 'event name ' .. name .. ' is reserved for the gateway'
   end
   if kind == '' then
     kind = 'text'

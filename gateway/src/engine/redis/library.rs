@@ -50,6 +50,19 @@ pub fn source(flavour: Flavour) -> String {
         .replace("__TTL_MS__", &flavour.ttl.as_millis().to_string())
         .replace("__DURABLE__", flag(flavour.durable))
         .replace("__CLUSTER__", flag(flavour.cluster))
+        .replace("__RESERVED__", &reserved_names())
+        .replace("__BINARY_PREFIX__", shared::event::BINARY_EVENT_PREFIX)
+}
+
+/// The gateway's reserved event names as a Lua set, from the one list publishing over HTTP
+/// checks too (`shared::RESERVED_EVENT_NAMES`): a backend calling the function directly is held
+/// to the same rule, so clients can trust a `gap` or a `presence.join` whatever path it took.
+fn reserved_names() -> String {
+    let entries: Vec<String> = shared::event::RESERVED_EVENT_NAMES
+        .iter()
+        .map(|name| format!("['{name}'] = true"))
+        .collect();
+    format!("{{ {} }}", entries.join(", "))
 }
 
 /// Loads `code` unless Redis already has exactly it; `true` when it was loaded.
@@ -181,6 +194,11 @@ mod tests {
         assert!(code.contains("local DEFAULT_TTL_MS = 2000\n"));
         assert!(code.contains("local DURABLE = true\n"));
         assert!(code.contains("local CLUSTER = false\n"));
+        assert!(
+            code.contains("['presence.join'] = true"),
+            "the shared reserved names"
+        );
+        assert!(code.contains("local BINARY_PREFIX = 'binary:'\n"));
         assert!(!code.contains("__"), "every placeholder is filled");
         assert!(code.starts_with(&format!("#!lua name={NAME}\n")));
     }
