@@ -62,6 +62,28 @@ pub fn compressed(data: &[u8], level: u32) -> Option<Vec<u8>> {
     })
 }
 
+/// `data` as a piece that follows `prev` in a stream: compressed with `prev` as the window it
+/// may refer back into, so whatever `data` repeats of `prev` (keys, names, the unchanged part of
+/// a state) costs a few bits. Valid only where the receiver's last inflated bytes are exactly
+/// `prev` (see `hub::direct::Form::frame_after`); `None` if the compressor failed.
+pub fn compressed_after(prev: &[u8], data: &[u8], level: u32) -> Option<Vec<u8>> {
+    let level = level.min(9);
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_some_and(|(l, _)| *l != level) {
+            *slot = None;
+        }
+        let (_, c) =
+            slot.get_or_insert_with(|| (level, Compress::new(Compression::new(level), false)));
+        c.reset();
+        // `prev` goes through the compressor only to fill its window; its output is dropped.
+        // After the sync flush the compressor is byte-aligned at a block boundary, exactly
+        // where the receiver is after inflating `prev`'s own piece.
+        compress(c, prev)?;
+        compress(c, data)
+    })
+}
+
 fn compress(c: &mut Compress, data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(data.len() / 2 + 64);
     let start = c.total_in();
@@ -236,6 +258,32 @@ mod tests {
         // Any suffix starting at a piece boundary is a stream of its own (a late subscriber).
         let late = [piece(&event(7), 1), piece(&event(8), 9)].concat();
         assert_eq!(inflate_all(&late), [event(7), event(8)].concat());
+    }
+
+    #[test]
+    fn a_piece_after_its_predecessor_refers_back_into_it_and_is_smaller() {
+        let mut stream = Vec::new();
+        let mut plain = Vec::new();
+        let (mut alone, mut after) = (0, 0);
+        for i in 0..40 {
+            let e = event(i + 300);
+            let own = compressed(&e, 6).unwrap();
+            // Every fifth event follows a heartbeat: the chain is broken, the piece stands alone.
+            let p = if i % 5 == 0 {
+                stored(b": ping\n\n", &mut stream);
+                plain.extend_from_slice(b": ping\n\n");
+                own
+            } else {
+                let p = compressed_after(&event(i + 299), &e, 6).unwrap();
+                assert!(p.ends_with(&SYNC_TAIL));
+                (alone, after) = (alone + own.len(), after + p.len());
+                p
+            };
+            stream.extend_from_slice(&p);
+            plain.extend_from_slice(&e);
+        }
+        assert_eq!(inflate_all(&stream), plain);
+        assert!(after * 2 < alone, "{after} bytes after vs {alone} alone");
     }
 
     #[test]

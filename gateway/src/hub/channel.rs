@@ -14,7 +14,7 @@
 //!   little behind is served from memory under the lock, atomically with joining live delivery.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use shared::{Continuity, Position};
 use tokio::sync::watch;
@@ -74,6 +74,8 @@ pub struct ChannelState {
     pub ready: watch::Sender<bool>,
     ring: VecDeque<Arc<Message>>,
     ring_capacity: usize,
+    /// The event at `last`, while anyone holds it (see `Message::follow`).
+    previous: Weak<Message>,
     pending: VecDeque<(u64, Arc<Message>)>,
     pending_capacity: usize,
     arrivals: u64,
@@ -98,6 +100,7 @@ impl ChannelState {
             ready: watch::channel(false).0,
             ring: VecDeque::new(),
             ring_capacity,
+            previous: Weak::new(),
             pending: VecDeque::new(),
             pending_capacity: pending_capacity.max(1),
             arrivals: 0,
@@ -257,6 +260,12 @@ impl ChannelState {
 
     /// Hands `msg` to every subscriber without waiting and makes it the new `last`.
     pub fn fan_out(&mut self, msg: Arc<Message>, fx: &mut Effects) {
+        // Linked only where `previous` is the event at `last` (its position is rechecked when
+        // the link is used).
+        if let Some(last) = self.last {
+            msg.follow(last, std::mem::take(&mut self.previous));
+        }
+        self.previous = Arc::downgrade(&msg);
         for g in &self.groups {
             g.enqueue(Pending::Event(msg.clone()), &mut fx.followups);
         }
@@ -275,6 +284,7 @@ impl ChannelState {
             g.enqueue(Pending::Gap(first_available), &mut fx.followups);
         }
         self.ring.clear();
+        self.previous = Weak::new();
         self.last = Some(Position::new(
             first_available.epoch,
             first_available.offset.saturating_sub(1),

@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use shared::Position;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -75,6 +76,23 @@ impl Form {
         }
     }
 
+    /// The bytes for `message` on a connection whose output so far ends with the frame of the
+    /// event at `after` (`None`: with anything else). Only compressed SSE makes use of it: the
+    /// piece compressed against that frame, when `message` follows it (`Message::follow`).
+    pub fn frame_after(self, message: &Message, after: Option<Position>) -> &Bytes {
+        match (self, after) {
+            (Self::SseDeflated(level), Some(after)) => {
+                message.sse_frame_deflated_after(level, after)
+            }
+            _ => self.frame(message),
+        }
+    }
+
+    /// Whether a connection of this form gets pieces that refer back to the previous event.
+    pub fn chains(self) -> bool {
+        matches!(self, Self::SseDeflated(_))
+    }
+
     /// Whether this is a WebSocket's form (for the delivery metrics).
     pub fn is_ws(self) -> bool {
         matches!(self, Self::Ws | Self::WsDeflated { .. })
@@ -113,7 +131,8 @@ pub const MAX_FRAMES: usize = 64;
 /// into each socket, however many events the round carries.
 pub struct Round<'a> {
     events: &'a [Arc<Delivery>],
-    joined: Vec<(Form, Bytes)>,
+    /// By form, and by the event the first one's piece refers back to (compressed SSE).
+    joined: Vec<(Form, Option<Position>, Bytes)>,
     at: Instant,
 }
 
@@ -139,27 +158,38 @@ impl<'a> Round<'a> {
     }
 
     /// The frames of the first [`MAX_FRAMES`] events in `form`, joined (shared, not copied,
-    /// when there is one event).
-    pub fn joined(&mut self, form: Form) -> &Bytes {
-        let i = match self.joined.iter().position(|(f, _)| *f == form) {
+    /// when there is one event), for a connection whose output ends with the frame of the
+    /// event at `after` (see [`Form::frame_after`]); each next piece refers back to the one
+    /// before it where the form allows.
+    pub fn joined(&mut self, form: Form, after: Option<Position>) -> &Bytes {
+        let events = &self.events[..self.events.len().min(MAX_FRAMES)];
+        // Connections differ only in whether the first piece may refer back.
+        let first_follows = events.first().and_then(|d| d.follows());
+        let after = after.filter(|a| form.chains() && first_follows == Some(*a));
+        let i = match self
+            .joined
+            .iter()
+            .position(|(f, a, _)| *f == form && *a == after)
+        {
             Some(i) => i,
             None => {
-                let events = &self.events[..self.events.len().min(MAX_FRAMES)];
                 let bytes = match events {
-                    [one] => form.frame(one).clone(),
+                    [one] => form.frame_after(one, after).clone(),
                     many => {
-                        let len = many.iter().map(|d| form.frame(d).len()).sum();
-                        let mut out = Vec::with_capacity(len);
-                        many.iter()
-                            .for_each(|d| out.extend_from_slice(form.frame(d)));
+                        let mut out = Vec::new();
+                        let mut last = after;
+                        for d in many {
+                            out.extend_from_slice(form.frame_after(d, last));
+                            last = Some(d.position());
+                        }
                         Bytes::from(out)
                     }
                 };
-                self.joined.push((form, bytes));
+                self.joined.push((form, after, bytes));
                 self.joined.len() - 1
             }
         };
-        &self.joined[i].1
+        &self.joined[i].2
     }
 }
 

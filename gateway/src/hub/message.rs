@@ -1,7 +1,7 @@
 //! An event as the hub shares it: one allocation per event per instance, with each transport's
 //! frame encoded at most once, on first use, and then shared by every subscriber.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -35,12 +35,18 @@ pub struct Message {
     /// The compressed forms (`compression.*`), each built once, by the first subscriber that
     /// needs it, and shared like the frames above.
     deflated: Deflated,
+    /// The channel's event before this one, as fan-out handed them out: its position, and the
+    /// event while anyone still holds it (weak: no chain of events is kept alive).
+    previous: OnceLock<(Position, Weak<Message>)>,
 }
 
 #[derive(Debug, Default)]
 struct Deflated {
     sse_frame: OnceLock<Bytes>,
     sse_body: OnceLock<Bytes>,
+    /// The SSE frame compressed after the previous event's (see [`Message::follow`]); `None`
+    /// when that event is gone or it would not be smaller.
+    sse_frame_after: OnceLock<Option<Bytes>>,
     /// The whole compressed WebSocket frame; `None`: compressing did not make the message
     /// smaller, so it goes uncompressed.
     ws: OnceLock<Option<Bytes>>,
@@ -60,7 +66,43 @@ impl Message {
             sse: OnceLock::new(),
             ws: OnceLock::new(),
             deflated: Deflated::default(),
+            previous: OnceLock::new(),
         }
+    }
+
+    /// Records that fan-out hands this event out right after `previous` (at `position`), so a
+    /// compressed stream that just carried it can be sent the smaller piece that refers back
+    /// into it ([`Message::sse_frame_deflated_after`]). Set once.
+    pub fn follow(&self, position: Position, previous: Weak<Message>) {
+        let _ = self.previous.set((position, previous));
+    }
+
+    /// [`Message::sse_frame_deflated`], or — for a stream whose inflated output ends with the
+    /// frame of the event at `after`, when that is the event this one follows — the piece
+    /// compressed against that frame: a third the size for events that repeat their
+    /// predecessor's keys. Built once, shared like every piece.
+    pub fn sse_frame_deflated_after(&self, level: u32, after: Position) -> &Bytes {
+        match self.previous.get() {
+            Some((position, previous)) if *position == after => self
+                .deflated
+                .sse_frame_after
+                .get_or_init(|| {
+                    // Checked, not assumed: the dictionary must be exactly what the stream
+                    // inflated last.
+                    let previous = previous.upgrade().filter(|p| p.position() == after)?;
+                    let piece =
+                        deflate::compressed_after(previous.sse_frame(), self.sse_frame(), level)?;
+                    (piece.len() < self.sse_frame_deflated(level).len()).then(|| Bytes::from(piece))
+                })
+                .as_ref()
+                .unwrap_or_else(|| self.sse_frame_deflated(level)),
+            _ => self.sse_frame_deflated(level),
+        }
+    }
+
+    /// The position of the event this one follows (see [`Message::follow`]).
+    pub fn follows(&self) -> Option<Position> {
+        self.previous.get().map(|(position, _)| *position)
     }
 
     /// The event's position.

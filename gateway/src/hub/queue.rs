@@ -157,8 +157,21 @@ struct State {
     direct: Option<Direct>,
     /// The reader is parked with nothing to write: fan-out writes through `direct`.
     armed: bool,
-    /// When fan-out last wrote to the socket, until the reader disarms and learns it.
-    wrote_at: Option<tokio::time::Instant>,
+    /// The event whose frame the connection's output ends with, while armed (compressed SSE
+    /// pieces may refer back to it: `hub::direct::Form::frame_after`).
+    after: Option<Position>,
+    /// What fan-out last wrote to the socket, until the reader disarms and learns it.
+    wrote: Option<Wrote>,
+}
+
+/// What fan-out wrote to an armed connection's socket (see [`Queue::disarm`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wrote {
+    /// When (the round's start): the connection's last write, for its heartbeat.
+    pub at: tokio::time::Instant,
+    /// The last event written: the connection's output ends with its frame (once the queued
+    /// rest of it, if any, is written).
+    pub last: Position,
 }
 
 impl State {
@@ -205,7 +218,8 @@ impl Queue {
                 reader: None,
                 direct: None,
                 armed: false,
-                wrote_at: None,
+                after: None,
+                wrote: None,
             }),
             room: Notify::new(),
             capacity,

@@ -226,6 +226,9 @@ pub struct SseStream {
     idle_timer: Pin<Box<Sleep>>,
     last_write: Instant,
     finished: bool,
+    /// The output so far ends with the frame of the event at `positions[0]` (a single-channel
+    /// stream): a compressed stream's next piece may refer back into it (`Form::frame_after`).
+    chained: bool,
     /// The stream's content coding (`compression.sse` and `Accept-Encoding`), and its level.
     encoding: Option<SseEncoding>,
     level: u8,
@@ -253,6 +256,7 @@ impl SseStream {
             ))),
             last_write: now,
             finished: false,
+            chained: false,
             encoding: p.encoding,
             level: p.level,
             // 32 bits pack with the one-byte fields: this struct sits in every idle stream.
@@ -289,11 +293,14 @@ impl SseStream {
         while let Some(item) = self.batch.pop() {
             match item {
                 Item::Event { slot, message, .. } => {
-                    self.positions[slot as usize] = message.position();
                     if !multi {
+                        let after = self.chained.then(|| self.positions[0]);
+                        self.positions[0] = message.position();
+                        self.chained = true;
                         // As fan-out writes it itself (`hub::direct`).
-                        return Some(self.form().frame(&message).clone());
+                        return Some(self.form().frame_after(&message, after).clone());
                     }
+                    self.positions[slot as usize] = message.position();
                     let level = u32::from(self.level);
                     let mut id = Vec::with_capacity(8 + 16 * self.positions.len());
                     id.extend_from_slice(b"id: ");
@@ -312,6 +319,7 @@ impl SseStream {
                     slot,
                     first_available,
                 } => {
+                    self.chained = false;
                     self.positions[slot as usize] = Position::new(
                         first_available.epoch,
                         first_available.offset.saturating_sub(1),
@@ -427,6 +435,7 @@ impl Stream for SseStream {
                 }
                 Poll::Ready(Drained::Closed(reason)) => {
                     this.finished = true;
+                    this.chained = false;
                     return Poll::Ready(Some(Ok(this.closing_frame(reason))));
                 }
                 Poll::Pending => break,
@@ -437,6 +446,7 @@ impl Stream for SseStream {
             let now = Instant::now();
             if this.expires.is_some_and(|at| now >= at) {
                 this.finished = true;
+                this.chained = false;
                 return Poll::Ready(Some(Ok(this.expired_frame())));
             }
             let due = this.last_write + this.heartbeat;
@@ -444,6 +454,7 @@ impl Stream for SseStream {
                 this.last_write = now;
                 let next = earliest(now + this.heartbeat, this.expires);
                 this.idle_timer.as_mut().reset(next);
+                this.chained = false;
                 return Poll::Ready(Some(Ok(compress::ping(this.encoding))));
             }
             this.idle_timer.as_mut().reset(earliest(due, this.expires));
@@ -454,13 +465,19 @@ impl Stream for SseStream {
 
 impl Parking for SseStream {
     fn arm(&mut self) -> Arm {
-        self.queue.arm()
+        let after = (self.chained && self.positions.len() == 1).then(|| self.positions[0]);
+        self.queue.arm(after)
     }
 
     fn disarm(&mut self) {
-        // Fan-out's writes count as the stream's own: a busy stream gets no heartbeat.
-        if let Some(at) = self.queue.disarm() {
-            self.last_write = self.last_write.max(at);
+        // Fan-out's writes count as the stream's own: a busy stream gets no heartbeat, and its
+        // output now ends with the last event fan-out wrote.
+        if let Some(wrote) = self.queue.disarm() {
+            self.last_write = self.last_write.max(wrote.at);
+            if let Some(position) = self.positions.first_mut() {
+                *position = wrote.last;
+                self.chained = true;
+            }
         }
     }
 }

@@ -58,7 +58,7 @@ async fn a_socket_that_fills_up_gets_every_byte_once_in_order() {
     let socket = Arc::new(server);
     let queue = Queue::new(1024);
     queue.set_direct(Direct::new(socket.clone(), Form::Sse));
-    assert_eq!(queue.arm(), Arm::Armed);
+    assert_eq!(queue.arm(None), Arm::Armed);
     let mut expected = Vec::new();
 
     // Small events go out whole, a round at a time, in one write each.
@@ -78,7 +78,7 @@ async fn a_socket_that_fills_up_gets_every_byte_once_in_order() {
         .for_each(|e| expected.extend_from_slice(e.sse_frame()));
     let pushed = offer(&queue, &large).unwrap();
     assert_eq!(pushed.written, 5);
-    assert_eq!(queue.arm(), Arm::Busy, "queued items come first");
+    assert_eq!(queue.arm(None), Arm::Busy, "queued items come first");
 
     // The connection's task: drains and writes what was queued, while the client reads.
     let reader = tokio::spawn(async move {
@@ -120,7 +120,7 @@ async fn a_socket_that_fills_up_gets_every_byte_once_in_order() {
     }
     // Armed again: fan-out writes the next round itself, after what the task wrote (or
     // queues it while the socket is still full, for the task to write).
-    assert_eq!(queue.arm(), Arm::Armed);
+    assert_eq!(queue.arm(None), Arm::Armed);
     let last = [event(11, 100)];
     expected.extend_from_slice(last[0].sse_frame());
     if offer(&queue, &last).unwrap().written == 0 {
@@ -145,20 +145,69 @@ async fn disarming_tells_when_fan_out_last_wrote() {
     let (server, _client) = pair().await;
     let queue = Queue::new(8);
     queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
-    assert_eq!(queue.arm(), Arm::Armed);
+    assert_eq!(queue.arm(None), Arm::Armed);
     assert_eq!(queue.disarm(), None, "nothing written while armed");
-    assert_eq!(queue.arm(), Arm::Armed);
+    assert_eq!(queue.arm(None), Arm::Armed);
     let events = [event(1, 10)];
     let mut round = Round::new(&events);
     let at = round.at();
     let pushed = queue.write_round(&mut round, 0).unwrap().unwrap();
     assert_eq!(pushed.written, 1);
+    let wrote = queue.disarm().expect("written");
+    assert_eq!(wrote.at, at, "the round's time, for the heartbeat");
     assert_eq!(
-        queue.disarm(),
-        Some(at),
-        "the round's time, for the heartbeat"
+        wrote.last,
+        Position::new(Epoch(1), 1),
+        "the stream's output ends there"
     );
     assert_eq!(queue.disarm(), None, "told once");
+}
+
+/// Inflates a raw deflate stream (no header: the pieces alone).
+fn inflate(stream: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let mut out = Vec::with_capacity(1 << 16);
+    d.decompress_vec(stream, &mut out, flate2::FlushDecompress::Sync)
+        .unwrap();
+    assert_eq!(d.total_in() as usize, stream.len());
+    out
+}
+
+#[tokio::test]
+async fn compressed_rounds_refer_back_to_what_the_connection_carried_last() {
+    let events: Vec<_> = (1..=4).map(|i| event(i, 300)).collect();
+    for pair in events.windows(2) {
+        pair[1].follow(pair[0].position(), Arc::downgrade(&pair[0].0));
+    }
+    let form = Form::SseDeflated(6);
+    let plain = |from: usize| -> Vec<u8> {
+        events[from..]
+            .iter()
+            .flat_map(|d| d.sse_frame().to_vec())
+            .collect()
+    };
+    // A connection that carried event 1 last: event 2's piece refers back into it.
+    let (server, mut client) = pair().await;
+    let queue = Queue::new(8);
+    queue.set_direct(Direct::new(Arc::new(server), form));
+    let first = form.frame(&events[0]).clone();
+    assert_eq!(queue.arm(Some(events[0].position())), Arm::Armed);
+    let mut round = Round::new(&events[1..]);
+    let pushed = queue.write_round(&mut round, 0).unwrap().unwrap();
+    assert_eq!(pushed.written, 3);
+    let wrote = queue.disarm().unwrap();
+    assert_eq!(wrote.last, events[3].position());
+    let chained = round.joined(form, Some(events[0].position())).clone();
+    let mut got = vec![0; chained.len()];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, chained);
+    assert_eq!(inflate(&[first.to_vec(), got].concat()), plain(0));
+    // One that carried anything else gets a first piece that stands alone.
+    let alone = round.joined(form, None).clone();
+    assert_eq!(inflate(&alone), plain(1));
+    assert_eq!(round.joined(form, Some(events[2].position())), &alone);
+    let separate: usize = events[1..].iter().map(|d| form.frame(d).len()).sum();
+    assert!(chained.len() < alone.len() && alone.len() < separate);
 }
 
 #[tokio::test]
@@ -166,7 +215,7 @@ async fn any_other_push_disarms_and_a_closed_queue_writes_nothing() {
     let (server, _client) = pair().await;
     let queue = Queue::new(8);
     queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
-    assert_eq!(queue.arm(), Arm::Armed);
+    assert_eq!(queue.arm(None), Arm::Armed);
     queue
         .push(Item::Gap {
             slot: 0,
@@ -175,9 +224,9 @@ async fn any_other_push_disarms_and_a_closed_queue_writes_nothing() {
         .unwrap();
     // Disarmed: the next event is queued behind the gap, not written ahead of it.
     assert!(offer(&queue, &[event(6, 10)]).is_none());
-    assert_eq!(queue.arm(), Arm::Busy);
+    assert_eq!(queue.arm(None), Arm::Busy);
     queue.close(CloseReason::Gone);
-    assert_eq!(queue.arm(), Arm::Off);
+    assert_eq!(queue.arm(None), Arm::Off);
     assert!(offer(&queue, &[event(7, 10)]).is_none());
 }
 
@@ -189,7 +238,7 @@ async fn a_slow_consumer_still_gets_the_rest_of_a_half_written_frame() {
         .unwrap();
     let queue = Queue::new(2);
     queue.set_direct(Direct::new(Arc::new(server), Form::Sse));
-    assert_eq!(queue.arm(), Arm::Armed);
+    assert_eq!(queue.arm(None), Arm::Armed);
     let pushed = offer(&queue, &[event(1, 256 * 1024)]).unwrap();
     assert_eq!(pushed.written, 1, "written in part");
     // Two more events fill the queue; the third overflows it.

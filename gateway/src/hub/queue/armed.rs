@@ -1,8 +1,8 @@
 //! Arming, and fan-out's own writes to an armed queue's socket (see `hub::direct`).
 
-use tokio::time::Instant;
+use shared::Position;
 
-use super::{Arm, Item, PushError, Pushed, Queue};
+use super::{Arm, Item, PushError, Pushed, Queue, Wrote};
 use crate::hub::direct::{Direct, MAX_FRAMES, Round};
 
 impl Queue {
@@ -22,7 +22,8 @@ impl Queue {
 
     /// The reader has written everything and is about to park: from now on fan-out writes
     /// events to the socket itself — unless items arrived since the reader last drained.
-    pub fn arm(&self) -> Arm {
+    /// `after`: the event whose frame the reader's output ends with, if it ends with one.
+    pub fn arm(&self, after: Option<Position>) -> Arm {
         let mut state = self.state.lock();
         if state.direct.is_none() || state.closed.is_some() {
             Arm::Off
@@ -30,16 +31,17 @@ impl Queue {
             Arm::Busy
         } else {
             state.armed = true;
+            state.after = after;
             Arm::Armed
         }
     }
 
-    /// The reader is about to write something itself: fan-out queues again. Returns when
-    /// fan-out last wrote to the socket since the previous disarm, if it did.
-    pub fn disarm(&self) -> Option<Instant> {
+    /// The reader is about to write something itself: fan-out queues again. Returns what
+    /// fan-out wrote to the socket since the previous disarm, if anything.
+    pub fn disarm(&self) -> Option<Wrote> {
         let mut state = self.state.lock();
         state.armed = false;
-        state.wrote_at.take()
+        state.wrote.take()
     }
 
     /// While the queue is armed (see `hub::direct`), writes a delivery round's events for
@@ -60,7 +62,7 @@ impl Queue {
         let events = round.events();
         let sent = events.len().min(MAX_FRAMES);
         let at = round.at();
-        let joined = round.joined(form);
+        let joined = round.joined(form, state.after);
         let took = direct.write(joined);
         let mut pushed = Pushed {
             ws: form.is_ws(),
@@ -68,7 +70,9 @@ impl Queue {
         };
         let mut queue_from = 0;
         if took > 0 {
-            state.wrote_at = Some(at);
+            let last = events[sent - 1].position();
+            state.wrote = Some(Wrote { at, last });
+            state.after = Some(last);
             pushed.written = sent as u32;
             queue_from = sent;
             if took < joined.len() {

@@ -45,7 +45,7 @@ impl Running {
         // A close the queue carried was counted where it was decided (see `CloseReason::count`).
         let mut counted = false;
         let end: End = loop {
-            let armed = direct && session.is_idle() && queue.arm() == Arm::Armed;
+            let armed = direct && session.is_idle() && queue.arm(None) == Arm::Armed;
             let woke = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|down| *down) => Woke::Shutdown,

@@ -81,6 +81,8 @@ pub struct Events {
     inflate: Option<Inflate>,
     decoder: SseDecoder,
     tail: Vec<u8>,
+    /// Body bytes received as sent (before the content coding is undone).
+    received: usize,
     _client: Client,
 }
 
@@ -92,6 +94,7 @@ impl Events {
             inflate: Inflate::of(content_encoding),
             decoder: SseDecoder::new(),
             tail: Vec::new(),
+            received: 0,
             _client: client,
         }
     }
@@ -101,6 +104,7 @@ impl Events {
         match tokio::time::timeout_at(deadline, self.body.next()).await {
             Err(_) => None,
             Ok(Some(Ok(chunk))) => {
+                self.received += chunk.len();
                 let chunk = match &mut self.inflate {
                     Some(inflate) => Bytes::from(inflate.feed(&chunk)),
                     None => chunk,
@@ -185,6 +189,11 @@ impl Events {
     /// What a browser would send as `Last-Event-ID` if it reconnected now.
     pub fn last_event_id(&self) -> String {
         self.decoder.last_event_id().to_owned()
+    }
+
+    /// Body bytes received so far, as they came (compressed when the stream is).
+    pub fn received(&self) -> usize {
+        self.received
     }
 
     /// The last bytes received (up to 64 KiB, after the content coding is undone), as text.
