@@ -49,17 +49,7 @@ pub fn piece(data: &[u8], level: u32) -> Vec<u8> {
 /// `data` compressed from scratch at `level` and sync-flushed, so it ends with [`SYNC_TAIL`];
 /// `None` only if the compressor failed.
 pub fn compressed(data: &[u8], level: u32) -> Option<Vec<u8>> {
-    let level = level.min(9);
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_some_and(|(l, _)| *l != level) {
-            *slot = None;
-        }
-        let (_, c) =
-            slot.get_or_insert_with(|| (level, Compress::new(Compression::new(level), false)));
-        c.reset();
-        compress(c, data)
-    })
+    with_compressor(level, |c| compress(c, data))
 }
 
 /// `data` as a piece that follows `prev` in a stream: compressed with `prev` as the window it
@@ -67,6 +57,18 @@ pub fn compressed(data: &[u8], level: u32) -> Option<Vec<u8>> {
 /// a state) costs a few bits. Valid only where the receiver's last inflated bytes are exactly
 /// `prev` (see `hub::direct::Form::frame_after`); `None` if the compressor failed.
 pub fn compressed_after(prev: &[u8], data: &[u8], level: u32) -> Option<Vec<u8>> {
+    with_compressor(level, |c| {
+        // `prev` goes through the compressor only to fill its window; its output is dropped.
+        // After the sync flush the compressor is byte-aligned at a block boundary, exactly
+        // where the receiver is after inflating `prev`'s own piece.
+        compress(c, prev)?;
+        compress(c, data)
+    })
+}
+
+/// Runs `f` with this thread's compressor for `level` (0-9), reset: no piece depends on
+/// what the compressor saw for another.
+fn with_compressor<T>(level: u32, f: impl FnOnce(&mut Compress) -> T) -> T {
     let level = level.min(9);
     COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -76,11 +78,7 @@ pub fn compressed_after(prev: &[u8], data: &[u8], level: u32) -> Option<Vec<u8>>
         let (_, c) =
             slot.get_or_insert_with(|| (level, Compress::new(Compression::new(level), false)));
         c.reset();
-        // `prev` goes through the compressor only to fill its window; its output is dropped.
-        // After the sync flush the compressor is byte-aligned at a block boundary, exactly
-        // where the receiver is after inflating `prev`'s own piece.
-        compress(c, prev)?;
-        compress(c, data)
+        f(c)
     })
 }
 
