@@ -160,8 +160,9 @@ struct State {
     /// The event whose frame the connection's output ends with, while armed (compressed SSE
     /// pieces may refer back to it: `hub::direct::Form::frame_after`).
     after: Option<Position>,
-    /// What fan-out last wrote to the socket, until the reader disarms and learns it.
-    wrote: Option<Wrote>,
+    /// When fan-out last wrote to the socket (the last event it wrote is `after`), until the
+    /// reader disarms and learns it.
+    wrote_at: Option<tokio::time::Instant>,
 }
 
 /// What fan-out wrote to an armed connection's socket (see [`Queue::disarm`]).
@@ -219,7 +220,7 @@ impl Queue {
                 direct: None,
                 armed: false,
                 after: None,
-                wrote: None,
+                wrote_at: None,
             }),
             room: Notify::new(),
             capacity,

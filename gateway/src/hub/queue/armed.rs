@@ -41,7 +41,11 @@ impl Queue {
     pub fn disarm(&self) -> Option<Wrote> {
         let mut state = self.state.lock();
         state.armed = false;
-        state.wrote.take()
+        let at = state.wrote_at.take()?;
+        Some(Wrote {
+            at,
+            last: state.after?,
+        })
     }
 
     /// While the queue is armed (see `hub::direct`), writes a delivery round's events for
@@ -71,7 +75,7 @@ impl Queue {
         let mut queue_from = 0;
         if took > 0 {
             let last = events[sent - 1].position();
-            state.wrote = Some(Wrote { at, last });
+            state.wrote_at = Some(at);
             state.after = Some(last);
             pushed.written = sent as u32;
             queue_from = sent;
