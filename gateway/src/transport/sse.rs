@@ -435,7 +435,6 @@ impl Stream for SseStream {
                 }
                 Poll::Ready(Drained::Closed(reason)) => {
                     this.finished = true;
-                    this.chained = false;
                     return Poll::Ready(Some(Ok(this.closing_frame(reason))));
                 }
                 Poll::Pending => break,
@@ -446,7 +445,6 @@ impl Stream for SseStream {
             let now = Instant::now();
             if this.expires.is_some_and(|at| now >= at) {
                 this.finished = true;
-                this.chained = false;
                 return Poll::Ready(Some(Ok(this.expired_frame())));
             }
             let due = this.last_write + this.heartbeat;
