@@ -12,8 +12,9 @@
 #          cluster-publish cluster-fanout cluster-channels cluster-storm cluster-failover
 #          (issue 11: each against one redis-server AND a 3-primary + 3-replica Redis Cluster
 #          started here; not in the default list)
-#          compression (issue 15: compression off, SSE gzip and WebSocket permessage-deflate,
-#          each event compressed once and shared; not in the default list)
+#          compression (issue 15: compression off, SSE gzip and WebSocket permessage-deflate
+#          with and without server context, each event compressed once and shared; not in the
+#          default list)
 #
 # Environment: OUT (results directory, default target/bench/<date>), STEP (seconds per saturate
 # step, default 10), LOCK (a file each loadtest run holds with flock(1), for a shared box); for
@@ -449,31 +450,41 @@ fig_cluster_failover() {
 
 # Every row of the compression table, for SSE and WebSocket, compression off (the default
 # config) against shared per-event compression (compression.sse / compression.ws at LEVEL; the
-# generator asks for it with --compressed and inflates every message before checking it):
+# generator asks for it with --compressed and inflates every message before checking it).
+# WebSocket runs make Chromium's offer, which lets the gateway keep its context (a message
+# may refer back into the previous event's: mode `on`), and once more with
+# --ws-no-server-context (every message stands alone: mode `alone`):
 #   idle:     memory per idle connection (CONNS held HOLD s);
 #   fanout:   CONNS subscribers of one channel, 10 events/s of ~1 KiB realistic JSON
 #             (--realistic) for COUNT events: bytes the gateway wrote per delivered event
 #             (server_written_bytes_per_delivery, wchar of /proc/PID/io over the window) and its
 #             CPU per delivered event (server_cpu_us_per_delivery), loadtest's own beside it;
+#             every delivery inflated by the connection's own inflater (exact for any server);
 #   saturate: the highest sustained rate (max_ok_rate), with each step's server and generator
 #             CPU per delivery, at each of SAT_CONNS subscribers. Inflating costs the generator
 #             ~10 us more per delivery than plain parsing (more than the gateway's cost), so
-#             compressed WebSocket runs use --inflate-once (each distinct message inflated once
-#             per thread, every delivery's bytes compared with it); SSE has no such mode yet, so
-#             its compressed saturate is bounded by the generator on a 2-core box.
+#             compressed saturate runs use --inflate-once: each distinct piece (a WebSocket
+#             message, a segment of the gzip stream) is inflated once per thread after the
+#             same window, and every delivery's bytes are compared with it.
 # A fresh gateway (and Redis) per run; events go straight into Redis (--publish redis).
 fig_compression() {
   local conns=${CONNS:-10000} level=${LEVEL:-6} count=${COUNT:-300} hold=${HOLD:-10}
   local sat_start=${SAT_START:-10} sat_max=${SAT_MAX:-2000}
-  local sat_conns=(${SAT_CONNS:-10000 2000}) t mode label env args n
+  local sat_conns=(${SAT_CONNS:-10000 2000}) t mode modes label env args n
   for t in sse ws; do
-    for mode in off on; do
+    modes=(off on)
+    [ "$t" = ws ] && modes=(off on alone)
+    for mode in "${modes[@]}"; do
       env=(); args=()
-      if [ "$mode" = on ]; then
+      if [ "$mode" != off ]; then
         env=(GATEWAY__COMPRESSION__SSE=true GATEWAY__COMPRESSION__WS=true
              GATEWAY__COMPRESSION__LEVEL="$level")
         args=(--compressed)
         label="$t-$([ "$t" = sse ] && echo gzip || echo permessage-deflate)-l$level"
+        if [ "$mode" = alone ]; then
+          args+=(--ws-no-server-context)
+          label="$label-alone"
+        fi
       else
         label="$t-off"
       fi
@@ -487,7 +498,7 @@ fig_compression() {
         --publish redis --redis-url "redis://127.0.0.1:$REDIS_PORT/"
       stop_all
       local once=()
-      [ "$mode$t" = onws ] && once=(--inflate-once)
+      [ "$mode" != off ] && once=(--inflate-once)
       for n in "${sat_conns[@]}"; do
         start_redis; start_gateway "${env[@]}"
         run compression "$label-saturate-$n" saturate --conns "$n" --start-rate "$sat_start" \

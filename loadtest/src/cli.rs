@@ -124,16 +124,26 @@ pub struct SubOpts {
     pub streams_per_conn: usize,
     /// Ask for compression and inflate what arrives: SSE over HTTP/1.1 asks for a gzip stream
     /// (`Accept-Encoding: gzip`; gateway with `compression.sse` on), WebSocket offers
-    /// `permessage-deflate` without context takeover and fails the connection if it is
-    /// declined (gateway with `compression.ws` on).
+    /// `permessage-deflate` as Chromium does (`client_max_window_bits`: the server may keep its
+    /// compression context) and fails the connection if it is declined (gateway with
+    /// `compression.ws` on).
     #[arg(long)]
     pub compressed: bool,
-    /// With --compressed WebSocket: inflate each distinct compressed message once per thread
-    /// and check every delivery's compressed bytes against it (exact: inflating is
-    /// deterministic), so the generator costs about what plain parsing costs and a saturate run
-    /// measures the server rather than the generator's inflating.
+    /// With --compressed: inflate each distinct compressed WebSocket message, or each piece of
+    /// a gzip SSE stream (up to a `00 00 ff ff` sync flush), once per thread, keyed by its
+    /// bytes and the text of the connection's previous one (the window it may refer back into),
+    /// so the generator costs about what plain parsing costs and a saturate run measures the
+    /// server rather than the generator's inflating. Exact for a server whose messages or
+    /// pieces refer back at most into the previous one (the gateway's do); anything else
+    /// inflates wrong or fails, which the run reports (`malformed`, loss).
     #[arg(long)]
     pub inflate_once: bool,
+    /// With --compressed WebSocket: offer `permessage-deflate; client_no_context_takeover;
+    /// server_no_context_takeover` (every message self-contained, inflated from an empty
+    /// window) instead of a browser's offer; a server that answers without
+    /// `server_no_context_takeover` then fails the connection.
+    #[arg(long)]
+    pub ws_no_server_context: bool,
 }
 
 /// How events are published.

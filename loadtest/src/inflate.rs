@@ -1,10 +1,18 @@
 //! Undoes a gzip-coded SSE stream (`--compressed`) as it arrives: the gateway's fixed 10-byte
 //! gzip header, then raw deflate that is flushed after every event, so every read inflates to
 //! whole events without waiting for more. A stream never ends, so there is no trailer to check.
+//!
+//! [`GzipStream`] keeps one inflater per stream (about 43 KiB) and inflates every byte; with
+//! `--inflate-once`, [`once::GzipOnce`] cuts the stream into the gateway's pieces and inflates
+//! each distinct one once per thread ([`crate::memo`]).
+
+mod once;
 
 use std::cell::RefCell;
 
 use flate2::{Decompress, FlushDecompress};
+
+pub use once::GzipOnce;
 
 /// The gateway's gzip header: no name, comment or extra field.
 const GZIP_HEADER: usize = 10;
@@ -30,18 +38,48 @@ impl Default for GzipStream {
     }
 }
 
+/// A compressed SSE stream's decoder, as `--inflate-once` chooses.
+pub enum SseInflate {
+    /// Every byte inflated by the stream's own inflater.
+    Stream(GzipStream),
+    /// Each distinct piece inflated once per thread.
+    Once(GzipOnce),
+}
+
+impl SseInflate {
+    /// The decoder of a new stream; `once`: `--inflate-once`.
+    pub fn new(once: bool) -> Self {
+        if once {
+            Self::Once(GzipOnce::default())
+        } else {
+            Self::Stream(GzipStream::default())
+        }
+    }
+
+    /// Inflates `input`, handing the plain bytes to `plain`.
+    pub fn feed(&mut self, input: &[u8], plain: &mut impl FnMut(&[u8])) -> Result<(), String> {
+        match self {
+            Self::Stream(s) => s.feed(input, plain),
+            Self::Once(s) => s.feed(input, plain),
+        }
+    }
+}
+
+/// `input` without what is left of the gzip header (`left` bytes, counted down); refuses a
+/// stream that does not start with gzip's magic.
+fn skip_header<'a>(left: &mut usize, input: &'a [u8]) -> Result<&'a [u8], String> {
+    let skip = (*left).min(input.len());
+    if skip > 0 && *left == GZIP_HEADER && input[..skip.min(2)] != [0x1f, 0x8b][..skip.min(2)] {
+        return Err("not a gzip stream".into());
+    }
+    *left -= skip;
+    Ok(&input[skip..])
+}
+
 impl GzipStream {
     /// Inflates `input`, handing the plain bytes to `plain` as they come.
-    pub fn feed(&mut self, mut input: &[u8], plain: &mut impl FnMut(&[u8])) -> Result<(), String> {
-        let skip = self.header_left.min(input.len());
-        if skip > 0
-            && self.header_left == GZIP_HEADER
-            && input[..skip.min(2)] != [0x1f, 0x8b][..skip.min(2)]
-        {
-            return Err("not a gzip stream".into());
-        }
-        self.header_left -= skip;
-        input = &input[skip..];
+    pub fn feed(&mut self, input: &[u8], plain: &mut impl FnMut(&[u8])) -> Result<(), String> {
+        let mut input = skip_header(&mut self.header_left, input)?;
         OUT.with(|out| {
             let mut out = out.borrow_mut();
             loop {

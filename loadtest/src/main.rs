@@ -12,10 +12,13 @@
 mod account;
 mod cli;
 mod conn;
+#[cfg(test)]
+mod deflate_testing;
 mod failover;
 mod h2;
 mod http;
 mod inflate;
+mod memo;
 mod net;
 mod payload;
 mod phase;

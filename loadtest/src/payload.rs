@@ -174,6 +174,8 @@ pub enum WsMsg<'a> {
     },
     /// Anything else (`pong`, `unsubscribed`, unknown types).
     Other,
+    /// No `type` at all: not a gateway message (garbled, or inflated wrong).
+    Unreadable,
 }
 
 /// Classifies a WebSocket text message with byte searches: the gateway writes events as
@@ -221,7 +223,8 @@ pub fn parse_ws(text: &[u8]) -> WsMsg<'_> {
         Some(b"error") => WsMsg::Error {
             code: string_field(text, b"code"),
         },
-        _ => WsMsg::Other,
+        Some(_) => WsMsg::Other,
+        None => WsMsg::Unreadable,
     }
 }
 
@@ -324,6 +327,14 @@ mod tests {
             }
         );
         assert_eq!(parse_ws(br#"{"type":"pong"}"#), WsMsg::Other);
-        assert_eq!(parse_ws(b"not json"), WsMsg::Other);
+        assert_eq!(
+            parse_ws(br#"{"type":"unsubscribed","channel":"c"}"#),
+            WsMsg::Other
+        );
+        assert_eq!(parse_ws(b"not json"), WsMsg::Unreadable);
+        assert_eq!(
+            parse_ws(b"{\"ty\0\0\0\":\"event\",\"data\":{}}"),
+            WsMsg::Unreadable
+        );
     }
 }

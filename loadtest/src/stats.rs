@@ -44,7 +44,8 @@ pub struct Counters {
     pub id_jumps: u64,
     /// Gap notices (SSE `event: gap`, WS `gap`).
     pub gaps: u64,
-    /// Data events without a readable `seq`/`ts`.
+    /// Data events without a readable `seq`/`ts`, unreadable WebSocket messages, and compressed
+    /// data that could not be inflated.
     pub malformed: u64,
     /// Named events the load generator does not know.
     pub other_events: u64,
@@ -147,6 +148,10 @@ pub struct Stats {
     pub resumed: AtomicU64,
     /// WebSocket messages that came compressed (`permessage-deflate`) and were inflated.
     pub inflated_messages: AtomicU64,
+    /// WebSocket upgrades whose `permessage-deflate` answer kept the server's context.
+    pub ws_context_answers: AtomicU64,
+    /// WebSocket upgrades answered with `server_no_context_takeover`.
+    pub ws_no_context_answers: AtomicU64,
     /// Subscribers that had every event after a storm's reconnect.
     pub storm_complete: AtomicU64,
     /// Why connections failed (`status_503`, `connect`, `timeout`, ...).
@@ -182,6 +187,8 @@ impl Stats {
             reconnect_failures: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
             inflated_messages: AtomicU64::new(0),
+            ws_context_answers: AtomicU64::new(0),
+            ws_no_context_answers: AtomicU64::new(0),
             storm_complete: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             storm_latency: Mutex::new(new_histogram()),

@@ -1,20 +1,22 @@
 //! WebSocket with `permessage-deflate` (RFC 7692) spoken by hand, for `--compressed` WebSocket
-//! subscribers (tokio-tungstenite refuses RSV1 frames): the offer and the check of the answer,
-//! unmasked server frames read from whatever bytes arrive, compressed messages inflated, and
-//! the masked frames a client sends. Pure code, no I/O.
+//! subscribers (tokio-tungstenite refuses RSV1 frames): the offer and the check of the answer
+//! ([`handshake`]), unmasked server frames read from whatever bytes arrive, compressed messages
+//! inflated ([`decode`]), and the masked frames a client sends. Pure code, no I/O.
 //!
-//! The offer asks for `server_no_context_takeover` (the gateway answers it anyway: one
-//! compressed message per event, shared by every subscriber), so every message is inflated
-//! from an empty window: one inflater per thread, reset before each message, instead of ~43 KiB
-//! of window and tables kept per connection.
+//! The default offer is a browser's, which lets the server keep its compression context: it
+//! may then send messages that refer back into the previous compressed one (the gateway sends
+//! each event either self-contained or compressed against the channel's previous event), so
+//! the reader keeps a window per connection, or with `--inflate-once` the text of the
+//! connection's previous compressed message as the key of the thread's memo.
+//! `--ws-no-server-context` asks for `server_no_context_takeover`: every message then inflates
+//! from an empty window, with one inflater per thread, reset before each message.
 
-use std::cell::RefCell;
+mod decode;
+mod handshake;
 
-use flate2::{Decompress, FlushDecompress, Status};
+use decode::Decoder;
+pub use handshake::{check_answer, header_values, offer};
 
-/// What the client offers in `Sec-WebSocket-Extensions`.
-pub const OFFER: &str =
-    "permessage-deflate; client_no_context_takeover; server_no_context_takeover";
 /// Largest message (compressed or inflated) accepted, as the uncompressed client allows.
 pub const MAX_MESSAGE: usize = 1 << 20;
 /// RFC 7692 §7.2.2: the empty stored block the sender stripped from every message.
@@ -27,81 +29,6 @@ const BINARY: u8 = 0x2;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xa;
-
-/// Distinct messages remembered per thread with [`FrameReader::new`]`(true)`: enough for
-/// subscribers some way behind one another (a few hundred KiB per thread).
-const MEMO: usize = 128;
-
-/// One thread's inflating state.
-struct ThreadInflater {
-    /// No window survives a message (no context takeover), so connections need not keep one.
-    d: Decompress,
-    out: Vec<u8>,
-    /// Recent (compressed, inflated) messages, newest last, for inflate-once readers.
-    memo: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-thread_local! {
-    static INFLATER: RefCell<ThreadInflater> = RefCell::new(ThreadInflater {
-        d: Decompress::new(false),
-        out: Vec::with_capacity(64 * 1024),
-        memo: Vec::new(),
-    });
-}
-
-/// The values of header `name` in a raw response head.
-pub fn header_values<'a>(head: &'a [u8], name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-    head.split(|&b| b == b'\n').filter_map(move |line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = memchr::memchr(b':', line)?;
-        line[..colon]
-            .eq_ignore_ascii_case(name)
-            .then(|| line[colon + 1..].trim_ascii())
-    })
-}
-
-/// Checks the server's `Sec-WebSocket-Extensions` answer: `permessage-deflate` with
-/// `server_no_context_takeover` (a message referring back into an earlier one could not be
-/// inflated by a per-thread inflater), nothing unknown. Errors say why, for the failure report.
-pub fn check_answer<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<(), String> {
-    let mut found = false;
-    for ext in values.into_iter().flat_map(|v| v.split(|&b| b == b',')) {
-        let text = String::from_utf8_lossy(ext);
-        let mut parts = text.split(';').map(str::trim);
-        if !parts
-            .next()
-            .is_some_and(|n| n.eq_ignore_ascii_case("permessage-deflate"))
-        {
-            return Err(format!("unexpected extension {}", text.trim()));
-        }
-        let mut server_nct = false;
-        for p in parts {
-            let name = p
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            match name.as_str() {
-                "server_no_context_takeover" => server_nct = true,
-                // We never compress what we send, and take any window for what we receive.
-                "client_no_context_takeover"
-                | "server_max_window_bits"
-                | "client_max_window_bits" => {}
-                _ => return Err(format!("unknown permessage-deflate parameter {p}")),
-            }
-        }
-        if !server_nct {
-            return Err("permessage-deflate without server_no_context_takeover".into());
-        }
-        found = true;
-    }
-    if found {
-        Ok(())
-    } else {
-        Err("permessage-deflate declined".into())
-    }
-}
 
 /// A masked, final client frame (RFC 6455 §5.3): `opcode` and `payload`.
 pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -155,18 +82,19 @@ pub struct FrameReader {
     partial: Vec<u8>,
     /// A fragmented message so far: (opcode, compressed, payload).
     message: Option<(u8, bool, Vec<u8>)>,
-    /// Compressed messages received (the report's proof that compression was in use).
+    /// Compressed messages inflated (the report's proof that compression was in use).
     pub inflated: u64,
-    /// Inflate each distinct compressed message once per thread (`--inflate-once`).
-    once: bool,
+    /// How compressed messages are inflated.
+    decoder: Decoder,
 }
 
 impl FrameReader {
-    /// A reader; `once`: remember the last few inflated messages of the thread and hand their
-    /// text out again when a message's compressed bytes are the same (they inflate the same).
-    pub fn new(once: bool) -> Self {
+    /// A reader; `once`: remember the thread's recent messages and hand their text out again
+    /// for the same compressed bytes after the same window (`--inflate-once`); `context`: the
+    /// server keeps its compression context ([`check_answer`]).
+    pub fn new(once: bool, context: bool) -> Self {
         Self {
-            once,
+            decoder: Decoder::new(once, context),
             ..Self::default()
         }
     }
@@ -241,6 +169,7 @@ impl FrameReader {
         Ok(pos)
     }
 
+    /// Hands on one whole message, inflated if it came compressed.
     fn deliver(
         &mut self,
         opcode: u8,
@@ -248,35 +177,21 @@ impl FrameReader {
         payload: &[u8],
         on: &mut impl FnMut(WsItem<'_>),
     ) -> Result<(), String> {
-        if opcode == BINARY {
-            on(WsItem::Binary);
-            return Ok(());
-        }
-        if !compressed {
-            on(WsItem::Text(payload));
+        // A compressed binary message is inflated only to keep the window right.
+        if !compressed || (opcode == BINARY && !self.decoder.keeps_context()) {
+            on(item(opcode, payload));
             return Ok(());
         }
         self.inflated += 1;
-        INFLATER.with(|cell| {
-            let t = &mut *cell.borrow_mut();
-            if self.once {
-                let same =
-                    |(z, _): &&(Vec<u8>, Vec<u8>)| z.len() == payload.len() && z[..] == *payload;
-                if let Some((_, text)) = t.memo.iter().rev().find(same) {
-                    on(WsItem::Text(text));
-                    return Ok(());
-                }
-                inflate(&mut t.d, payload, &mut t.out)?;
-                if t.memo.len() == MEMO {
-                    t.memo.remove(0); // 128 moves of two Vec headers, once per distinct message
-                }
-                t.memo.push((payload.to_vec(), t.out.clone()));
-            } else {
-                inflate(&mut t.d, payload, &mut t.out)?;
-            }
-            on(WsItem::Text(&t.out));
-            Ok(())
-        })
+        self.decoder.inflate(payload, |text| on(item(opcode, text)))
+    }
+}
+
+/// What a whole message of `opcode` is for the subscriber (binary ones are only counted).
+fn item(opcode: u8, text: &[u8]) -> WsItem<'_> {
+    match opcode {
+        BINARY => WsItem::Binary,
+        _ => WsItem::Text(text),
     }
 }
 
@@ -303,41 +218,6 @@ fn parse_header(data: &[u8]) -> Result<Option<(usize, usize)>, String> {
         Ok(len) if len <= MAX_MESSAGE => Ok(Some((head, len))),
         _ => Err("frame too big".into()),
     }
-}
-
-/// Inflates one message from an empty window: `payload` then the stripped [`SYNC_TAIL`].
-fn inflate(d: &mut Decompress, payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    d.reset(false);
-    out.clear();
-    for input in [payload, &SYNC_TAIL[..]] {
-        let start = d.total_in();
-        loop {
-            if out.len() == out.capacity() {
-                if out.len() >= MAX_MESSAGE {
-                    return Err("inflated message too big".into());
-                }
-                out.reserve(out.capacity().max(4096));
-            }
-            let used = (d.total_in() - start) as usize;
-            let before = (d.total_in(), d.total_out());
-            let status = d
-                .decompress_vec(&input[used..], out, FlushDecompress::Sync)
-                .map_err(|e| format!("bad deflate data: {e}"))?;
-            if status == Status::StreamEnd {
-                // A final block: the message ends there.
-                return Ok(());
-            }
-            let used = (d.total_in() - start) as usize;
-            let room = out.len() < out.capacity();
-            if used == input.len() && room {
-                break;
-            }
-            if before == (d.total_in(), d.total_out()) && room {
-                return Err("deflate data stuck".into());
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -186,6 +186,12 @@ impl Acct {
                 ))
             }
             WsMsg::Other => None,
+            // Counted against the run: the gateway sends nothing like it, so it was garbled
+            // (or inflated wrong).
+            WsMsg::Unreadable => {
+                self.batch.c.malformed += 1;
+                None
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use super::acct::End;
 use super::sub::{LiveGuard, Sub};
 use super::{CONNECT_TIMEOUT, READ_BUF, Shared, establish, unix_micros};
 use crate::http::{BodyKind, ChunkedDecoder, parse_head};
+use crate::inflate::SseInflate;
 use crate::net::Stream;
 use crate::sse::{SseItem, SseParser};
 use crate::target::{Url, fill};
@@ -105,7 +106,10 @@ pub(super) async fn sse_session(
     };
     // A new stream: keep the last id, drop any partial line of the old one.
     sub.sse = SseParser::with_last_id(sub.sse.last_id());
-    sub.gzip = sh.plan.compressed.then(Box::default);
+    sub.gzip = sh
+        .plan
+        .compressed
+        .then(|| Box::new(SseInflate::new(sh.plan.inflate_once)));
     if sh.plan.template {
         establish(sh, sub, storm, live);
     }
@@ -179,6 +183,8 @@ pub(super) fn process_sse(
         }
     };
     if let Some(e) = bad_gzip {
+        // What could not be inflated counts against the run, not only as a reconnect.
+        sub.acct.batch.c.malformed += 1;
         return Err(End::Protocol(e));
     }
     sh.stats.flush(sub.acct.shard, &mut sub.acct.batch);

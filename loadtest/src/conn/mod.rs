@@ -12,6 +12,8 @@
 //! (plus, over TLS, rustls' connection state).
 
 mod acct;
+#[cfg(test)]
+mod compressed_tests;
 mod h2_group;
 mod http1;
 mod sub;
@@ -102,8 +104,12 @@ pub struct SubPlan {
     /// Ask for compression and inflate: gzip for SSE over HTTP/1.1, `permessage-deflate` for
     /// WebSocket.
     pub compressed: bool,
-    /// With `compressed` WebSocket: inflate each distinct message once per thread.
+    /// With `compressed`: inflate each distinct message (WebSocket) or piece (SSE) once per
+    /// thread.
     pub inflate_once: bool,
+    /// With `compressed` WebSocket: ask for `server_no_context_takeover` instead of offering
+    /// what browsers do.
+    pub ws_no_server_context: bool,
 }
 
 /// State shared by all subscriber tasks.

@@ -21,8 +21,8 @@ pub(super) struct Sub {
     pub(super) up: bool,
     /// Whether any session got established.
     pub(super) ever_up: bool,
-    /// The current session's gzip decoder (`--compressed`).
-    pub(super) gzip: Option<Box<crate::inflate::GzipStream>>,
+    /// The current session's gzip decoder (`--compressed`; `--inflate-once` picks which).
+    pub(super) gzip: Option<Box<crate::inflate::SseInflate>>,
 }
 
 /// Keeps the `live` gauge right however a session ends (including being dropped).

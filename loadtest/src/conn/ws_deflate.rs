@@ -1,8 +1,10 @@
 //! WebSocket subscribers with `permessage-deflate` (`--compressed`), spoken by hand
 //! ([`crate::ws_wire`]): tokio-tungstenite refuses the RSV1 frames compressed messages come in.
 //! The upgrade is written and its answer checked here (a server that declines the extension
-//! fails the connection, so a figure is never silently uncompressed); reads go into the
-//! thread's shared buffer like SSE ones, and pings are answered after each read.
+//! fails the connection, so a figure is never silently uncompressed; whether it keeps its
+//! compression context decides how messages are inflated, and is counted for the report);
+//! reads go into the thread's shared buffer like SSE ones, and pings are answered after each
+//! read. A message that cannot be inflated ends the session and counts as `malformed`.
 
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
@@ -13,11 +15,13 @@ use super::sub::{LiveGuard, Sub};
 use super::ws::{handle_text, subscribe_command};
 use super::{CONNECT_TIMEOUT, Shared, unix_micros};
 use crate::net::Stream;
+use crate::stats::Stats;
 use crate::target::Url;
 use crate::ws_wire::{self, FrameReader, WsItem};
 
-/// One compressed WebSocket session: upgrade offering [`ws_wire::OFFER`], subscribe (resuming
-/// with `since`), then inflate and account every message.
+/// One compressed WebSocket session: upgrade offering [`ws_wire::offer`] (a browser's, or
+/// `--ws-no-server-context`'s), subscribe (resuming with `since`), then inflate and account
+/// every message.
 pub(super) async fn ws_deflate_session(
     sh: &Shared,
     sub: &mut Sub,
@@ -32,7 +36,7 @@ pub(super) async fn ws_deflate_session(
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\
          Sec-WebSocket-Extensions: {}\r\n\r\n",
         url.host,
-        ws_wire::OFFER
+        ws_wire::offer(sh.plan.ws_no_server_context)
     );
     let head = tokio::time::timeout(CONNECT_TIMEOUT, async {
         stream.write_all(req.as_bytes()).await.map_err(End::Io)?;
@@ -52,15 +56,24 @@ pub(super) async fn ws_deflate_session(
     if !ws_wire::header_values(&raw, b"sec-websocket-accept").any(|v| v == accept.as_bytes()) {
         return End::Protocol("bad Sec-WebSocket-Accept".into());
     }
-    if let Err(e) = ws_wire::check_answer(ws_wire::header_values(&raw, b"sec-websocket-extensions"))
-    {
-        return End::Protocol(e);
-    }
+    let answer = ws_wire::check_answer(
+        ws_wire::header_values(&raw, b"sec-websocket-extensions"),
+        sh.plan.ws_no_server_context,
+    );
+    let context = match answer {
+        Ok(context) => context,
+        Err(e) => return End::Protocol(e),
+    };
+    Stats::bump(if context {
+        &sh.stats.ws_context_answers
+    } else {
+        &sh.stats.ws_no_context_answers
+    });
     let cmd = subscribe_command(sh, sub);
     if let Err(e) = send(&mut stream, &ws_wire::client_text(&cmd)).await {
         return End::Io(e);
     }
-    let mut reader = FrameReader::new(sh.plan.inflate_once);
+    let mut reader = FrameReader::new(sh.plan.inflate_once, context);
     let mut replies = Vec::new();
     let mut pending = (!rest.is_empty()).then_some(rest);
     loop {
@@ -125,6 +138,10 @@ fn on_read(
         WsItem::Ping(payload) => replies.extend_from_slice(&ws_wire::client_pong(payload)),
         WsItem::Close => end = Some(End::Closed),
     });
+    if fed.is_err() {
+        // What could not be read counts against the run, not only as a reconnect.
+        sub.acct.batch.c.malformed += 1;
+    }
     sh.stats.flush(sub.acct.shard, &mut sub.acct.batch);
     if reader.inflated > inflated {
         sh.stats.inflated_messages.fetch_add(

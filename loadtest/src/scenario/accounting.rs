@@ -94,6 +94,13 @@ impl Harness {
         r.set("ws_errors", c.ws_errors);
         if self.sh.plan.compressed && self.sh.plan.transport == crate::conn::Transport::Ws {
             r.set("ws_inflated_messages", Stats::get(&stats.inflated_messages));
+            r.set(
+                "ws_server_context",
+                server_context(
+                    Stats::get(&stats.ws_context_answers),
+                    Stats::get(&stats.ws_no_context_answers),
+                ),
+            );
         }
         r.set(
             "events_per_read",
@@ -152,5 +159,29 @@ impl Harness {
         r.set("connect_failures", json!(fails));
         r.set("publish_failures", json!(pfails));
         self.report
+    }
+}
+
+/// The report's `ws_server_context`: whether the server kept its compression context, from
+/// the upgrades' answers (`null` when none was answered, `"mixed"` when they differed).
+fn server_context(kept: u64, not_kept: u64) -> serde_json::Value {
+    match (kept, not_kept) {
+        (0, 0) => serde_json::Value::Null,
+        (_, 0) => json!(true),
+        (0, _) => json!(false),
+        _ => json!("mixed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_context_field_says_what_the_answers_said() {
+        assert_eq!(server_context(0, 0), serde_json::Value::Null);
+        assert_eq!(server_context(3, 0), json!(true));
+        assert_eq!(server_context(0, 3), json!(false));
+        assert_eq!(server_context(1, 2), json!("mixed"));
     }
 }

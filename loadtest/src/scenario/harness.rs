@@ -85,6 +85,7 @@ impl Harness {
                 streams_per_conn: 1,
                 compressed: false,
                 inflate_once: false,
+                ws_no_server_context: false,
             },
         };
         for pid in &common.server_pids {
@@ -111,6 +112,18 @@ impl Harness {
         }
         if plan.inflate_once {
             report.set("inflate_once", true);
+        }
+        if plan.compressed && plan.transport == Transport::Ws {
+            report.set(
+                "ws_offer",
+                if plan.ws_no_server_context {
+                    "no_server_context"
+                } else {
+                    "browser"
+                },
+            );
+            // What the server answered: filled in at the end (`accounting`).
+            report.set("ws_server_context", serde_json::Value::Null);
         }
         if plan.compressed {
             report.set(

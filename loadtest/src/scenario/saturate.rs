@@ -37,14 +37,17 @@ struct StepCheck {
     lost: u64,
     /// Events delivered twice in this step.
     duplicated: u64,
+    /// Messages that could not be read in this step (garbled, or not inflated).
+    malformed: u64,
     /// p99 delivery latency, µs; `None` when nothing arrived.
     p99_us: Option<u64>,
 }
 
 impl StepCheck {
-    /// `None` when the step sustained its rate: every event arrived, once, p99 delivery within
-    /// the limit, and the publisher kept the rate with no publish waiting over 1 s. Otherwise
-    /// why not (the run's stop reason), publisher first: a late publisher makes late deliveries.
+    /// `None` when the step sustained its rate: every event arrived, once, readable, p99
+    /// delivery within the limit, and the publisher kept the rate with no publish waiting over
+    /// 1 s. Otherwise why not (the run's stop reason), publisher first: a late publisher makes
+    /// late deliveries.
     fn failure(&self, p99_limit_ms: f64) -> Option<&'static str> {
         if self.attempted < self.count || self.achieved < self.rate * RATE_KEPT {
             Some("publish rate not reached (one publish in flight per channel)")
@@ -54,6 +57,8 @@ impl StepCheck {
             Some("loss")
         } else if self.duplicated > 0 {
             Some("duplicates")
+        } else if self.malformed > 0 {
+            Some("malformed messages")
         } else if self.p99_us.is_none_or(|p| p as f64 > p99_limit_ms * 1000.0) {
             Some("p99 over the limit")
         } else {
@@ -147,6 +152,7 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
             complete,
             lost,
             duplicated: d.duplicated,
+            malformed: d.malformed,
             p99_us: (!lat.is_empty()).then(|| lat.value_at_quantile(0.99)),
         };
         let failure = check.failure(a.p99_limit_ms);
@@ -169,6 +175,7 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
         }
         row.insert("lost".into(), json!(lost));
         row.insert("duplicated".into(), json!(d.duplicated));
+        row.insert("malformed".into(), json!(d.malformed));
         row.insert(
             "disconnects".into(),
             json!(Stats::get(&h.sh.stats.disconnects) - disc0),
@@ -272,6 +279,7 @@ mod tests {
             complete: true,
             lost: 0,
             duplicated: 0,
+            malformed: 0,
             p99_us: Some(5_000),
         }
     }
@@ -294,6 +302,7 @@ mod tests {
         assert_eq!(reason(|c| c.lost = 1), Some("loss"));
         assert_eq!(reason(|c| c.complete = false), Some("loss"));
         assert_eq!(reason(|c| c.duplicated = 1), Some("duplicates"));
+        assert_eq!(reason(|c| c.malformed = 1), Some("malformed messages"));
         assert_eq!(
             reason(|c| c.p99_us = Some(1_000_001)),
             Some("p99 over the limit")

@@ -158,8 +158,12 @@ pub(super) fn sub_plan(
         "--compressed is for SSE over HTTP/1.1 and WebSocket"
     );
     ensure!(
-        !s.inflate_once || (s.compressed && s.transport == Transport::Ws),
-        "--inflate-once is for --compressed WebSocket subscribers"
+        !s.inflate_once || s.compressed,
+        "--inflate-once is for --compressed subscribers"
+    );
+    ensure!(
+        !s.ws_no_server_context || (s.compressed && s.transport == Transport::Ws),
+        "--ws-no-server-context is for --compressed WebSocket subscribers"
     );
     Ok(SubPlan {
         transport: s.transport,
@@ -177,5 +181,6 @@ pub(super) fn sub_plan(
         streams_per_conn: s.streams_per_conn,
         compressed: s.compressed,
         inflate_once: s.inflate_once,
+        ws_no_server_context: s.ws_no_server_context,
     })
 }

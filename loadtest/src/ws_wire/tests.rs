@@ -1,13 +1,14 @@
 //! The reader against frames made by the gateway's own encoder (`gateway::hub::message`) and by
-//! flate2, fed in every split a socket could produce.
+//! flate2 as the gateway compresses (self-contained, and chained after the previous message for
+//! a server that keeps its context), fed in every split a socket could produce.
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
-use gateway::compression::PerMessageDeflate;
 use gateway::hub::message::Message;
 use shared::{ChannelName, Epoch, Event, PayloadKind, Position};
 
 use super::*;
+use crate::deflate_testing::{message as deflated, shifted};
 
 /// An event as the gateway shares it, with the loadtest's realistic payload.
 fn message(seq: u64) -> Message {
@@ -87,16 +88,18 @@ fn inflate_once_hands_out_the_same_text_for_the_same_bytes_only() {
         }
     }
     for step in [7, wire.len()] {
-        let (got, inflated) = read_all_with(FrameReader::new(true), &wire, step);
+        let (got, inflated) = read_all_with(FrameReader::new(true, false), &wire, step);
         assert_eq!(got, want, "in pieces of {step}");
         assert_eq!(inflated, 40, "every compressed message counted");
     }
-    assert!(
-        FrameReader::new(true)
-            .feed(&[0xc1, 2, 0xff, 0xff], &mut |_| {})
-            .is_err(),
-        "bad data is still refused"
-    );
+    for context in [false, true] {
+        assert!(
+            FrameReader::new(true, context)
+                .feed(&[0xc1, 2, 0xff, 0xff], &mut |_| {})
+                .is_err(),
+            "bad data is still refused"
+        );
+    }
 }
 
 #[test]
@@ -163,20 +166,203 @@ fn client_frames_are_masked() {
 }
 
 #[test]
-fn the_gateways_answers_are_accepted_and_a_decline_is_not() {
-    let offer = PerMessageDeflate::negotiate([OFFER], false).expect("the gateway takes our offer");
-    let answer = offer.response();
-    assert_eq!(check_answer([answer.as_bytes()]), Ok(()));
-    let head = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Extensions: {answer}\r\n\r\n"
+fn answers_are_checked_against_the_offer() {
+    assert_eq!(offer(false), "permessage-deflate; client_max_window_bits");
+    assert_eq!(
+        offer(true),
+        "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
     );
+    let check =
+        |answer: &str, no_server_context| check_answer([answer.as_bytes()], no_server_context);
+    // The gateway's answers to a browser's offer: with or without its context.
+    assert_eq!(check("permessage-deflate", false), Ok(true));
+    assert_eq!(
+        check("permessage-deflate; client_no_context_takeover", false),
+        Ok(true)
+    );
+    assert_eq!(
+        check(
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            false
+        ),
+        Ok(false)
+    );
+    assert_eq!(
+        check("permessage-deflate; client_max_window_bits=15", false),
+        Ok(true)
+    );
+    // Asked for no server context: only an answer with it will do.
+    assert_eq!(
+        check(
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            true
+        ),
+        Ok(false)
+    );
+    assert!(check("permessage-deflate", true).is_err());
+    assert!(check("permessage-deflate; client_no_context_takeover", true).is_err());
+    let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n";
     let values: Vec<&[u8]> = header_values(head.as_bytes(), b"sec-websocket-extensions").collect();
-    assert_eq!(values, [answer.as_bytes()]);
-    assert!(check_answer([]).is_err(), "declined");
+    assert_eq!(values, [&b"permessage-deflate"[..]]);
+    for no_server_context in [false, true] {
+        assert!(check_answer([], no_server_context).is_err(), "declined");
+        assert!(
+            check(
+                "permessage-deflate; server_no_context_takeover; x=1",
+                no_server_context
+            )
+            .is_err()
+        );
+        assert!(check("x-webkit-deflate-frame", no_server_context).is_err());
+        assert!(
+            check(
+                "permessage-deflate; server_no_context_takeover, permessage-deflate",
+                no_server_context
+            )
+            .is_err(),
+            "answered twice"
+        );
+    }
+}
+
+/// An event message's text, in the gateway's layout, with the loadtest's realistic payload.
+fn event_text(seq: u64) -> Vec<u8> {
+    let mut out = format!(
+        r#"{{"type":"event","channel":"lt-0","id":"19ad3f2c1b0:{}","data":"#,
+        seq + 1
+    )
+    .into_bytes();
+    crate::payload::write_rows(&mut out, seq, 1_764_650_000_000_000 + seq, 1024);
+    out.push(b'}');
+    out
+}
+
+/// A final text frame of `payload`, RSV1 set when `compressed`.
+fn text_frame(payload: &[u8], compressed: bool) -> Vec<u8> {
+    let mut out = vec![0x80 | if compressed { 0x40 } else { 0 } | TEXT];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What `r` makes of `wire` fed in pieces of `step` bytes (texts lossily), or its error.
+fn try_read(mut r: FrameReader, wire: &[u8], step: usize) -> Result<Vec<String>, String> {
+    let mut got = Vec::new();
+    for piece in wire.chunks(step) {
+        r.feed(piece, &mut |item| {
+            if let WsItem::Text(t) = item {
+                got.push(String::from_utf8_lossy(t).into_owned());
+            }
+        })?;
+    }
+    Ok(got)
+}
+
+#[test]
+fn with_server_context_both_readers_inflate_chained_messages_exactly() {
+    // As a server keeping its context sends a channel's events: chained after the previous
+    // compressed message, every fifth self-contained; uncompressed messages (replies, an event
+    // compression did not shrink) in between never enter the window.
+    let mut wire = Vec::new();
+    let mut want = Vec::new();
+    let mut window: Option<Vec<u8>> = None;
+    let (mut alone, mut chained) = (0, 0);
+    for seq in 0..30 {
+        let text = event_text(seq);
+        if seq % 4 == 2 {
+            wire.extend_from_slice(&text_frame(br#"{"type":"pong"}"#, false));
+            want.push(r#"{"type":"pong"}"#.to_owned());
+            wire.extend_from_slice(&[0x89, 0]);
+        }
+        want.push(String::from_utf8(text.clone()).unwrap());
+        if seq % 7 == 6 {
+            wire.extend_from_slice(&text_frame(&text, false));
+            continue;
+        }
+        let prev = window.as_deref().filter(|_| seq % 5 != 0);
+        let z = deflated(prev, &text);
+        if prev.is_some() {
+            (alone, chained) = (alone + deflated(None, &text).len(), chained + z.len());
+        }
+        wire.extend_from_slice(&text_frame(&z, true));
+        window = Some(text);
+    }
     assert!(
-        check_answer([&b"permessage-deflate"[..]]).is_err(),
-        "server context"
+        chained * 3 < alone * 2,
+        "{chained} bytes chained vs {alone} alone"
     );
-    assert!(check_answer([&b"permessage-deflate; server_no_context_takeover; x=1"[..]]).is_err());
-    assert!(check_answer([&b"x-webkit-deflate-frame"[..]]).is_err());
+    for step in [1, 3, 100, 1000, wire.len()] {
+        for once in [false, true] {
+            let got = try_read(FrameReader::new(once, true), &wire, step);
+            assert_eq!(got.as_ref(), Ok(&want), "once {once}, pieces of {step}");
+        }
+    }
+    // Read as if every message stood alone, the chained ones come out wrong or not at all.
+    for once in [false, true] {
+        assert_ne!(
+            try_read(FrameReader::new(once, false), &wire, 100),
+            Ok(want.clone())
+        );
+    }
+}
+
+#[test]
+fn inflate_once_keeps_connections_with_different_windows_apart() {
+    // Two connections of one thread get the same compressed bytes after different messages:
+    // a memo keyed by the bytes alone would hand the second one the first one's text.
+    let first = event_text(1);
+    let other = shifted(&first);
+    let next = event_text(2);
+    let z = text_frame(&deflated(Some(&first), &next), true);
+    let wire_a = [text_frame(&deflated(None, &first), true), z.clone()].concat();
+    let wire_b = [text_frame(&deflated(None, &other), true), z.clone()].concat();
+    let truth = |wire: &[u8]| try_read(FrameReader::new(false, true), wire, wire.len()).unwrap();
+    let (ta, tb) = (truth(&wire_a), truth(&wire_b));
+    assert_eq!(ta[1].as_bytes(), &next[..]);
+    assert_ne!(
+        ta[1], tb[1],
+        "the same bytes inflate differently after another window"
+    );
+    // A third connection like the first, later: its messages are the remembered ones.
+    let mut readers: [FrameReader; 3] = std::array::from_fn(|_| FrameReader::new(true, true));
+    let mut got = vec![Vec::new(); 3];
+    let split = |w: &[u8]| -> (Vec<u8>, Vec<u8>) {
+        let cut = w.len() - z.len();
+        (w[..cut].to_vec(), w[cut..].to_vec())
+    };
+    let wires = [split(&wire_a), split(&wire_b), split(&wire_a)];
+    // First messages of A and B, then the shared bytes to A, B, and C's whole wire.
+    let order = [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (2, 1)];
+    for (conn, part) in order {
+        let bytes = if part == 0 {
+            &wires[conn].0
+        } else {
+            &wires[conn].1
+        };
+        readers[conn]
+            .feed(bytes, &mut |item| {
+                if let WsItem::Text(t) = item {
+                    got[conn].push(String::from_utf8_lossy(t).into_owned());
+                }
+            })
+            .unwrap();
+    }
+    assert_eq!(got, [ta.clone(), tb, ta]);
+    let window = |r: &FrameReader| match &r.decoder {
+        decode::Decoder::Once { prev: Some(t), .. } => t.clone(),
+        other => panic!("{other:?}"),
+    };
+    let [a, b, c] = readers.each_ref().map(window);
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &c),
+        "C's windows are A's: remembered"
+    );
+    assert!(!std::sync::Arc::ptr_eq(&a, &b));
 }
