@@ -14,4 +14,4 @@ pub mod permessage;
 
 pub use accept_encoding::SseEncoding;
 pub use deflate::{InflateError, Inflater};
-pub use permessage::PerMessageDeflate;
+pub use permessage::{Allow, PerMessageDeflate};

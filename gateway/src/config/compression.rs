@@ -12,7 +12,7 @@ use super::{ConfigError, Settings};
 pub struct CompressionSettings {
     /// Compress SSE streams whose request accepts gzip or deflate (`Accept-Encoding`).
     pub sse: bool,
-    /// Accept WebSocket `permessage-deflate` offers (always with `server_no_context_takeover`).
+    /// Accept WebSocket `permessage-deflate` offers.
     pub ws: bool,
     /// Deflate level, 1 (fastest) to 9 (smallest); paid once per event.
     pub level: u32,
@@ -20,6 +20,11 @@ pub struct CompressionSettings {
     /// send, at the cost of an inflater (about 42 KiB) kept per compressing connection. Off:
     /// the gateway answers `client_no_context_takeover` and keeps none between messages.
     pub ws_client_context_takeover: bool,
+    /// Keep server context takeover when a WebSocket client's offer allows it: an event may be
+    /// sent compressed against the channel's previous one (a client that inflated it last
+    /// gets far fewer bytes). Costs the gateway nothing per connection; the client keeps its
+    /// 32 KiB window, as it offered to. Off: `server_no_context_takeover` always.
+    pub ws_server_context_takeover: bool,
 }
 
 impl Default for CompressionSettings {
@@ -29,6 +34,7 @@ impl Default for CompressionSettings {
             ws: false,
             level: 6,
             ws_client_context_takeover: false,
+            ws_server_context_takeover: true,
         }
     }
 }

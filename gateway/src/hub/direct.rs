@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::message::{Delivery, Message};
 use super::queue::Arm;
+use super::ws_frame;
 
 /// Which of an event's shared frames a connection is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,7 +43,28 @@ pub enum Form {
         level: u32,
         /// The longest message sent compressed (the client's window).
         max: u32,
+        /// The client keeps its window between messages (server context takeover): a message
+        /// may refer back into the last compressed one.
+        chain: bool,
     },
+}
+
+/// The event whose bytes a connection's decompressor saw last — what a chained piece may refer
+/// back into (`Form::frame_after`). The slot tells channels of one WebSocket apart: positions
+/// are only unique within a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Channel slot within the connection (0 on a single-channel SSE stream).
+    pub slot: u32,
+    /// The event's position in that channel.
+    pub position: Position,
+}
+
+impl Link {
+    /// `after` for `frame_after` on channel `slot`: the position, if the link is on it.
+    pub fn on(link: Option<Link>, slot: u32) -> Option<Position> {
+        link.filter(|l| l.slot == slot).map(|l| l.position)
+    }
 }
 
 impl Form {
@@ -51,12 +73,14 @@ impl Form {
         deflate_level.map_or(Self::Sse, Self::SseDeflated)
     }
 
-    /// The form of a WebSocket that may compress messages up to `compress_up_to` bytes.
-    pub fn ws(compress_up_to: Option<usize>, level: u32) -> Self {
+    /// The form of a WebSocket that may compress messages up to `compress_up_to` bytes, and
+    /// refer back into the last compressed one when the client keeps its window (`chain`).
+    pub fn ws(compress_up_to: Option<usize>, level: u32, chain: bool) -> Self {
         match compress_up_to {
             Some(max) => Self::WsDeflated {
                 level,
                 max: u32::try_from(max).unwrap_or(u32::MAX),
+                chain,
             },
             None => Self::Ws,
         }
@@ -69,28 +93,56 @@ impl Form {
             Self::Sse => message.sse_frame(),
             Self::SseDeflated(level) => message.sse_frame_deflated(level),
             Self::Ws => message.ws_frame(),
-            Self::WsDeflated { level, max } if message.ws_payload_len() <= max as usize => message
-                .ws_deflated_frame(level)
-                .unwrap_or_else(|| message.ws_frame()),
+            Self::WsDeflated { level, max, .. } if message.ws_payload_len() <= max as usize => {
+                message
+                    .ws_deflated_frame(level)
+                    .unwrap_or_else(|| message.ws_frame())
+            }
             Self::WsDeflated { .. } => message.ws_frame(),
         }
     }
 
-    /// The bytes for `message` on a connection whose output so far ends with the frame of the
-    /// event at `after` (`None`: with anything else). Only compressed SSE makes use of it: the
-    /// piece compressed against that frame, when `message` follows it (`Message::follow`).
+    /// The bytes for `message` on a connection whose decompressor saw the bytes of the event at
+    /// `after` last (`None`: something else). Only compressed forms make use of it: the piece
+    /// compressed against that event, when `message` follows it (`Message::follow`).
     pub fn frame_after(self, message: &Message, after: Option<Position>) -> &Bytes {
         match (self, after) {
             (Self::SseDeflated(level), Some(after)) => {
                 message.sse_frame_deflated_after(level, after)
             }
+            (
+                Self::WsDeflated {
+                    level,
+                    max,
+                    chain: true,
+                },
+                Some(after),
+            ) if message.ws_payload_len() <= max as usize => message
+                .ws_deflated_frame_after(level, after)
+                .unwrap_or_else(|| message.ws_frame()),
             _ => self.frame(message),
         }
     }
 
+    /// What the connection's decompressor saw last once `frame` (this form's frame for
+    /// `message`) is written: the event itself when the frame goes through it, `None` when the
+    /// frame leaves it as it was. An SSE stream's every byte is inflated; a WebSocket client
+    /// inflates only compressed (RSV1) messages.
+    pub fn seen_after(self, message: &Message, frame: &Bytes) -> Option<Position> {
+        let inflated = match self {
+            Self::Sse | Self::SseDeflated(_) => true,
+            Self::Ws => false,
+            Self::WsDeflated { .. } => ws_frame::is_compressed(frame),
+        };
+        inflated.then(|| message.position())
+    }
+
     /// Whether a connection of this form gets pieces that refer back to the previous event.
     pub fn chains(self) -> bool {
-        matches!(self, Self::SseDeflated(_))
+        matches!(
+            self,
+            Self::SseDeflated(_) | Self::WsDeflated { chain: true, .. }
+        )
     }
 
     /// Whether this is a WebSocket's form (for the delivery metrics).
@@ -135,8 +187,8 @@ pub const MAX_FRAMES: usize = 64;
 /// into each socket, however many events the round carries.
 pub struct Round<'a> {
     events: &'a [Arc<Delivery>],
-    /// By form, and by the event the first one's piece refers back to (compressed SSE).
-    joined: Vec<(Form, Option<Position>, Bytes)>,
+    /// By form, and by the event the first one's piece refers back to (compressed forms).
+    joined: Vec<Joined>,
     at: Instant,
 }
 
@@ -162,10 +214,11 @@ impl<'a> Round<'a> {
     }
 
     /// The frames of the first [`MAX_FRAMES`] events in `form`, joined (shared, not copied,
-    /// when there is one event), for a connection whose output ends with the frame of the
-    /// event at `after` (see [`Form::frame_after`]); each next piece refers back to the one
-    /// before it where the form allows.
-    pub fn joined(&mut self, form: Form, after: Option<Position>) -> &Bytes {
+    /// when there is one event), for a connection whose decompressor saw the event at `after`
+    /// last (see [`Form::frame_after`]); each next piece refers back to the one before it
+    /// where the form allows. Also what the decompressor saw last after them, if they changed
+    /// it ([`Form::seen_after`]).
+    pub fn joined(&mut self, form: Form, after: Option<Position>) -> (&Bytes, Option<Position>) {
         let events = &self.events[..self.events.len().min(MAX_FRAMES)];
         // Connections differ only in whether the first piece may refer back.
         let first_follows = events.first().and_then(|d| d.follows());
@@ -173,28 +226,48 @@ impl<'a> Round<'a> {
         let i = match self
             .joined
             .iter()
-            .position(|(f, a, _)| *f == form && *a == after)
+            .position(|j| j.form == form && j.after == after)
         {
             Some(i) => i,
             None => {
-                let bytes = match events {
-                    [one] => form.frame_after(one, after).clone(),
+                let (bytes, seen) = match events {
+                    [one] => {
+                        let frame = form.frame_after(one, after);
+                        (frame.clone(), form.seen_after(one, frame))
+                    }
                     many => {
                         let mut out = Vec::new();
-                        let mut last = after;
+                        let (mut last, mut seen) = (after, None);
                         for d in many {
-                            out.extend_from_slice(form.frame_after(d, last));
-                            last = Some(d.position());
+                            let frame = form.frame_after(d, last);
+                            out.extend_from_slice(frame);
+                            if let Some(p) = form.seen_after(d, frame) {
+                                (last, seen) = (Some(p), Some(p));
+                            }
                         }
-                        Bytes::from(out)
+                        (Bytes::from(out), seen)
                     }
                 };
-                self.joined.push((form, after, bytes));
+                self.joined.push(Joined {
+                    form,
+                    after,
+                    bytes,
+                    seen,
+                });
                 self.joined.len() - 1
             }
         };
-        &self.joined[i].2
+        let j = &self.joined[i];
+        (&j.bytes, j.seen)
     }
+}
+
+/// One form's joined frames of a round (see [`Round::joined`]).
+struct Joined {
+    form: Form,
+    after: Option<Position>,
+    bytes: Bytes,
+    seen: Option<Position>,
 }
 
 /// A writer of a connection's queue (the raw SSE pump) that lets fan-out write for it while

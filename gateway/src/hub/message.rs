@@ -50,6 +50,10 @@ struct Deflated {
     /// The whole compressed WebSocket frame; `None`: compressing did not make the message
     /// smaller, so it goes uncompressed.
     ws: OnceLock<Option<Bytes>>,
+    /// The WebSocket frame compressed after the previous event's message (see
+    /// [`Message::ws_deflated_frame_after`]); `None` when that event is gone or it would not be
+    /// smaller.
+    ws_after: OnceLock<Option<Bytes>>,
 }
 
 #[derive(Debug)]
@@ -201,6 +205,35 @@ impl Message {
             .as_ref()
     }
 
+    /// [`Message::ws_deflated_frame`], or — for a client that keeps its window between messages
+    /// (server context takeover) and inflated the message of the event at `after` last, when
+    /// that is the event this one follows — the message compressed against that one: what it
+    /// repeats of its predecessor costs a few bits. Built once, shared like every frame; `None`
+    /// when neither is smaller than the plain message.
+    pub fn ws_deflated_frame_after(&self, level: u32, after: Position) -> Option<&Bytes> {
+        let chained = match self.previous.get() {
+            Some((position, previous)) if *position == after => self
+                .deflated
+                .ws_after
+                .get_or_init(|| {
+                    // Checked, not assumed: the window must end with exactly that message.
+                    let previous = previous.upgrade().filter(|p| p.position() == after)?;
+                    let plain = ws_frame::payload(self.ws_frame());
+                    let before = ws_frame::payload(previous.ws_frame());
+                    let mut out = deflate::compressed_after(&before, &plain, level)?;
+                    out.truncate(out.len().checked_sub(deflate::SYNC_TAIL.len())?);
+                    let frame = ws_frame::encode(&out, self.is_binary(), true);
+                    let best = self
+                        .ws_deflated_frame(level)
+                        .unwrap_or_else(|| self.ws_frame());
+                    (frame.len() < best.len()).then_some(frame)
+                })
+                .as_ref(),
+            _ => None,
+        };
+        chained.or_else(|| self.ws_deflated_frame(level))
+    }
+
     fn sse_encoded(&self) -> &SseFrame {
         self.sse.get_or_init(|| {
             let e = &self.event;
@@ -350,6 +383,65 @@ mod tests {
         assert_eq!(inflate(&wire), m.ws_text().as_bytes()[..]);
         let tiny = message(PayloadKind::Binary, None, &[1]);
         assert_eq!(tiny.ws_deflated(6), None, "not worth compressing");
+    }
+
+    #[test]
+    fn ws_messages_that_follow_refer_back_only_into_the_message_before() {
+        use flate2::{Decompress, FlushDecompress};
+        let at = |offset, data: String| {
+            Arc::new(Message::new(Event {
+                channel: ChannelName::new("c").unwrap(),
+                position: Position::new(Epoch(0xa), offset),
+                name: None,
+                kind: PayloadKind::Json,
+                data: Bytes::from(data),
+                published_ms: 0,
+            }))
+        };
+        let state = |n: u32| {
+            format!(
+                r#"{{"symbol":"ACME","price":{n},"volume":{},"venue":"XNAS","flags":["a","b"]}}"#,
+                n * 7
+            )
+        };
+        let first = at(1, state(100));
+        let second = at(2, state(101));
+        second.follow(first.position(), Arc::downgrade(&first));
+        let alone = second.ws_deflated_frame(6).unwrap().clone();
+        let chained = second.ws_deflated_frame_after(6, first.position()).unwrap();
+        assert!(
+            chained.len() < alone.len(),
+            "{} !< {}",
+            chained.len(),
+            alone.len()
+        );
+        assert!(ws_frame::is_compressed(chained));
+        // A client keeping its window inflates the first message, then the chained one.
+        let mut d = Decompress::new(false);
+        for (frame, message) in [
+            (first.ws_deflated_frame(6).unwrap(), &first),
+            (chained, &second),
+        ] {
+            let mut wire = ws_frame::payload(frame).to_vec();
+            wire.extend_from_slice(&deflate::SYNC_TAIL);
+            let mut out = Vec::with_capacity(4096);
+            d.decompress_vec(&wire, &mut out, FlushDecompress::Sync)
+                .unwrap();
+            assert_eq!(out[..], message.ws_text().as_bytes()[..]);
+        }
+        // Anything else than the event it follows gets the self-contained message.
+        assert_eq!(
+            second.ws_deflated_frame_after(6, second.position()),
+            Some(&alone)
+        );
+        let third = at(3, state(102));
+        third.follow(second.position(), Arc::downgrade(&second));
+        drop(second);
+        assert_eq!(
+            third.ws_deflated_frame_after(6, Position::new(Epoch(0xa), 2)),
+            third.ws_deflated_frame(6),
+            "the previous event is gone: nothing to check the window against"
+        );
     }
 
     #[test]

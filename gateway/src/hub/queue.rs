@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use shared::{Disconnect, Position};
 use tokio::sync::Notify;
 
-use super::direct::Direct;
+use super::direct::{Direct, Link};
 use super::message::Delivery;
 use super::worker::Worker;
 use crate::metrics::Metrics;
@@ -157,11 +157,11 @@ struct State {
     direct: Option<Direct>,
     /// The reader is parked with nothing to write: fan-out writes through `direct`.
     armed: bool,
-    /// The event whose frame the connection's output ends with, while armed (compressed SSE
-    /// pieces may refer back to it: `hub::direct::Form::frame_after`).
-    after: Option<Position>,
-    /// When fan-out last wrote to the socket (the last event it wrote is `after`), until the
-    /// reader disarms and learns it.
+    /// The event the connection's decompressor saw last, while armed (compressed pieces may
+    /// refer back to it: `hub::direct::Form::frame_after`); on an SSE stream, the last event
+    /// written.
+    after: Option<Link>,
+    /// When fan-out last wrote to the socket, until the reader disarms and learns it.
     wrote_at: Option<tokio::time::Instant>,
 }
 
@@ -170,9 +170,10 @@ struct State {
 pub struct Wrote {
     /// When (the round's start): the connection's last write, for its heartbeat.
     pub at: tokio::time::Instant,
-    /// The last event written: the connection's output ends with its frame (once the queued
-    /// rest of it, if any, is written).
-    pub last: Position,
+    /// The event the connection's decompressor saw last, once the queued rest of the round (if
+    /// any) is written; on an SSE stream the last event written, whose frame the output ends
+    /// with.
+    pub last: Option<Link>,
 }
 
 impl State {

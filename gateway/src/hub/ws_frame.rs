@@ -26,6 +26,12 @@ pub fn encode(payload: &[u8], binary: bool, compressed: bool) -> Bytes {
     Bytes::from(out)
 }
 
+/// Whether a frame [`encode`] made carries a compressed message (RSV1): a client with
+/// `permessage-deflate` inflates exactly those.
+pub fn is_compressed(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & RSV1 != 0)
+}
+
 /// The header's length in a frame [`encode`] made for a payload of `len` bytes.
 pub fn header_len(len: usize) -> usize {
     match len {
@@ -57,6 +63,8 @@ mod tests {
     fn headers_of_each_length_class() {
         assert_eq!(&encode(b"hi", false, false)[..], &[0x81, 2, b'h', b'i']);
         assert_eq!(&encode(b"hi", true, true)[..], &[0xC2, 2, b'h', b'i']);
+        assert!(is_compressed(&encode(b"hi", true, true)));
+        assert!(!is_compressed(&encode(b"hi", false, false)) && !is_compressed(&[]));
         let medium = encode(&[0; 300], true, false);
         assert_eq!(&medium[..4], &[0x82, 126, 1, 44]);
         assert_eq!(medium.len(), 304);

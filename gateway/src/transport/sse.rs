@@ -31,7 +31,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::compression::SseEncoding;
 use crate::error::ApiError;
-use crate::hub::direct::{Direct, Form, Parking};
+use crate::hub::direct::{Direct, Form, Link, Parking};
 use crate::hub::queue::{Arm, CloseReason, Drained, Item, Queue};
 use crate::hub::{Announce, HubError, Membership, Start};
 use crate::metrics::Metrics;
@@ -463,7 +463,10 @@ impl Stream for SseStream {
 
 impl Parking for SseStream {
     fn arm(&mut self) -> Arm {
-        let after = (self.chained && self.positions.len() == 1).then(|| self.positions[0]);
+        let after = (self.chained && self.positions.len() == 1).then(|| Link {
+            slot: 0,
+            position: self.positions[0],
+        });
         self.queue.arm(after)
     }
 
@@ -472,8 +475,8 @@ impl Parking for SseStream {
         // output now ends with the last event fan-out wrote.
         if let Some(wrote) = self.queue.disarm() {
             self.last_write = self.last_write.max(wrote.at);
-            if let Some(position) = self.positions.first_mut() {
-                *position = wrote.last;
+            if let (Some(position), Some(last)) = (self.positions.first_mut(), wrote.last) {
+                *position = last.position;
                 self.chained = true;
             }
         }

@@ -157,7 +157,10 @@ async fn disarming_tells_when_fan_out_last_wrote() {
     assert_eq!(wrote.at, at, "the round's time, for the heartbeat");
     assert_eq!(
         wrote.last,
-        Position::new(Epoch(1), 1),
+        Some(Link {
+            slot: 0,
+            position: Position::new(Epoch(1), 1)
+        }),
         "the stream's output ends there"
     );
     assert_eq!(queue.disarm(), None, "told once");
@@ -191,23 +194,122 @@ async fn compressed_rounds_refer_back_to_what_the_connection_carried_last() {
     let queue = Queue::new(8);
     queue.set_direct(Direct::new(Arc::new(server), form));
     let first = form.frame(&events[0]).clone();
-    assert_eq!(queue.arm(Some(events[0].position())), Arm::Armed);
+    assert_eq!(queue.arm(Some(link(0, &events[0]))), Arm::Armed);
     let mut round = Round::new(&events[1..]);
     let pushed = queue.write_round(&mut round, 0).unwrap().unwrap();
     assert_eq!(pushed.written, 3);
     let wrote = queue.disarm().unwrap();
-    assert_eq!(wrote.last, events[3].position());
-    let chained = round.joined(form, Some(events[0].position())).clone();
+    assert_eq!(wrote.last, Some(link(0, &events[3])));
+    let chained = round.joined(form, Some(events[0].position())).0.clone();
     let mut got = vec![0; chained.len()];
     client.read_exact(&mut got).await.unwrap();
     assert_eq!(got, chained);
     assert_eq!(inflate(&[first.to_vec(), got].concat()), plain(0));
     // One that carried anything else gets a first piece that stands alone.
-    let alone = round.joined(form, None).clone();
+    let alone = round.joined(form, None).0.clone();
     assert_eq!(inflate(&alone), plain(1));
-    assert_eq!(round.joined(form, Some(events[2].position())), &alone);
+    assert_eq!(round.joined(form, Some(events[2].position())).0, &alone);
     let separate: usize = events[1..].iter().map(|d| form.frame(d).len()).sum();
     assert!(chained.len() < alone.len() && alone.len() < separate);
+}
+
+fn link(slot: u32, d: &Delivery) -> Link {
+    Link {
+        slot,
+        position: d.position(),
+    }
+}
+
+/// The messages of server frames (`hub::ws_frame`), inflated as a client that keeps its window
+/// between messages would: compressed ones (RSV1) through one inflater, plain ones as they are.
+fn ws_messages(mut bytes: &[u8], window: &mut flate2::Decompress) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (head, len) = match bytes[1] & 0x7f {
+            126 => (4, usize::from(u16::from_be_bytes([bytes[2], bytes[3]]))),
+            127 => (
+                10,
+                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+            ),
+            n => (2, usize::from(n)),
+        };
+        let payload = &bytes[head..head + len];
+        if ws_frame::is_compressed(bytes) {
+            let mut text = Vec::with_capacity(1 << 16);
+            let wire = [payload, &crate::compression::deflate::SYNC_TAIL[..]].concat();
+            window
+                .decompress_vec(&wire, &mut text, flate2::FlushDecompress::Sync)
+                .unwrap();
+            out.push(text);
+        } else {
+            out.push(payload.to_vec());
+        }
+        bytes = &bytes[head + len..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn websocket_rounds_refer_back_only_to_what_the_client_inflated() {
+    // Event 3 is longer than the client's window allows compressed: it goes plain, leaves the
+    // client's window as it was, and event 4 cannot refer back to it.
+    let events: Vec<_> = [(1, 300), (2, 300), (3, 2000), (4, 300)]
+        .into_iter()
+        .map(|(o, n)| event(o, n))
+        .collect();
+    for pair in events.windows(2) {
+        pair[1].follow(pair[0].position(), Arc::downgrade(&pair[0].0));
+    }
+    let form = Form::WsDeflated {
+        level: 6,
+        max: 1000,
+        chain: true,
+    };
+    let texts: Vec<Vec<u8>> = events
+        .iter()
+        .map(|d| d.ws_text().as_bytes().to_vec())
+        .collect();
+    let (server, mut client) = pair().await;
+    let queue = Queue::new(8);
+    queue.set_direct(Direct::new(Arc::new(server), form));
+    let first = form.frame(&events[0]).clone();
+    assert!(ws_frame::is_compressed(&first));
+    // The client inflated event 1 last, on the channel of slot 2.
+    assert_eq!(queue.arm(Some(link(2, &events[0]))), Arm::Armed);
+    let mut round = Round::new(&events[1..]);
+    let pushed = queue.write_round(&mut round, 2).unwrap().unwrap();
+    assert_eq!(pushed.written, 3);
+    assert_eq!(queue.disarm().unwrap().last, Some(link(2, &events[3])));
+    let (chained, seen) = round.joined(form, Some(events[0].position()));
+    let chained = chained.clone();
+    assert_eq!(seen, Some(events[3].position()));
+    let mut got = vec![0; chained.len()];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, chained);
+    let mut window = flate2::Decompress::new(false);
+    assert_eq!(
+        ws_messages(&[first.to_vec(), got].concat(), &mut window),
+        texts
+    );
+    // A link on another channel of the connection is no link here: event 2 stands alone.
+    assert_eq!(Link::on(Some(link(1, &events[0])), 2), None);
+    let alone = round.joined(form, None).0.clone();
+    assert!(
+        chained.len() < alone.len(),
+        "{} !< {}",
+        chained.len(),
+        alone.len()
+    );
+    let mut fresh = flate2::Decompress::new(false);
+    assert_eq!(ws_messages(&alone, &mut fresh), texts[1..]);
+    // A round of plain messages only leaves the link as it was.
+    assert_eq!(queue.arm(Some(link(2, &events[1]))), Arm::Armed);
+    let pushed = queue
+        .write_round(&mut Round::new(&events[2..3]), 2)
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.written, 1);
+    assert_eq!(queue.disarm().unwrap().last, Some(link(2, &events[1])));
 }
 
 #[tokio::test]

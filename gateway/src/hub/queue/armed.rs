@@ -1,9 +1,7 @@
 //! Arming, and fan-out's own writes to an armed queue's socket (see `hub::direct`).
 
-use shared::Position;
-
 use super::{Arm, Item, PushError, Pushed, Queue, Wrote};
-use crate::hub::direct::{Direct, MAX_FRAMES, Round};
+use crate::hub::direct::{Direct, Link, MAX_FRAMES, Round};
 
 impl Queue {
     /// Lets fan-out write to `direct` while the reader is parked (see `hub::direct`); called
@@ -22,8 +20,9 @@ impl Queue {
 
     /// The reader has written everything and is about to park: from now on fan-out writes
     /// events to the socket itself — unless items arrived since the reader last drained.
-    /// `after`: the event whose frame the reader's output ends with, if it ends with one.
-    pub fn arm(&self, after: Option<Position>) -> Arm {
+    /// `after`: the event the connection's decompressor saw last (an SSE stream: whose frame
+    /// its output ends with), if any.
+    pub fn arm(&self, after: Option<Link>) -> Arm {
         let mut state = self.state.lock();
         if state.direct.is_none() || state.closed.is_some() {
             Arm::Off
@@ -44,7 +43,7 @@ impl Queue {
         let at = state.wrote_at.take()?;
         Some(Wrote {
             at,
-            last: state.after?,
+            last: state.after,
         })
     }
 
@@ -66,7 +65,7 @@ impl Queue {
         let events = round.events();
         let sent = events.len().min(MAX_FRAMES);
         let at = round.at();
-        let joined = round.joined(form, state.after);
+        let (joined, seen) = round.joined(form, Link::on(state.after, slot));
         let took = direct.write(joined);
         let mut pushed = Pushed {
             ws: form.is_ws(),
@@ -74,9 +73,10 @@ impl Queue {
         };
         let mut queue_from = 0;
         if took > 0 {
-            let last = events[sent - 1].position();
             state.wrote_at = Some(at);
-            state.after = Some(last);
+            if let Some(position) = seen {
+                state.after = Some(Link { slot, position });
+            }
             pushed.written = sent as u32;
             queue_from = sent;
             if took < joined.len() {

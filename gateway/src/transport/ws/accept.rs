@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::io::{MessageStream, ReadIo, Session, WriteIo};
 use super::session::{Running, close_with};
-use crate::compression::{Inflater, PerMessageDeflate};
+use crate::compression::{Allow, Inflater, PerMessageDeflate};
 use crate::error::ApiError;
 use crate::response::{self, Body};
 use crate::session::{self, Admitted, Refusal, Transport};
@@ -59,7 +59,10 @@ impl Accepted {
         if let Some(deflate) = self.deflate {
             let takeover = !deflate.client_no_context_takeover;
             stream.inflate_with(Inflater::new(takeover));
-            session.deflate(deflate.server_max_window_bits);
+            session.deflate(
+                deflate.server_window_bits(),
+                deflate.server_context_takeover,
+            );
         }
         match self.admitted {
             Ok(admitted) => {
@@ -129,7 +132,11 @@ async fn admit(
         .then(|| {
             let offers = headers.get_all(SEC_WEBSOCKET_EXTENSIONS);
             let offers = offers.iter().filter_map(|v| v.to_str().ok());
-            PerMessageDeflate::negotiate(offers, compression.ws_client_context_takeover)
+            let allow = Allow {
+                client_takeover: compression.ws_client_context_takeover,
+                server_takeover: compression.ws_server_context_takeover,
+            };
+            PerMessageDeflate::negotiate(offers, allow)
         })
         .flatten();
     let accepted = Accepted {

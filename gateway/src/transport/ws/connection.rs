@@ -13,6 +13,7 @@ use super::limits::Budget;
 use super::token::TokenClock;
 use crate::auth::Grant;
 use crate::hub::Membership;
+use crate::hub::direct::Link;
 use crate::hub::queue::Queue;
 use crate::state::{AppState, ConnectionGuard};
 
@@ -47,6 +48,9 @@ pub(super) struct Connection {
     pub clock: TokenClock,
     /// The connection's id in presence entries, made on its first tracked subscription.
     pub conn_id: Option<Arc<str>>,
+    /// The event whose message the client inflated last, with server context takeover: the
+    /// next event of that channel may be sent compressed against it (`hub::direct::Form`).
+    pub seen: Option<Link>,
     pub _guard: ConnectionGuard,
 }
 

@@ -45,7 +45,7 @@ impl Running {
         // A close the queue carried was counted where it was decided (see `CloseReason::count`).
         let mut counted = false;
         let end: End = loop {
-            let armed = direct && session.is_idle() && queue.arm(None) == Arm::Armed;
+            let armed = direct && session.is_idle() && queue.arm(conn.seen) == Arm::Armed;
             let woke = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|down| *down) => Woke::Shutdown,
@@ -55,8 +55,9 @@ impl Running {
                 due = conn.clock.fire() => Woke::Due(due),
                 _ = ping.tick() => Woke::Ping,
             };
-            if armed {
-                queue.disarm();
+            if armed && let Some(wrote) = queue.disarm() {
+                // What fan-out wrote meanwhile may have moved the client's window on.
+                conn.seen = wrote.last;
             }
             match woke {
                 Woke::Shutdown => break Some(Disconnect::Shutdown),
@@ -205,6 +206,7 @@ impl Running {
         };
         let conn = Connection {
             conn_id: None,
+            seen: None,
             state,
             grant: admitted.grant,
             queue,

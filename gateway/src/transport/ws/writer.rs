@@ -12,7 +12,7 @@ use shared::ws::ServerMessage;
 use super::End;
 use super::connection::Connection;
 use super::io::{Closed, Session};
-use crate::hub::direct::Form;
+use crate::hub::direct::{Form, Link};
 use crate::hub::queue::Item;
 
 impl Connection {
@@ -96,7 +96,13 @@ impl Connection {
                     }
                     // The whole frame, encoded (and compressed) once per event and shared by
                     // every subscriber, as fan-out writes it itself (`hub::direct`).
-                    let frame = self.form(session).frame(&message).clone();
+                    let form = self.form(session);
+                    let frame = form
+                        .frame_after(&message, Link::on(self.seen, slot))
+                        .clone();
+                    if let Some(position) = form.seen_after(&message, &frame) {
+                        self.seen = Some(Link { slot, position });
+                    }
                     self.feed(session, Frame::Whole(frame), timeout).await?;
                     delivered += 1;
                     if live && oldest_live_ms.is_none() {
@@ -155,6 +161,7 @@ impl Connection {
         Form::ws(
             session.compress_up_to(),
             self.state.settings.compression.level,
+            session.deflate_context(),
         )
     }
 }

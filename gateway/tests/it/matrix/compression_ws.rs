@@ -1,6 +1,8 @@
 //! WebSocket `permessage-deflate` (issue 15) on every HTTP/1.1 arrival, written by hand so the
 //! frames' RSV1 bits can be seen: the negotiation answer, events compressed (RSV1) that inflate
-//! to the exact message, compressed commands inflated, and a deflate bomb closed with 1009.
+//! to the exact message — referring back into the one before when the gateway keeps its
+//! context, standing alone when the client or the operator asks — compressed commands
+//! inflated, and a deflate bomb closed with 1009.
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,17 +88,23 @@ async fn next_frame(io: &mut BoxIo, buf: &mut Vec<u8>) -> (u8, Vec<u8>) {
     }
 }
 
-/// The next text message, inflated when RSV1 says it is compressed; and whether it was.
-async fn next_text(io: &mut BoxIo, buf: &mut Vec<u8>) -> (serde_json::Value, bool) {
+/// The next text message, inflated when RSV1 says it is compressed — through `window`, which a
+/// client keeps between messages unless the server answered `server_no_context_takeover` — and
+/// its compressed size (`None`: it came plain).
+async fn next_text(
+    io: &mut BoxIo,
+    buf: &mut Vec<u8>,
+    window: &mut Decompress,
+) -> (serde_json::Value, Option<usize>) {
     loop {
         let (first, mut payload) = next_frame(io, buf).await;
         match first & 0x0f {
             0x1 => {
-                let compressed = first & 0x40 != 0;
-                if compressed {
+                let compressed = (first & 0x40 != 0).then_some(payload.len());
+                if compressed.is_some() {
                     payload.extend_from_slice(&[0, 0, 0xff, 0xff]);
                     let mut out = Vec::with_capacity(1 << 16);
-                    Decompress::new(false)
+                    window
                         .decompress_vec(&payload, &mut out, FlushDecompress::Sync)
                         .expect("inflate");
                     payload = out;
@@ -107,6 +115,15 @@ async fn next_text(io: &mut BoxIo, buf: &mut Vec<u8>) -> (serde_json::Value, boo
             op => panic!("unexpected frame {op}: {payload:?}"),
         }
     }
+}
+
+/// An update that repeats most of its predecessor, as state updates do.
+fn quote(i: u32) -> String {
+    format!(
+        r#"{{"seq":{i},"symbol":"ACME","bid":{},"ask":{},"venue":"XNAS","note":"quote update for the ACME order book"}}"#,
+        100 + i,
+        101 + i
+    )
 }
 
 /// A message compressed as a client with no context takeover would.
@@ -122,27 +139,44 @@ fn deflated(text: &[u8]) -> Vec<u8> {
 async fn websocket_events_are_compressed_once_and_commands_inflated() {
     each(&Arrival::WS, |arrival| async move {
         let gw = arrival.gateway(ON).await;
+        let mut control = Control::new(&gw);
+        // Two events before the subscribe, delivered from history, then live ones.
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            ids.push(control.publish("zws", &quote(i)).await);
+        }
         let mut io = raw(arrival, &gw).await;
         let (head, mut buf) = upgrade(&mut io, "permessage-deflate; client_max_window_bits").await;
         assert!(head.starts_with("http/1.1 101"), "{head}");
+        // Chromium's offer: the gateway keeps its context (no server_no_context_takeover).
         assert!(
-            head.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
+            head.lines()
+                .any(|l| l
+                    == "sec-websocket-extensions: permessage-deflate; client_no_context_takeover"),
             "{head}"
         );
+        let mut window = Decompress::new(false);
         // A compressed subscribe.
-        let subscribe = br#"{"type":"subscribe","channel":"zws","req":"compressed subscribe"}"#;
+        let subscribe =
+            br#"{"type":"subscribe","channel":"zws","latest":2,"req":"compressed subscribe"}"#;
         write_flush(&mut io, &frame(0x1, true, &deflated(subscribe))).await;
-        let (reply, _) = next_text(&mut io, &mut buf).await;
+        let (reply, _) = next_text(&mut io, &mut buf, &mut window).await;
         assert_eq!(reply["type"], "subscribed", "{reply}");
         assert_eq!(reply["req"], "compressed subscribe");
-        let mut control = Control::new(&gw);
-        for i in 0..3 {
-            let data = format!("{{\"n\":{i}}} {}", "repetitive text ".repeat(20));
-            let id = control.publish("zws", &data).await;
-            let (event, compressed) = next_text(&mut io, &mut buf).await;
-            assert!(compressed, "an event of {} bytes went uncompressed", data.len());
-            assert_eq!(event["id"], id.as_str());
-            assert_eq!(event["data"], data.as_str());
+        let mut sizes = Vec::new();
+        for i in 0..6 {
+            if i >= 2 {
+                ids.push(control.publish("zws", &quote(i)).await);
+            }
+            let (event, compressed) = next_text(&mut io, &mut buf, &mut window).await;
+            assert_eq!(event["id"], ids[i as usize].as_str(), "{event}");
+            assert_eq!(event["data"], quote(i).as_str());
+            sizes.push(compressed.expect("events are compressed"));
+        }
+        // From the second live event on, each refers back into the one before (the first
+        // live one follows an event this instance did not fan out, so it stands alone).
+        for later in &sizes[3..] {
+            assert!(*later * 2 < sizes[2], "{sizes:?}");
         }
         // A deflate bomb: small on the wire, far past ws.max_message_bytes once inflated.
         let bomb = deflated(&vec![b' '; 8 << 20]);
@@ -156,6 +190,40 @@ async fn websocket_events_are_compressed_once_and_commands_inflated() {
             }
         }
         let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_messages_stand_alone_when_the_client_or_the_operator_asks() {
+    each(&Arrival::WS, |arrival| async move {
+        let off: &[(&str, &str)] = &[
+            ON[0],
+            ("GATEWAY__COMPRESSION__WS_SERVER_CONTEXT_TAKEOVER", "false"),
+        ];
+        for (env, offer) in [
+            (ON, "permessage-deflate; server_no_context_takeover"),
+            (off, "permessage-deflate; client_max_window_bits"),
+        ] {
+            let gw = arrival.gateway(env).await;
+            let mut control = Control::new(&gw);
+            let mut io = raw(arrival, &gw).await;
+            let (head, mut buf) = upgrade(&mut io, offer).await;
+            assert!(head.contains("server_no_context_takeover"), "{head}");
+            let subscribe = br#"{"type":"subscribe","channel":"zws"}"#;
+            write_flush(&mut io, &frame(0x1, false, subscribe)).await;
+            let (reply, _) = next_text(&mut io, &mut buf, &mut Decompress::new(false)).await;
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+            for i in 0..3 {
+                let id = control.publish("zws", &quote(i)).await;
+                // Every message inflates from an empty window.
+                let (event, compressed) =
+                    next_text(&mut io, &mut buf, &mut Decompress::new(false)).await;
+                assert_eq!(event["id"], id.as_str(), "{offer}");
+                assert!(compressed.is_some());
+            }
+            let _ = io.shutdown().await;
+        }
     })
     .await;
 }

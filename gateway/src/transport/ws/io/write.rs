@@ -46,6 +46,8 @@ pub struct Session {
     stalled: bool,
     /// With `permessage-deflate`: the client's window for our messages, in bits; 0 without.
     deflate_bits: u8,
+    /// The client keeps its window between our messages (server context takeover).
+    deflate_context: bool,
     /// The first queued frame was begun by fan-out (`hub::direct`): like one partly written
     /// here, it goes out whole even when the connection closes after a stalled write.
     begun: bool,
@@ -61,14 +63,22 @@ impl Session {
             queued: 0,
             stalled: false,
             deflate_bits: 0,
+            deflate_context: false,
             begun: false,
         }
     }
 
     /// Sends compressed messages (`permessage-deflate` was negotiated) of at most `2^bits`
     /// bytes uncompressed: a message compressed from scratch refers back no further.
-    pub fn deflate(&mut self, bits: u8) {
+    /// `context`: the client keeps its window, so a message may refer back into the last one.
+    pub fn deflate(&mut self, bits: u8, context: bool) {
         self.deflate_bits = bits.min(15);
+        self.deflate_context = context;
+    }
+
+    /// Whether compressed messages may refer back into the last compressed one.
+    pub fn deflate_context(&self) -> bool {
+        self.deflate_context
     }
 
     /// The longest message that may be sent compressed; `None` without `permessage-deflate`.
