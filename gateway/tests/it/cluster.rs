@@ -15,13 +15,29 @@ fn expected(n: usize) -> Vec<String> {
 
 /// Open streaming connections across gateways (from their metrics).
 async fn streams(gateways: &[&Gateway]) -> f64 {
+    sum(
+        gateways,
+        &[
+            r#"gateway_connections{transport="sse"}"#,
+            r#"gateway_connections{transport="ws"}"#,
+        ],
+    )
+    .await
+}
+
+/// Channel subscriptions held on `gateways`: a WebSocket is counted as a connection at its
+/// upgrade, but receives an event only once its `subscribe` is through.
+async fn subscriptions(gateways: &[&Gateway]) -> f64 {
+    sum(gateways, &["gateway_subscriptions"]).await
+}
+
+async fn sum(gateways: &[&Gateway], series: &[&str]) -> f64 {
     let mut total = 0.0;
     for gw in gateways {
         if let Ok(res) = http().get(gw.url("/metrics")).send().await
             && let Ok(text) = res.text().await
         {
-            total += metric(&text, r#"gateway_connections{transport="sse"}"#)
-                + metric(&text, r#"gateway_connections{transport="ws"}"#);
+            total += series.iter().map(|s| metric(&text, s)).sum::<f64>();
         }
     }
     total
@@ -77,10 +93,13 @@ async fn killing_an_instance_under_load_loses_nothing_for_200_sse_and_200_ws_cli
     // connection a client already gave up on (a connect that timed out on a loaded machine)
     // may still be counted for a moment, and would inflate `on_a`.
     let mut on_a = 0.0;
-    eventually("400 clients connected, each counted once", async || {
-        on_a = streams(&[&a]).await;
-        on_a + streams(&[&b]).await == 400.0
-    })
+    eventually(
+        "400 clients connected and subscribed, each counted once",
+        async || {
+            on_a = streams(&[&a]).await;
+            on_a + streams(&[&b]).await == 400.0 && subscriptions(&[&a, &b]).await == 400.0
+        },
+    )
     .await;
     assert!(
         on_a > 0.0,
@@ -137,8 +156,8 @@ async fn a_rolling_restart_of_three_instances_loses_and_repeats_nothing() {
         .map(|_| tokio::spawn(follow_ws(lb.ws_url(), "deploy".into(), n, deadline)))
         .collect();
     let refs: Vec<&Gateway> = gateways.iter().collect();
-    eventually("200 clients connected", async || {
-        streams(&refs).await >= 200.0
+    eventually("200 clients connected and subscribed", async || {
+        streams(&refs).await >= 200.0 && subscriptions(&refs).await >= 200.0
     })
     .await;
 
