@@ -100,6 +100,7 @@ pub struct RedisNodes {
 }
 
 /// All nodes' `INFO` at one moment.
+#[derive(Clone)]
 pub struct Sample(Vec<NodeInfo>);
 
 /// The INFO sections every sample asks for.
@@ -112,9 +113,13 @@ pub async fn connect_node(url: &str) -> anyhow::Result<redis::aio::MultiplexedCo
         "Redis URLs must be redis:// ({url})"
     );
     let client = redis::Client::open(url)?;
+    // redis-rs gives up on a reply after 500 ms by default; a generator whose threads are busy
+    // (a saturate step that overloads it) may read a reply later than that, and a sample that
+    // fails loses the run's figures. INFO has its own 5-s deadline below.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     tokio::time::timeout(
         Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
+        client.get_multiplexed_async_connection_with_config(&config),
     )
     .await
     .with_context(|| format!("connecting to {url} timed out"))?

@@ -119,7 +119,15 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
         let c0 = h.counters();
         let disc0 = Stats::get(&h.sh.stats.disconnects);
         let _ = h.sh.stats.latency(true);
-        let redis_before = sample(&mut nodes).await?;
+        // A node that does not answer ends the stepping, not the run: the steps so far stand.
+        let redis_before = match sample(&mut nodes).await {
+            Ok(s) => s,
+            Err(e) => {
+                h.report.set("redis_info_error", format!("{e:#}"));
+                stop_reason = "Redis INFO failed";
+                break;
+            }
+        };
         let cpu = CpuWindow::start(&h.pids);
         let Published {
             secs: pub_secs,
@@ -207,8 +215,15 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
             "server_written_bytes_per_delivery".into(),
             per(cpu_use.server_written.map(|w| w as f64)),
         );
+        let mut info_failed = None;
         if let (Some(n), Some(b)) = (&mut nodes, redis_before) {
-            let after = n.sample().await?;
+            let after = match n.sample().await {
+                Ok(after) => after,
+                Err(e) => {
+                    info_failed = Some(format!("{e:#}"));
+                    b.clone()
+                }
+            };
             let d = n.deltas(&b, &after, cpu_use.seconds);
             let w = cpu_use.seconds.max(1e-9);
             let per = |cpu: f64| json!(round3(cpu * 1e6 / attempted.max(1) as f64));
@@ -247,6 +262,12 @@ pub async fn saturate(a: SaturateArgs) -> anyhow::Result<Report> {
             break;
         }
         best = Some((rate, d.deliveries as f64 / cpu_use.seconds));
+        if let Some(e) = info_failed {
+            // The step's deliveries were checked; its Redis figures read as zero.
+            h.report.set("redis_info_error", e);
+            stop_reason = "Redis INFO failed";
+            break;
+        }
         rate *= 1.5;
     }
     let cpu_use = whole.finish();
