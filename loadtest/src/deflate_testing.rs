@@ -1,5 +1,6 @@
 //! Deflate as the gateway writes it (`gateway::compression::deflate`), rebuilt with flate2 for
-//! the decoders' tests: self-contained and chained pieces, stored blocks.
+//! the decoders' tests: self-contained and chained pieces, stored blocks, the frames they
+//! travel in.
 
 use flate2::{Compress, Compression, FlushCompress};
 
@@ -28,6 +29,21 @@ pub fn piece(prev: Option<&[u8]>, text: &[u8], level: u32) -> Vec<u8> {
 pub fn message(prev: Option<&[u8]>, text: &[u8]) -> Vec<u8> {
     let mut out = piece(prev, text, 6);
     out.truncate(out.len() - SYNC_TAIL.len());
+    out
+}
+
+/// An unmasked final text frame of `payload`, as a server sends it, RSV1 set when `compressed`
+/// (`payload` shorter than 64 KiB).
+pub fn server_text_frame(payload: &[u8], compressed: bool) -> Vec<u8> {
+    let mut out = vec![if compressed { 0xc1 } else { 0x81 }];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
     out
 }
 

@@ -2,7 +2,7 @@
 //! chained after the previous event), with and without `--inflate-once`: every event accounted
 //! exactly, and data that cannot be inflated counted as `malformed`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{Phase, Shared, SubPlan, SubResult, Transport, subscriber, unix_micros};
-use crate::deflate_testing::{GZIP_HEADER, message, piece, stored};
+use crate::deflate_testing::{GZIP_HEADER, message, piece, server_text_frame, stored};
 use crate::phase::PhaseTx;
 use crate::publish::Book;
 use crate::stats::Stats;
@@ -58,18 +58,10 @@ async fn run(addr: SocketAddr, transport: Transport, once: bool, no_ctx: bool) -
     book.attempted[0].store(EVENTS, Ordering::Relaxed);
     let sh = Arc::new(Shared {
         plan: SubPlan {
-            transport,
-            targets: vec![crate::target::parse_url(&format!("http://{addr}")).unwrap()],
-            storm_targets: Vec::new(),
-            template: false,
-            sources: vec![Ipv4Addr::LOCALHOST],
-            reconnect: false,
-            tls: None,
-            http2: false,
-            streams_per_conn: 1,
             compressed: true,
             inflate_once: once,
             ws_no_server_context: no_ctx,
+            ..super::tests::plan(&format!("http://{addr}"), transport)
         },
         stats: Stats::new(),
         book,
@@ -99,20 +91,6 @@ fn payload(seq: u64) -> Vec<u8> {
     out
 }
 
-/// An unmasked final text frame, RSV1 set when `compressed`.
-fn ws_frame(payload: &[u8], compressed: bool) -> Vec<u8> {
-    let mut out = vec![if compressed { 0xc1 } else { 0x81 }];
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-    out
-}
-
 /// A fake gateway's WebSocket answering `extensions`, then sending the subscription, events
 /// chained after the previous compressed message (a pong in between), and a compressed
 /// message that is no deflate data.
@@ -128,7 +106,7 @@ fn ws_server(extensions: &'static str) -> impl FnOnce(&str) -> (Vec<u8>, Vec<u8>
             derive_accept_key(key.as_bytes())
         )
         .into_bytes();
-        out.extend(ws_frame(
+        out.extend(server_text_frame(
             br#"{"type":"subscribed","channel":"c0","position":"ab:0"}"#,
             false,
         ));
@@ -141,11 +119,11 @@ fn ws_server(extensions: &'static str) -> impl FnOnce(&str) -> (Vec<u8>, Vec<u8>
             .into_bytes();
             text.extend(payload(seq));
             text.push(b'}');
-            out.extend(ws_frame(&message(prev.as_deref(), &text), true));
-            out.extend(ws_frame(br#"{"type":"pong"}"#, false));
+            out.extend(server_text_frame(&message(prev.as_deref(), &text), true));
+            out.extend(server_text_frame(br#"{"type":"pong"}"#, false));
             prev = Some(text);
         }
-        (out, ws_frame(&[0xff, 0xff], true))
+        (out, server_text_frame(&[0xff, 0xff], true))
     }
 }
 

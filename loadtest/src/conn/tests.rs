@@ -15,6 +15,25 @@ use crate::phase::PhaseTx;
 use crate::publish::Book;
 use crate::stats::Stats;
 
+/// One subscriber's plan against `url`: plain HTTP/1.1, one stream, no reconnects, no
+/// compression; tests change what they exercise.
+pub(super) fn plan(url: &str, transport: Transport) -> SubPlan {
+    SubPlan {
+        transport,
+        targets: vec![crate::target::parse_url(url).unwrap()],
+        storm_targets: Vec::new(),
+        template: false,
+        sources: vec![Ipv4Addr::LOCALHOST],
+        reconnect: false,
+        tls: None,
+        http2: false,
+        streams_per_conn: 1,
+        compressed: false,
+        inflate_once: false,
+        ws_no_server_context: false,
+    }
+}
+
 fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
     out.extend_from_slice(data);
@@ -49,20 +68,7 @@ async fn sse_subscriber_accounts_a_misbehaving_stream() {
     let book = Arc::new(Book::new("c", 1));
     book.attempted[0].store(4, Ordering::Relaxed);
     let sh = Arc::new(Shared {
-        plan: SubPlan {
-            transport: Transport::Sse,
-            targets: vec![crate::target::parse_url(&format!("http://{addr}")).unwrap()],
-            storm_targets: Vec::new(),
-            template: false,
-            sources: vec![Ipv4Addr::LOCALHOST],
-            reconnect: false,
-            tls: None,
-            http2: false,
-            streams_per_conn: 1,
-            compressed: false,
-            inflate_once: false,
-            ws_no_server_context: false,
-        },
+        plan: plan(&format!("http://{addr}"), Transport::Sse),
         stats: Stats::new(),
         book,
         storm_start: std::sync::OnceLock::new(),
@@ -168,18 +174,10 @@ async fn h2_streams_share_a_tls_connection_and_account_exactly() {
     book.attempted[0].store(4, Ordering::Relaxed);
     let sh = Arc::new(Shared {
         plan: SubPlan {
-            transport: Transport::Sse,
-            targets: vec![crate::target::parse_url(&format!("https://{addr}")).unwrap()],
-            storm_targets: Vec::new(),
-            template: false,
-            sources: vec![Ipv4Addr::LOCALHOST],
-            reconnect: false,
             tls: Some(TlsClient::new(Some(&dir.join("cert.pem")), false).unwrap()),
             http2: true,
             streams_per_conn: 3,
-            compressed: false,
-            inflate_once: false,
-            ws_no_server_context: false,
+            ..plan(&format!("https://{addr}"), Transport::Sse)
         },
         stats: Stats::new(),
         book,
@@ -281,18 +279,9 @@ async fn h2_stream_resumes_on_the_same_connection() {
     book.attempted[0].store(4, Ordering::Relaxed);
     let sh = Arc::new(Shared {
         plan: SubPlan {
-            transport: Transport::Sse,
-            targets: vec![crate::target::parse_url(&format!("http://{addr}")).unwrap()],
-            storm_targets: Vec::new(),
-            template: false,
-            sources: vec![Ipv4Addr::LOCALHOST],
             reconnect: true,
-            tls: None,
             http2: true,
-            streams_per_conn: 1,
-            compressed: false,
-            inflate_once: false,
-            ws_no_server_context: false,
+            ..plan(&format!("http://{addr}"), Transport::Sse)
         },
         stats: Stats::new(),
         book,

@@ -8,7 +8,7 @@ use gateway::hub::message::Message;
 use shared::{ChannelName, Epoch, Event, PayloadKind, Position};
 
 use super::*;
-use crate::deflate_testing::{message as deflated, shifted};
+use crate::deflate_testing::{message as deflated, server_text_frame, shifted};
 
 /// An event as the gateway shares it, with the loadtest's realistic payload.
 fn message(seq: u64) -> Message {
@@ -238,20 +238,6 @@ fn event_text(seq: u64) -> Vec<u8> {
     out
 }
 
-/// A final text frame of `payload`, RSV1 set when `compressed`.
-fn text_frame(payload: &[u8], compressed: bool) -> Vec<u8> {
-    let mut out = vec![0x80 | if compressed { 0x40 } else { 0 } | TEXT];
-    match payload.len() {
-        n if n < 126 => out.push(n as u8),
-        n => {
-            out.push(126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(payload);
-    out
-}
-
 /// What `r` makes of `wire` fed in pieces of `step` bytes (texts lossily), or its error.
 fn try_read(mut r: FrameReader, wire: &[u8], step: usize) -> Result<Vec<String>, String> {
     let mut got = Vec::new();
@@ -277,13 +263,13 @@ fn with_server_context_both_readers_inflate_chained_messages_exactly() {
     for seq in 0..30 {
         let text = event_text(seq);
         if seq % 4 == 2 {
-            wire.extend_from_slice(&text_frame(br#"{"type":"pong"}"#, false));
+            wire.extend_from_slice(&server_text_frame(br#"{"type":"pong"}"#, false));
             want.push(r#"{"type":"pong"}"#.to_owned());
             wire.extend_from_slice(&[0x89, 0]);
         }
         want.push(String::from_utf8(text.clone()).unwrap());
         if seq % 7 == 6 {
-            wire.extend_from_slice(&text_frame(&text, false));
+            wire.extend_from_slice(&server_text_frame(&text, false));
             continue;
         }
         let prev = window.as_deref().filter(|_| seq % 5 != 0);
@@ -291,7 +277,7 @@ fn with_server_context_both_readers_inflate_chained_messages_exactly() {
         if prev.is_some() {
             (alone, chained) = (alone + deflated(None, &text).len(), chained + z.len());
         }
-        wire.extend_from_slice(&text_frame(&z, true));
+        wire.extend_from_slice(&server_text_frame(&z, true));
         window = Some(text);
     }
     assert!(
@@ -320,9 +306,9 @@ fn inflate_once_keeps_connections_with_different_windows_apart() {
     let first = event_text(1);
     let other = shifted(&first);
     let next = event_text(2);
-    let z = text_frame(&deflated(Some(&first), &next), true);
-    let wire_a = [text_frame(&deflated(None, &first), true), z.clone()].concat();
-    let wire_b = [text_frame(&deflated(None, &other), true), z.clone()].concat();
+    let z = server_text_frame(&deflated(Some(&first), &next), true);
+    let wire_a = [server_text_frame(&deflated(None, &first), true), z.clone()].concat();
+    let wire_b = [server_text_frame(&deflated(None, &other), true), z.clone()].concat();
     let truth = |wire: &[u8]| try_read(FrameReader::new(false, true), wire, wire.len()).unwrap();
     let (ta, tb) = (truth(&wire_a), truth(&wire_b));
     assert_eq!(ta[1].as_bytes(), &next[..]);
