@@ -86,21 +86,31 @@ impl Message {
     /// compressed against that frame: a third the size for events that repeat their
     /// predecessor's keys. Built once, shared like every piece.
     pub fn sse_frame_deflated_after(&self, level: u32, after: Position) -> &Bytes {
+        self.built_after(&self.deflated.sse_frame_after, after, |previous| {
+            let piece = deflate::compressed_after(previous.sse_frame(), self.sse_frame(), level)?;
+            (piece.len() < self.sse_frame_deflated(level).len()).then(|| Bytes::from(piece))
+        })
+        .unwrap_or_else(|| self.sse_frame_deflated(level))
+    }
+
+    /// What `cell` holds (built on first use by `build` from the event this one follows) when
+    /// the receiver's decompressor saw the event at `after` last and that is the event this one
+    /// follows; `None` otherwise. The one place a form that refers back is checked, not
+    /// assumed: the event must still be held and be exactly the one at `after`.
+    fn built_after<'a>(
+        &'a self,
+        cell: &'a OnceLock<Option<Bytes>>,
+        after: Position,
+        build: impl FnOnce(&Message) -> Option<Bytes>,
+    ) -> Option<&'a Bytes> {
         match self.previous.get() {
-            Some((position, previous)) if *position == after => self
-                .deflated
-                .sse_frame_after
+            Some((position, previous)) if *position == after => cell
                 .get_or_init(|| {
-                    // Checked, not assumed: the dictionary must be exactly what the stream
-                    // inflated last.
                     let previous = previous.upgrade().filter(|p| p.position() == after)?;
-                    let piece =
-                        deflate::compressed_after(previous.sse_frame(), self.sse_frame(), level)?;
-                    (piece.len() < self.sse_frame_deflated(level).len()).then(|| Bytes::from(piece))
+                    build(&previous)
                 })
-                .as_ref()
-                .unwrap_or_else(|| self.sse_frame_deflated(level)),
-            _ => self.sse_frame_deflated(level),
+                .as_ref(),
+            _ => None,
         }
     }
 
@@ -198,11 +208,17 @@ impl Message {
             .ws
             .get_or_init(|| {
                 let plain = ws_frame::payload(self.ws_frame());
-                let mut out = deflate::compressed(&plain, level)?;
-                out.truncate(out.len().checked_sub(deflate::SYNC_TAIL.len())?);
-                (out.len() < plain.len()).then(|| ws_frame::encode(&out, self.is_binary(), true))
+                let out = deflate::compressed(&plain, level)?;
+                self.ws_compressed_frame(out, plain.len())
             })
             .as_ref()
+    }
+
+    /// A compressed message as its frame (`00 00 ff ff` stripped, RSV1 set) when the frame is
+    /// smaller than `than` bytes would be, the same way; `None` otherwise.
+    fn ws_compressed_frame(&self, mut out: Vec<u8>, than: usize) -> Option<Bytes> {
+        out.truncate(out.len().checked_sub(deflate::SYNC_TAIL.len())?);
+        (out.len() < than).then(|| ws_frame::encode(&out, self.is_binary(), true))
     }
 
     /// [`Message::ws_deflated_frame`], or — for a client that keeps its window between messages
@@ -211,27 +227,15 @@ impl Message {
     /// repeats of its predecessor costs a few bits. Built once, shared like every frame; `None`
     /// when neither is smaller than the plain message.
     pub fn ws_deflated_frame_after(&self, level: u32, after: Position) -> Option<&Bytes> {
-        let chained = match self.previous.get() {
-            Some((position, previous)) if *position == after => self
-                .deflated
-                .ws_after
-                .get_or_init(|| {
-                    // Checked, not assumed: the window must end with exactly that message.
-                    let previous = previous.upgrade().filter(|p| p.position() == after)?;
-                    let plain = ws_frame::payload(self.ws_frame());
-                    let before = ws_frame::payload(previous.ws_frame());
-                    let mut out = deflate::compressed_after(&before, &plain, level)?;
-                    out.truncate(out.len().checked_sub(deflate::SYNC_TAIL.len())?);
-                    let frame = ws_frame::encode(&out, self.is_binary(), true);
-                    let best = self
-                        .ws_deflated_frame(level)
-                        .unwrap_or_else(|| self.ws_frame());
-                    (frame.len() < best.len()).then_some(frame)
-                })
-                .as_ref(),
-            _ => None,
-        };
-        chained.or_else(|| self.ws_deflated_frame(level))
+        self.built_after(&self.deflated.ws_after, after, |previous| {
+            let plain = ws_frame::payload(self.ws_frame());
+            let before = ws_frame::payload(previous.ws_frame());
+            let out = deflate::compressed_after(&before, &plain, level)?;
+            // Only if smaller than what goes otherwise: the message alone, or plain.
+            let best = self.ws_deflated(level).map_or(plain.len(), |z| z.len());
+            self.ws_compressed_frame(out, best)
+        })
+        .or_else(|| self.ws_deflated_frame(level))
     }
 
     fn sse_encoded(&self) -> &SseFrame {
